@@ -1,0 +1,43 @@
+"""Tiny model packages for tests: real packages (write_package) with small random networks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from tumorseg_core.models.registry import build_network
+from tumorseg_core.package import write_package
+
+
+def tiny_manifest(modalities: Sequence[str] = ("MRI",), spacing=(2.0, 2.0, 2.0), patch=(16, 16, 16),
+                  orientation: Optional[str] = "LPS", postprocessing=None) -> dict:
+    return {
+        "format_version": 1,
+        "name": "tiny-test-model",
+        "version": "0.0.1",
+        "license": "Apache-2.0",
+        "description": "random tiny unet3d for tests",
+        "architecture": "unet3d",
+        "kwargs": {"in_channels": len(modalities), "out_channels": 2, "features": [2, 4], "norm": "none"},
+        "inputs": [{"modality": m, "normalization": {"type": "zscore", "nonzero": False}} for m in modalities],
+        "spacing": list(spacing),
+        "orientation": orientation,
+        "patch_size": list(patch),
+        "output": {"type": "softmax", "labels": [
+            {"value": 1, "name": "Tumor", "color": [0.9, 0.3, 0.2],
+             "terminology": {"category": ["SCT", "49755003", "Morphologically Altered Structure"],
+                             "type": ["SCT", "108369006", "Neoplasm"]}}]},
+        "postprocessing": postprocessing or [],
+        "files": {},
+    }
+
+
+def make_tiny_package(folder: Path, modalities: Sequence[str] = ("MRI",), seed: int = 0, **manifest_options) -> Path:
+    """Write a package with a random 2-level unet3d and return its folder."""
+    manifest = tiny_manifest(modalities, **manifest_options)
+    torch.manual_seed(seed)
+    network = build_network(manifest["architecture"], manifest["kwargs"])
+    state = {k: v.detach().clone().contiguous() for k, v in network.state_dict().items()}
+    return write_package(folder, manifest, [state])

@@ -1,0 +1,87 @@
+"""Training augmentation: shapes, label integrity, determinism, foreground oversampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("monai")
+
+from tumorseg_core.augment import DEFAULT_AUGMENT, _crop_size_zyx, augment_config, build_train_transforms  # noqa: E402
+from tumorseg_core.errors import InputError  # noqa: E402
+
+
+def _case(shape=(20, 40, 36), channels=2, seed=0):
+    rng = np.random.default_rng(seed)
+    label = np.zeros((1, *shape), np.uint8)
+    label[0, 12:16, 5:10, 30:34] = 1  # small lesion near a corner
+    label[0, 13:15, 6:8, 31:33] = 2
+    image = rng.standard_normal((channels, *shape)).astype(np.float32) + 3 * label
+    return {"image": image, "label": label}
+
+
+def _run(transforms, data, seed):
+    transforms.set_random_state(seed=seed)
+    out = transforms({k: v.copy() for k, v in data.items()})
+    assert isinstance(out, list) and len(out) == 1
+    return out[0]
+
+
+def test_output_shapes_and_labels_survive_all_augmentations():
+    cfg = {k: (1.0 if k.endswith("_prob") else v) for k, v in DEFAULT_AUGMENT.items()}
+    cfg["elastic_prob"] = 1.0
+    cfg["elastic_magnitude"] = [0.0, 50.0]
+    t = build_train_transforms((16, 24, 24), cfg)
+    data = _case()
+    for seed in range(3):
+        out = _run(t, data, seed)
+        assert tuple(out["image"].shape) == (2, 16, 24, 24)
+        assert tuple(out["label"].shape) == (1, 16, 24, 24)
+        assert str(out["image"].dtype) == "torch.float32"
+        values = set(np.unique(np.asarray(out["label"])).tolist())
+        assert values <= {0.0, 1.0, 2.0}  # nearest-neighbour: no blended label values
+        assert np.isfinite(np.asarray(out["image"])).all()
+
+
+@pytest.mark.filterwarnings("ignore:Num foregrounds 0")
+def test_small_case_is_padded_to_the_patch():
+    t = build_train_transforms((32, 32, 32), {"rotation_prob": 0.0, "scale_prob": 0.0})
+    out = _run(t, _case(shape=(10, 12, 14)), 1)
+    assert tuple(out["image"].shape) == (2, 32, 32, 32)
+
+
+def test_same_seed_same_patch_different_seed_different_patch():
+    t = build_train_transforms((16, 16, 16), None)
+    data = _case()
+    a, b, c = _run(t, data, 7), _run(t, data, 7), _run(t, data, 8)
+    np.testing.assert_array_equal(np.asarray(a["image"]), np.asarray(b["image"]))
+    assert not np.array_equal(np.asarray(a["image"]), np.asarray(c["image"]))
+
+
+def test_foreground_oversampling_centres_crops_on_the_lesion():
+    # pos only, no spatial/intensity change: every crop must contain lesion voxels,
+    # although the lesion fills < 0.5 % of the case.
+    cfg = {k: (0.0 if k.endswith("_prob") else v) for k, v in DEFAULT_AUGMENT.items()}
+    cfg.update(pos=1.0, neg=0.0)
+    t = build_train_transforms((8, 8, 8), cfg)
+    data = _case()
+    hits = [np.asarray(_run(t, data, s)["label"]).any() for s in range(10)]
+    assert all(hits)
+    cfg.update(pos=0.0, neg=1.0)
+    t = build_train_transforms((8, 8, 8), cfg)
+    hits = [np.asarray(_run(t, data, s)["label"]).any() for s in range(10)]
+    assert not all(hits)
+
+
+def test_crop_is_enlarged_for_rotation_and_scaling_only():
+    cfg = augment_config(None)
+    assert all(c > p for c, p in zip(_crop_size_zyx((32, 32, 32), cfg), (32, 32, 32)))
+    cfg.update(rotation_prob=0.0, scale_prob=0.0)
+    assert _crop_size_zyx((32, 32, 32), cfg) == [32, 32, 32]
+
+
+def test_bad_settings_are_user_errors():
+    with pytest.raises(InputError, match="unknown augmentation"):
+        augment_config({"rotate": 1})
+    with pytest.raises(InputError, match="probability"):
+        augment_config({"flip_prob": 2})

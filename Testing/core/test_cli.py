@@ -1,0 +1,66 @@
+"""The tumorseg command line: argument handling and one-line errors (no model needed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tumorseg_core import cli
+from tumorseg_core.commands.segment import parse_point
+
+
+def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tumorseg_core", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_negative_seed_values_are_joined_to_their_option():
+    argv = ["segment", "a.nii", "--seed", "-48,43,6", "--background", "-1.5,-2,-3e", "-o", "x.nii"]
+    joined = cli._join_negative_values(argv)
+    assert "--seed=-48,43,6" in joined
+    # Not a number list: left for argparse to complain about.
+    assert "--background" in joined and "-1.5,-2,-3e" in joined
+
+
+def test_parse_point_accepts_lps_triples_and_refuses_others():
+    assert parse_point("-48,43.5,6") == (-48.0, 43.5, 6.0)
+    for bad in ("1,2", "a,b,c", "1,2,3,4"):
+        with pytest.raises(Exception, match="X,Y,Z"):
+            parse_point(bad)
+
+
+def test_parser_accepts_plain_negative_seed_form():
+    parser = cli.build_parser()
+    args = parser.parse_args(cli._join_negative_values(["segment", "img.nii.gz", "--seed", "-48,43,6", "-o", "o.nii"]))
+    assert args.seed == ["-48,43,6"]
+
+
+def test_unknown_option_is_one_error_line_with_exit_2(tmp_path):
+    result = run_cli("segment", "x.nii.gz", "-o", str(tmp_path / "o.nii.gz"), "--bogus")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:")
+
+
+def test_bad_output_extension_refused_before_work(tmp_path):
+    image = tmp_path / "missing.nii.gz"
+    result = run_cli("segment", str(image), "-o", str(tmp_path / "out.png"))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error:") and ".seg.nrrd" in result.stderr
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_missing_output_folder_refused(tmp_path):
+    result = run_cli("segment", "x.nii.gz", "-o", str(tmp_path / "nope" / "out.nii.gz"))
+    assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_info_json_reports_versions_and_devices():
+    result = run_cli("info", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["packages"]["SimpleITK"] != "not installed"
+    assert "devices" in report and report["cpu_count"] >= 1

@@ -1,0 +1,315 @@
+"""Model packages: round trip, and every refusal (hashes, files, manifest, zip safety, weights)."""
+
+from __future__ import annotations
+
+import ast
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import tumorseg_core
+import tumorseg_core.package as package_mod
+import tumorseg_core.package_zip as package_zip
+from tumorseg_core.errors import ModelPackageError
+from tumorseg_core.manifest import Manifest
+from tumorseg_core.models.registry import build_network
+from tumorseg_core.package import install_package, installed_models, open_package, write_package
+from tumorseg_core.package_zip import sha256_file
+
+KWARGS = {"in_channels": 1, "out_channels": 3, "features": [2, 4]}
+
+
+def make_manifest(**changes) -> dict:
+    manifest = {
+        "format_version": 1,
+        "name": "tiny-test",
+        "version": "0.1.0",
+        "license": "Apache-2.0",
+        "description": "tiny 3D U-Net for tests",
+        "architecture": "unet3d",
+        "kwargs": dict(KWARGS),
+        "inputs": [{"modality": "MRI", "normalization": {"type": "zscore", "nonzero": True, "clip_percentiles": [0.5, 99.5]}}],
+        "spacing": [1.0, 1.5, 2.0],
+        "orientation": "LPS",
+        "patch_size": [8, 4, 6],
+        "output": {"type": "softmax", "labels": [
+            {"value": 1, "name": "Tumor", "color": [0.9, 0.3, 0.2],
+             "terminology": {"category": ["SCT", "49755003", "Morphologically Altered Structure"],
+                             "type": ["SCT", "108369006", "Neoplasm"]}},
+            {"value": 2, "name": "Edema", "color": [0.2, 0.6, 0.9]},
+        ]},
+        "postprocessing": [{"label": 1, "min_volume_mm3": 20, "fill_holes": True}],
+        "inference": {"overlap": 0.5},
+        "metrics": {"validation": {"dice": 0.5}},
+        "files": {},
+    }
+    manifest.update(changes)
+    return manifest
+
+
+def tiny_nets(n: int = 2) -> list:
+    nets = []
+    for i in range(n):
+        torch.manual_seed(i)
+        nets.append(build_network("unet3d", KWARGS).eval())
+    return nets
+
+
+@pytest.fixture(autouse=True)
+def private_dirs(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUMORSEG_MODELS", str(tmp_path / "models"))
+    monkeypatch.setenv("TUMORSEG_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def pkg_dir(tmp_path) -> Path:
+    return write_package(tmp_path / "pkg", make_manifest(), [n.state_dict() for n in tiny_nets()], readme="# tiny\n")
+
+
+def edit_manifest(pkg: Path, **changes) -> None:
+    data = json.loads((pkg / "manifest.json").read_text())
+    data.update(changes)
+    (pkg / "manifest.json").write_text(json.dumps(data))
+
+
+def test_round_trip_gives_identical_outputs(pkg_dir):
+    assert sorted(p.name for p in pkg_dir.iterdir()) == ["README.md", "fold0.safetensors", "fold1.safetensors", "manifest.json"]
+    pkg = open_package(pkg_dir)
+    assert [p.name for p in pkg.weight_files] == ["fold0.safetensors", "fold1.safetensors"]
+    loaded = pkg.load_networks("cpu")
+    x = torch.randn(1, 1, 6, 4, 8)
+    with torch.no_grad():
+        for original, net in zip(tiny_nets(), loaded):
+            assert not net.training
+            torch.testing.assert_close(net(x), original(x), rtol=0, atol=0)
+    assert open_package(pkg_dir).sha256 == pkg.sha256 and len(pkg.sha256) == 64
+
+
+def test_manifest_accessors(pkg_dir):
+    m = open_package(pkg_dir).manifest
+    assert m.spacing_xyz == (1.0, 1.5, 2.0)
+    assert m.patch_size_xyz == (8, 4, 6) and m.patch_size_zyx == (6, 4, 8)
+    assert m.input_modalities == ["MRI"] and m.num_inputs == 1 and m.output_type == "softmax"
+    assert m.orientation == "LPS" and m.size_divisor_zyx == (2, 2, 2)
+    labels = m.labels
+    assert [(s.value, s.name) for s in labels] == [(1, "Tumor"), (2, "Edema")]
+    assert labels[0].terminology["type"][1] == "108369006" and labels[1].terminology is None
+    assert tuple(labels[0].color) == (0.9, 0.3, 0.2)
+    assert set(m.files) == {"README.md", "fold0.safetensors", "fold1.safetensors"}
+
+
+def test_tampered_weights_refused(pkg_dir):
+    weights = pkg_dir / "fold1.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ModelPackageError, match="does not match its sha256"):
+        open_package(pkg_dir)
+
+
+def test_weights_swapped_after_open_refused(pkg_dir):
+    pkg = open_package(pkg_dir)
+    (pkg_dir / "fold0.safetensors").write_bytes(b"x" * 100)
+    with pytest.raises(ModelPackageError, match="changed since"):
+        pkg.load_networks()
+
+
+def test_missing_file_refused(pkg_dir):
+    (pkg_dir / "README.md").unlink()
+    with pytest.raises(ModelPackageError, match="missing 'README.md'"):
+        open_package(pkg_dir)
+
+
+def test_extra_file_refused(pkg_dir):
+    (pkg_dir / "evil.py").write_text("import os\n")
+    with pytest.raises(ModelPackageError, match="'evil.py'.*does not list"):
+        open_package(pkg_dir)
+
+
+def test_unknown_architecture_refused(pkg_dir):
+    edit_manifest(pkg_dir, architecture="resnet_evil")
+    with pytest.raises(ModelPackageError, match="unknown architecture 'resnet_evil'"):
+        open_package(pkg_dir)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("{not json", "not valid JSON"),
+    ('{"name": NaN}', "not valid JSON"),
+    ("[1, 2]", "JSON object"),
+])
+def test_invalid_manifest_json_refused(pkg_dir, text, match):
+    (pkg_dir / "manifest.json").write_text(text)
+    with pytest.raises(ModelPackageError, match=match):
+        open_package(pkg_dir)
+
+
+def test_huge_manifest_refused(pkg_dir):
+    (pkg_dir / "manifest.json").write_text(" " * (1024 * 1024 + 1))
+    with pytest.raises(ModelPackageError, match="larger than 1 MB"):
+        open_package(pkg_dir)
+
+
+def test_manifest_missing_key_refused(pkg_dir):
+    data = json.loads((pkg_dir / "manifest.json").read_text())
+    del data["spacing"]
+    (pkg_dir / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ModelPackageError, match="missing required field.*spacing"):
+        open_package(pkg_dir)
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"spacing": [1, 1]}, "spacing"),
+    ({"patch_size": [8, 5, 6]}, "patch_size"),
+    ({"orientation": "LLS"}, "orientation"),
+    ({"name": "../evil"}, "name"),
+    ({"inputs": []}, "inputs"),
+    ({"inputs": [{"modality": "CT", "normalization": {"type": "ct", "window": [300, -100]}}]}, "window"),
+    ({"inputs": [{"modality": "T1", "normalization": {"type": "none"}}] * 2}, "in_channels"),
+    ({"output": {"type": "softmax", "labels": [{"value": 3, "name": "x", "color": [1, 0, 0]}]}}, "output.labels"),
+    ({"output": {"type": "softmax", "labels": [{"value": 1, "name": "x", "color": [2, 0, 0]}]}}, "color"),
+    ({"output": {"type": "probability", "labels": []}}, "output.type"),
+    ({"format_version": 99}, "newer"),
+    ({"inference": {"overlap": 1.5}}, "overlap"),
+    ({"metrics": {"validation": {"dice": float("nan")}}}, "not plain JSON"),
+])
+def test_invalid_manifest_fields_named(changes, field):
+    manifest = make_manifest(**changes)
+    manifest["files"] = {"fold0.safetensors": "a" * 64}
+    with pytest.raises(ModelPackageError, match=field):
+        Manifest(manifest)
+
+
+def test_files_entry_with_path_refused(pkg_dir):
+    data = json.loads((pkg_dir / "manifest.json").read_text())
+    data["files"]["../outside.txt"] = "a" * 64
+    (pkg_dir / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ModelPackageError, match="invalid file name"):
+        open_package(pkg_dir)
+
+
+def test_mismatched_weight_shapes_refused(pkg_dir, tmp_path):
+    other = build_network("unet3d", {"in_channels": 1, "out_channels": 3, "features": [2, 8]}).state_dict()
+    save_file({k: v.contiguous() for k, v in other.items()}, str(pkg_dir / "fold0.safetensors"))
+    data = json.loads((pkg_dir / "manifest.json").read_text())
+    data["files"]["fold0.safetensors"] = sha256_file(pkg_dir / "fold0.safetensors")
+    (pkg_dir / "manifest.json").write_text(json.dumps(data))
+    pkg = open_package(pkg_dir)  # hashes are right: the mismatch shows when loading
+    with pytest.raises(ModelPackageError, match="do not match the architecture.*shape"):
+        pkg.load_networks()
+    with pytest.raises(ModelPackageError, match="do not match the architecture"):
+        write_package(tmp_path / "bad", make_manifest(), [other])
+    assert not (tmp_path / "bad").exists()
+
+
+def test_write_package_refuses_existing_unless_overwrite(pkg_dir):
+    with pytest.raises(ModelPackageError, match="already exists"):
+        write_package(pkg_dir, make_manifest(), [tiny_nets(1)[0].state_dict()])
+    write_package(pkg_dir, make_manifest(version="0.2.0"), [tiny_nets(1)[0].state_dict()], overwrite=True)
+    pkg = open_package(pkg_dir)
+    assert pkg.manifest.version == "0.2.0" and len(pkg.weight_files) == 1
+    assert sorted(p.name for p in pkg_dir.parent.iterdir() if p.name.startswith(".")) == []
+
+
+def _zip_folder(folder: Path, zip_path: Path, prefix: str = "") -> Path:
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for p in sorted(folder.iterdir()):
+            zf.write(p, prefix + p.name)
+    return zip_path
+
+
+@pytest.mark.parametrize("prefix", ["", "tiny-test/"])
+def test_zip_package_opens(pkg_dir, tmp_path, prefix):
+    zpath = _zip_folder(pkg_dir, tmp_path / "tiny.zip", prefix)
+    pkg = open_package(zpath)
+    assert pkg.root.parent == tmp_path / "cache" / "packages"
+    assert pkg.root.name == sha256_file(zpath)
+    assert len(pkg.load_networks()) == 2
+    assert open_package(zpath).root == pkg.root  # cached extraction reused, still verified
+    (pkg.root / "fold0.safetensors").write_bytes(b"altered cache")
+    assert len(open_package(zpath).load_networks()) == 2  # an altered cache is re-extracted
+
+
+@pytest.mark.parametrize("entry", ["../evil.txt", "/tmp/evil.txt", "C:/evil.txt", "a/../../evil.txt", "..\\evil.txt"])
+def test_zip_path_traversal_refused(pkg_dir, tmp_path, entry):
+    zpath = _zip_folder(pkg_dir, tmp_path / "evil.zip")
+    with zipfile.ZipFile(zpath, "a") as zf:
+        zf.writestr(zipfile.ZipInfo(entry), b"owned")
+    with pytest.raises(ModelPackageError, match="unsafe entry"):
+        open_package(zpath)
+    assert not (tmp_path / "evil.txt").exists()
+    assert [p.name for p in (tmp_path / "cache" / "packages").iterdir()] == []
+
+
+def test_zip_symlink_and_bomb_refused(pkg_dir, tmp_path, monkeypatch):
+    zpath = _zip_folder(pkg_dir, tmp_path / "link.zip")
+    with zipfile.ZipFile(zpath, "a") as zf:
+        info = zipfile.ZipInfo("link")
+        info.external_attr = (0o120777 << 16)
+        zf.writestr(info, "/etc/passwd")
+    with pytest.raises(ModelPackageError, match="symbolic link"):
+        open_package(zpath)
+    monkeypatch.setattr(package_zip, "MAX_UNCOMPRESSED_BYTES", 1000)
+    with pytest.raises(ModelPackageError, match="unpacks to more than"):
+        open_package(_zip_folder(pkg_dir, tmp_path / "bomb.zip"))
+    (tmp_path / "junk.zip").write_bytes(b"PK not really")
+    with pytest.raises(ModelPackageError, match="not a readable zip"):
+        open_package(tmp_path / "junk.zip")
+
+
+def test_install_and_list_models(pkg_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(package_mod, "SHIPPED_DEFAULT", tmp_path / "no-default")
+    assert installed_models() == []
+    dest = install_package(pkg_dir)
+    assert dest == tmp_path / "models" / "tiny-test"
+    with pytest.raises(ModelPackageError, match="already installed"):
+        install_package(pkg_dir)
+    install_package(_zip_folder(pkg_dir, tmp_path / "p.zip"), overwrite=True)
+    assert open_package("tiny-test").root == dest
+    broken = write_package(tmp_path / "models" / "broken", make_manifest(name="broken"), [tiny_nets(1)[0].state_dict()])
+    (broken / "README.md").write_text("extra")  # not listed: package is broken
+    infos = installed_models()
+    assert [(i.key, i.name, i.version, i.input_modalities, i.source) for i in infos] == [
+        ("tiny-test", "tiny-test", "0.1.0", ["MRI"], "user")]
+    monkeypatch.setattr(package_mod, "SHIPPED_DEFAULT", pkg_dir)
+    assert [i.key for i in installed_models()] == ["default", "tiny-test"]
+    assert open_package("default").root == pkg_dir
+
+
+def test_missing_default_and_unknown_name(tmp_path, monkeypatch):
+    monkeypatch.setattr(package_mod, "SHIPPED_DEFAULT", tmp_path / "no-default")
+    with pytest.raises(ModelPackageError, match="default model is not installed"):
+        open_package("default")
+    with pytest.raises(ModelPackageError, match="no model package 'nope'"):
+        open_package("nope")
+
+
+def test_no_checkpoint_loading_outside_the_converter():
+    """Only convert.py may call torch.load, always weights_only=True; nothing imports pickle."""
+    root = Path(tumorseg_core.__file__).parent
+    forbidden_modules = {"pickle", "cPickle", "_pickle", "dill", "joblib", "shelve", "marshal", "cloudpickle"}
+    checked = 0
+    for path in root.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        checked += 1
+        if path.name != "convert.py":
+            assert "torch.load(" not in text, path
+        tree = ast.parse(text)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                assert not {a.name.split(".")[0] for a in node.names} & forbidden_modules, path
+            elif isinstance(node, ast.ImportFrom):
+                assert (node.module or "").split(".")[0] not in forbidden_modules, path
+            elif isinstance(node, ast.Call):
+                for kw in node.keywords:
+                    unsafe = (kw.arg == "weights_only" and not (isinstance(kw.value, ast.Constant) and kw.value.value is True))
+                    unsafe |= kw.arg == "allow_pickle" and not (isinstance(kw.value, ast.Constant) and kw.value.value is False)
+                    assert not unsafe, f"{path}:{node.lineno}"
+                func = node.func
+                if isinstance(func, ast.Attribute) and func.attr == "load" and getattr(func.value, "id", "") == "torch":
+                    assert any(kw.arg == "weights_only" for kw in node.keywords), f"{path}:{node.lineno}"
+    assert checked > 5
+    assert "pickle" not in (root / "convert.py").read_text(encoding="utf-8")

@@ -1,0 +1,240 @@
+"""Tumor Segmentation: a thin Slicer shell over TumorSegmentationLib and tumorseg_core.
+
+Module (metadata, Sample Data source, Segment Editor effect registration), Widget
+(loads the .ui, binds the parameter node, hands everything else to
+TumorSegmentationLib.widget) and the self-test. The computation lives in
+``TumorSegmentationLib.logic.TumorSegmentationLogic``, usable without this file.
+"""
+
+import logging
+import os
+
+import slicer
+import vtk
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+SAMPLE_CATEGORY = "TumorSeg"
+SAMPLE_NAME = "TumorSeg phantom"
+SAMPLE_NODE_NAME = "TumorSegPhantom"
+
+
+class TumorSegmentation(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "Tumor Segmentation"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = ["Segmentations"]
+        self.parent.contributors = ["TumorSeg contributors"]
+        self.parent.helpText = """
+Segments tumors in CT or MRI volumes with a deep-learning model that runs on this computer
+(CPU or GPU), in a background process that can be cancelled. Choose the model and its input
+volumes (one per modality the model names), then Apply. Segment names, colors and SNOMED-CT
+terminology come from the model. Your own models can be added as verified model packages.
+See the <a href="https://github.com/tumorseg/SlicerTumorSeg#readme">documentation</a>.
+"""
+        self.parent.acknowledgementText = """
+TumorSeg is open source (Apache-2.0). It builds on 3D Slicer, PyTorch, MONAI and SimpleITK,
+and learned from SlicerMONAIAuto3DSeg, SlicerTotalSegmentator and SlicerNNUNet.
+"""
+        slicer.app.connect("startupCompleted()", onStartupCompleted)
+
+
+def onStartupCompleted():
+    """Work that needs other modules (Sample Data, Segment Editor) to be loaded first."""
+    registerSampleData()
+    registerSegmentEditorEffect()
+
+
+#
+# Sample data: a synthetic phantom generated locally (nothing is downloaded)
+#
+
+
+def loadPhantomSample(seed=0, nodeName=SAMPLE_NODE_NAME):
+    """Generate a tumor phantom with tumorseg_core.synthetic and load it as a volume node."""
+    import SimpleITK as sitk
+
+    from tumorseg_core.synthetic import make_phantom
+
+    phantom = make_phantom(seed)
+    path = os.path.join(slicer.util.tempDirectory("TumorSegPhantom"), f"{nodeName}-{seed}.nrrd")
+    sitk.WriteImage(phantom.image, path, True)  # LPS file; Slicer converts to RAS on load
+    return slicer.util.loadVolume(path, {"name": nodeName, "show": True})
+
+
+def registerSampleData():
+    try:
+        import SampleData
+    except ImportError:
+        logging.info("Tumor Segmentation: the Sample Data module is not loaded; no phantom sample")
+        return
+    iconsPath = os.path.join(os.path.dirname(__file__), "Resources", "Icons")
+    if hasattr(SampleData.SampleDataLogic, "registerCustomSampleDataCategory"):
+        SampleData.SampleDataLogic.registerCustomSampleDataCategory(SAMPLE_CATEGORY, title="Tumor Segmentation")
+    # Sample Data calls customDownloader(source) from its button; there is no file to download.
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category=SAMPLE_CATEGORY,
+        sampleName=SAMPLE_NAME,
+        uris=[],
+        fileNames=[],
+        nodeNames=[],
+        thumbnailFileName=os.path.join(iconsPath, "TumorSegmentation.png"),
+        customDownloader=lambda source: loadPhantomSample(),
+    )
+
+
+def registerSegmentEditorEffect():
+    """Register the "Tumor AI" effect when TumorSegmentationLib/effect.py is installed."""
+    try:
+        import qSlicerSegmentationsEditorEffectsPythonQt as editorEffects
+        import TumorSegmentationLib
+        from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
+        from TumorSegmentationLib import effect
+    except ImportError as exc:
+        logging.info("Tumor Segmentation: no Segment Editor effect registered (%s)", exc)
+        return
+    effectClasses = [value for value in vars(effect).values()
+                     if isinstance(value, type) and issubclass(value, AbstractScriptedSegmentEditorEffect)
+                     and value.__module__ == effect.__name__]
+    if len(effectClasses) != 1:
+        logging.error("Tumor Segmentation: effect.py must define exactly one effect class, found %d", len(effectClasses))
+        return
+    # setPythonSource("<folder>/effect.py") instantiates the class named "effectEffect" found on the
+    # module named after the folder (TumorSegmentationLib, already imported), so expose it there;
+    # otherwise Slicer would load effect.py *as* TumorSegmentationLib and shadow the package.
+    TumorSegmentationLib.effectEffect = effectClasses[0]
+    instance = editorEffects.qSlicerSegmentEditorScriptedEffect(None)
+    instance.setPythonSource(effect.__file__.replace("\\", "/"))
+    instance.self().register()
+    logging.info("Tumor Segmentation: registered Segment Editor effect %s", effectClasses[0].__name__)
+
+
+#
+# Widget
+#
+
+
+class TumorSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self.panel = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        from TumorSegmentationLib import TumorSegmentationLogic
+        from TumorSegmentationLib.widget import TumorSegmentationPanel
+
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/TumorSegmentation.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = TumorSegmentationLogic()
+        self.panel = TumorSegmentationPanel(self.ui, self.logic)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        if self.panel:
+            self.panel.cleanup()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        from TumorSegmentationLib.parameters import TumorSegmentationParameterNode
+
+        # The singleton parameter node of this module, whatever base class the Lib Logic has.
+        nodeLogic = ScriptedLoadableModuleLogic()
+        nodeLogic.moduleName = "TumorSegmentation"
+        parameterNode = TumorSegmentationParameterNode(nodeLogic.getParameterNode())
+        if not parameterNode.inputVolume0:
+            parameterNode.inputVolume0 = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        self.setParameterNode(parameterNode)
+
+    def setParameterNode(self, parameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.panel.updateState)
+            self._parameterNodeGuiTag = None
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            # Widgets with the "SlicerParameterName" property in the .ui are bound here.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.panel.updateState)
+        self.panel.setParameterNode(self._parameterNode)
+
+
+#
+# Self-test (same flow as Testing/slicer/headless_example.py)
+#
+
+
+class TumorSegmentationTest(ScriptedLoadableModuleTest):
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_phantom_end_to_end()
+
+    def test_phantom_end_to_end(self):
+        from TumorSegmentationLib import TumorSegmentationLogic
+
+        from tumorseg_core.package import open_package
+
+        self.delayDisplay("Generating the phantom sample")
+        registerSampleData()
+        volume = loadPhantomSample(seed=1)
+        self.assertIsNotNone(volume)
+
+        self.delayDisplay("Segmenting (CPU)")
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Phantom tumor")
+        segmentation.CreateDefaultDisplayNodes()
+        TumorSegmentationLogic().process([volume], segmentation, model="default", device="cpu",
+                                         waitForCompletion=True)
+
+        expectedNames = [label["name"] for label in open_package("default").manifest.label_dicts]
+        segments = segmentation.GetSegmentation()
+        names = [segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())]
+        self.assertTrue(names, "no segment was created")
+        self.assertTrue(set(names) <= set(expectedNames), f"segments {names} are not among {expectedNames}")
+
+        # The result must lie on the input's grid: same spacing and axis directions.
+        labelmap = segmentation.GetBinaryLabelmapInternalRepresentation(segments.GetNthSegmentID(0))
+        self.assertIsNotNone(labelmap)
+        for have, want in zip(labelmap.GetSpacing(), volume.GetSpacing()):
+            self.assertAlmostEqual(have, want, places=4)
+        labelmapDirections, volumeDirections = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+        labelmap.GetDirectionMatrix(labelmapDirections)
+        volume.GetIJKToRASDirectionMatrix(volumeDirections)
+        for row in range(3):
+            for col in range(3):
+                self.assertAlmostEqual(labelmapDirections.GetElement(row, col),
+                                       volumeDirections.GetElement(row, col), places=4)
+
+        path = os.path.join(slicer.util.tempDirectory("TumorSegTest"), "phantom.seg.nrrd")
+        self.assertTrue(slicer.util.saveNode(segmentation, path))
+        self.assertGreater(os.path.getsize(path), 0)
+        self.delayDisplay("Test passed")

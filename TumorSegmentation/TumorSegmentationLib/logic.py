@@ -1,0 +1,356 @@
+"""TumorSegmentationLogic: volume nodes in, segments out, inference in a background worker.
+
+Qt-free and usable headless (slicer-core, ``Slicer --no-main-window``, the Python
+console)::
+
+    logic = TumorSegmentationLogic()
+    logic.process([t1Node], segmentationNode, model="default")             # blocks
+    logic.process([t1Node], segmentationNode, waitForCompletion=False)      # returns at once
+    while logic.poll(): time.sleep(0.1)                                     # or a QTimer
+
+The scene is only modified once the worker has finished successfully: the new segments
+are built outside the scene and added in one step, so an error or a cancel leaves the
+scene exactly as it was (same nodes, same segments). The temporary folder holding the
+exported inputs and the result is always deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import slicer
+
+from tumorseg_core.errors import CancelledError, TumorSegError
+
+from . import geometry_bridge, terminology
+from .runner import DEFAULT_IDLE_TIMEOUT_S, WorkerRunner
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[float, str], None]
+CompletionCallback = Callable[[bool, str], None]
+
+#: Segment tags that mark segments TumorSeg created (used by ``replaceExisting``).
+MODEL_TAG = "TumorSeg.Model"
+LABEL_VALUE_TAG = "TumorSeg.LabelValue"
+
+
+def _logic_base() -> type:
+    """ScriptedLoadableModuleLogic inside the Slicer application, else ``object`` (headless)."""
+    if getattr(slicer, "app", None) is None:
+        return object
+    try:
+        from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
+
+        return ScriptedLoadableModuleLogic
+    except ImportError:
+        return object
+
+
+@dataclass
+class _Job:
+    """One running segmentation (private to the Logic)."""
+
+    request_id: int
+    temp_dir: Path
+    output_path: Path
+    segmentation_node: Any
+    manifest: Any
+    ijk_to_frame: Any
+    shape_zyx: tuple
+    reference_volume: Any
+    replace_existing: bool
+    progress_callback: Optional[ProgressCallback]
+    completion_callback: Optional[CompletionCallback]
+    started: float = field(default_factory=time.perf_counter)
+
+
+class TumorSegmentationLogic(_logic_base()):  # type: ignore[misc]
+    """Runs TumorSeg models on MRML volume nodes; results become segments with terminology.
+
+    Attributes:
+        status: ``"idle"``, ``"running"``, ``"done"``, ``"error"`` or ``"cancelled"``.
+        lastError: one-line message of the last failure (or ``None``).
+        lastResult: after success: ``seconds`` (worker), ``totalSeconds``, ``warm``,
+            ``workerPid``, ``segmentIDs`` (the new segments, in manifest order).
+    """
+
+    def __init__(self, runner: Optional[WorkerRunner] = None, idleTimeout: float = DEFAULT_IDLE_TIMEOUT_S) -> None:
+        if type(self).__mro__[1] is not object:
+            super().__init__()
+        self.runner = runner or WorkerRunner(idle_timeout=idleTimeout)
+        self.status = "idle"
+        self.lastError: Optional[str] = None
+        self.lastResult: Optional[Dict[str, Any]] = None
+        self._job: Optional[_Job] = None
+        self._scene_observations: List[tuple] = []
+        self._manifests: Dict[tuple, Any] = {}
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def isRunning(self) -> bool:
+        """True while a segmentation is in progress."""
+        return self._job is not None
+
+    def modelManifest(self, model: str = "default") -> Any:
+        """The validated manifest of a model package (opened and verified once per version on disk)."""
+        from tumorseg_core.package import open_package, resolve_package_path
+        from tumorseg_core.worker import model_fingerprint
+
+        path = str(resolve_package_path(model))
+        key = (path, model_fingerprint(path))
+        if key not in self._manifests:
+            self._manifests = {k: v for k, v in self._manifests.items() if k[0] != path}
+            self._manifests[key] = open_package(model).manifest
+        return self._manifests[key]
+
+    def process(
+        self,
+        inputVolumeNodes: Any,
+        outputSegmentationNode: Any,
+        model: str = "default",
+        device: str = "auto",
+        waitForCompletion: bool = True,
+        progressCallback: Optional[ProgressCallback] = None,
+        options: Optional[Dict[str, Any]] = None,
+        replaceExisting: bool = False,
+        completionCallback: Optional[CompletionCallback] = None,
+    ) -> bool:
+        """Segment ``inputVolumeNodes`` (one per model input, in manifest order) into ``outputSegmentationNode``.
+
+        Adds one segment per label of the model (name, color, terminology); existing
+        segments are never changed. With ``replaceExisting``, segments that TumorSeg
+        created earlier and that have the same name as a new one are replaced.
+
+        With ``waitForCompletion`` (default) returns True once done and raises
+        TumorSegError (CancelledError on cancel) on failure. Otherwise returns True once
+        started; :meth:`poll` (or a timer calling it) drives the run, and the outcome is
+        in :attr:`status` / :attr:`lastError` and passed to ``completionCallback(success, message)``.
+        Invalid inputs always raise at once, before anything starts.
+        """
+        if self.isRunning:
+            raise TumorSegError("a segmentation is already running; wait for it or cancel it")
+        volumes = list(inputVolumeNodes) if isinstance(inputVolumeNodes, (list, tuple)) else [inputVolumeNodes]
+        if outputSegmentationNode is None or not outputSegmentationNode.IsA("vtkMRMLSegmentationNode"):
+            raise TumorSegError("select an output segmentation node")
+        if outputSegmentationNode.GetScene() is None:
+            raise TumorSegError("the output segmentation node is not in a scene; add it to the scene first")
+        manifest = self.modelManifest(model)
+        self._validate_inputs(volumes, manifest)
+
+        temp_dir = Path(tempfile.mkdtemp(prefix="TumorSeg-"))
+        try:
+            paths, matrices = [], []
+            for i, volume in enumerate(volumes):
+                path = temp_dir / f"input{i}.nrrd"
+                matrices.append(geometry_bridge.write_volume(volume, path, frame_node=outputSegmentationNode))
+                paths.append(str(path))
+            model_arg = str(Path(model).resolve()) if Path(model).exists() else model
+            output_path = temp_dir / "labels.nrrd"
+            request = {"cmd": "segment", "images": paths, "output": str(output_path), "model": model_arg,
+                       "device": device, "options": dict(options or {})}
+            request_id = self.runner.submit(request)
+        except BaseException as exc:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise TumorSegError(f"could not start the segmentation worker: {exc}") from exc
+            raise
+        dims = volumes[0].GetImageData().GetDimensions()
+        self._job = _Job(
+            request_id=request_id, temp_dir=temp_dir, output_path=output_path,
+            segmentation_node=outputSegmentationNode, manifest=manifest, ijk_to_frame=matrices[0],
+            shape_zyx=(dims[2], dims[1], dims[0]), reference_volume=volumes[0],
+            replace_existing=replaceExisting, progress_callback=progressCallback,
+            completion_callback=completionCallback,
+        )
+        self.status, self.lastError = "running", None
+        self._observe_scene(outputSegmentationNode.GetScene())
+        if not waitForCompletion:
+            return True
+        app = getattr(slicer, "app", None)
+        while self.poll():
+            if app is not None:
+                app.processEvents()  # keep Slicer's UI (and a Cancel button) responsive
+            time.sleep(0.02)
+        if self.status == "cancelled":
+            raise CancelledError()
+        if self.status != "done":
+            raise TumorSegError(self.lastError or "the segmentation failed")
+        return True
+
+    def poll(self) -> bool:
+        """Handle the worker's news (progress, result, error); returns True while still running."""
+        job = self._job
+        if job is None:
+            return False
+        for event in self.runner.poll():
+            if self._job is not job:
+                break  # a callback cancelled the run
+            kind = event.get("event")
+            if event.get("id") != job.request_id:
+                if kind == "ready":
+                    logger.info("worker ready (pid %s)", event.get("pid"))
+                continue
+            if kind == "progress":
+                if job.progress_callback is not None:
+                    job.progress_callback(float(event.get("fraction", 0.0)), str(event.get("message", "")))
+            elif kind == "done":
+                self._finish(job, event)
+            elif kind == "error":
+                self._end(job, "error", str(event.get("message") or "the segmentation failed"))
+        return self._job is not None
+
+    def cancel(self) -> None:
+        """Stop a running segmentation: kill the worker process tree; the scene stays as it was."""
+        job = self._job
+        if job is None:
+            return
+        self.runner.cancel()
+        self._end(job, "cancelled", CancelledError().args[0])
+
+    def shutdown(self) -> None:
+        """Cancel any run, stop the worker and stop observing scenes (module cleanup)."""
+        self.cancel()
+        self.runner.shutdown()
+        for scene, tag in self._scene_observations:
+            scene.RemoveObserver(tag)
+        self._scene_observations = []
+
+    # ------------------------------------------------------------------ steps
+
+    @staticmethod
+    def _validate_inputs(volumes: Sequence[Any], manifest: Any) -> None:
+        modalities = manifest.input_modalities
+        if len(volumes) != len(modalities):
+            raise TumorSegError(
+                f"model '{manifest.name}' needs {len(modalities)} input volume(s) ({', '.join(modalities)}), "
+                f"{len(volumes)} given; select one volume per input in that order"
+            )
+        for i, volume in enumerate(volumes):
+            label = f"input {i + 1} ({modalities[i]})"
+            if volume is None:
+                raise TumorSegError(f"{label} is not selected; select a volume")
+            if not volume.IsA("vtkMRMLScalarVolumeNode") or volume.IsA("vtkMRMLLabelMapVolumeNode") \
+                    or volume.IsA("vtkMRMLVectorVolumeNode"):
+                raise TumorSegError(f"{label} '{volume.GetName()}' is a {volume.GetClassName()}; select a scalar image volume")
+            geometry_bridge.volume_array(volume)  # raises InputError for missing/empty/vector image data
+
+    def _finish(self, job: _Job, event: Dict[str, Any]) -> None:
+        """Import the result; any failure leaves the scene unchanged and ends the job as an error."""
+        try:
+            node = job.segmentation_node
+            if node.GetScene() is None:
+                raise TumorSegError("the output segmentation node was removed from the scene during the run")
+            labels = geometry_bridge.read_labels(job.output_path, job.ijk_to_frame, job.shape_zyx)
+            segment_ids = self._add_segments(job, labels)
+        except TumorSegError as exc:
+            self._end(job, "error", str(exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - reported as a failed run; the traceback goes to the log
+            logger.exception("importing the segmentation result failed")
+            self._end(job, "error", f"could not import the result: {type(exc).__name__}: {exc}")
+            return
+        self.lastResult = {
+            "seconds": event.get("seconds"), "warm": bool(event.get("warm")), "workerPid": self.runner.pid,
+            "totalSeconds": round(time.perf_counter() - job.started, 3), "segmentIDs": segment_ids,
+        }
+        logger.info("segmentation done in %.2f s (worker %.2f s, %s worker)", self.lastResult["totalSeconds"],
+                    float(event.get("seconds") or 0.0), "warm" if self.lastResult["warm"] else "cold")
+        self._end(job, "done", f"added {len(segment_ids)} segment(s)")
+
+    def _end(self, job: _Job, status: str, message: str) -> None:
+        shutil.rmtree(job.temp_dir, ignore_errors=True)
+        if self._job is job:
+            self._job = None
+        self.status = status
+        self.lastError = None if status == "done" else message
+        if status != "done":
+            logger.warning("segmentation %s: %s", status, message)
+        if job.completion_callback is not None:
+            job.completion_callback(status == "done", message)
+
+    def _build_segments(self, job: _Job, labels: Any) -> List[Any]:
+        """One vtkSegment per manifest label, sharing one labelmap layer (outside any scene)."""
+        label_infos = job.manifest.labels
+        shared = geometry_bridge.shared_label_image(labels, [info.value for info in label_infos], job.ijk_to_frame)
+        counts = geometry_bridge.label_counts(labels)
+        binary = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
+        segments = []
+        for info in label_infos:
+            segment = slicer.vtkSegment()
+            segment.SetName(info.name)
+            segment.SetNameAutoGenerated(False)
+            segment.SetColor(*info.color)
+            segment.SetColorAutoGenerated(False)
+            segment.SetLabelValue(int(info.value))
+            segment.AddRepresentation(binary, shared)
+            entry = terminology.terminology_entry(info.terminology)
+            if entry:
+                segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), entry)
+            segment.SetTag(MODEL_TAG, job.manifest.name)
+            segment.SetTag(LABEL_VALUE_TAG, str(info.value))
+            if not counts.get(int(info.value)):
+                logger.info("segment '%s' is empty (the model found no such voxels)", info.name)
+            segments.append(segment)
+        return segments
+
+    def _add_segments(self, job: _Job, labels: Any) -> List[str]:
+        """Add the new segments in one step; on any failure undo everything done here."""
+        node = job.segmentation_node
+        segments = self._build_segments(job, labels)
+        segmentation = node.GetSegmentation()
+        names = {segment.GetName() for segment in segments}
+        to_replace: Dict[str, str] = {}
+        if job.replace_existing:
+            for sid in list(segmentation.GetSegmentIDs()):
+                old = segmentation.GetSegment(sid)
+                if old.HasTag(MODEL_TAG) and old.GetName() in names and old.GetName() not in to_replace:
+                    to_replace[old.GetName()] = sid
+        geometry_name = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
+        ref_role = node.GetReferenceImageGeometryReferenceRole()
+        old_geometry = segmentation.GetConversionParameter(geometry_name)
+        old_reference = node.GetNodeReferenceID(ref_role)
+        added: List[str] = []
+        was_modifying = node.StartModify()
+        try:
+            node.SetReferenceImageGeometryParameterFromVolumeNode(job.reference_volume)
+            for segment in segments:
+                base = "TumorSeg_" + "".join(c if c.isalnum() else "_" for c in segment.GetName())
+                sid = segmentation.GenerateUniqueSegmentID(base)
+                if not segmentation.AddSegment(segment, sid, to_replace.get(segment.GetName(), "")):
+                    raise TumorSegError(f"Slicer refused to add segment '{segment.GetName()}'")
+                added.append(sid)
+            for sid in to_replace.values():
+                segmentation.RemoveSegment(sid)
+        except BaseException:
+            for sid in added:
+                segmentation.RemoveSegment(sid)
+            segmentation.SetConversionParameter(geometry_name, old_geometry)
+            node.SetNodeReferenceID(ref_role, old_reference)
+            raise
+        finally:
+            node.EndModify(was_modifying)
+        if node.GetDisplayNode() is None:
+            node.CreateDefaultDisplayNodes()
+        return added
+
+    # ------------------------------------------------------------------ scene lifetime
+
+    def _observe_scene(self, scene: Any) -> None:
+        if any(observed is scene for observed, _ in self._scene_observations):
+            return
+        tag = scene.AddObserver(slicer.vtkMRMLScene.EndCloseEvent, self._on_scene_closed)
+        self._scene_observations.append((scene, tag))
+
+    def _on_scene_closed(self, caller: Any = None, event: Any = None) -> None:
+        """Closing the scene ends any run and frees the worker's memory (it restarts on demand)."""
+        logger.info("scene closed: stopping the segmentation worker")
+        self.cancel()
+        self.runner.shutdown()

@@ -1,0 +1,95 @@
+"""The ``tumorseg`` command line: dispatches to ``tumorseg_core/commands/<name>.py``.
+
+User errors print one line, ``error: <what is wrong and what to do>``, on stderr and
+exit with code 2; nothing is written. Bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+from types import ModuleType
+from typing import Optional, Sequence
+
+from tumorseg_core import __version__
+from tumorseg_core.errors import CancelledError, TumorSegError
+
+logger = logging.getLogger("tumorseg_core")
+
+# Options whose value may start with '-' (negative LPS coordinates such as -48,43,6).
+_NEGATIVE_VALUE_OPTIONS = ("--seed", "--background")
+_NUMBER_LIST = re.compile(r"^-?\d*\.?\d+(,-?\d*\.?\d+)*$")
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """argparse prints usage plus an error; we promise one ``error:`` line and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"error: {message} (see '{self.prog} --help')\n")
+        raise SystemExit(2)
+
+
+def _commands() -> dict[str, ModuleType]:
+    # An explicit table, not names resolved from strings at run time.
+    from tumorseg_core.commands import demo, evaluate, import_weights, info, models, segment, train
+
+    return {
+        "segment": segment,
+        "demo": demo,
+        "models": models,
+        "info": info,
+        "train": train,
+        "evaluate": evaluate,
+        "import-weights": import_weights,
+    }
+
+
+def _join_negative_values(argv: Sequence[str]) -> list[str]:
+    """Turn ``--seed -48,43,6`` into ``--seed=-48,43,6`` so argparse does not take it for an option."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token in _NEGATIVE_VALUE_OPTIONS and i + 1 < len(argv) and _NUMBER_LIST.match(argv[i + 1]):
+            out.append(f"{token}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(token)
+        i += 1
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineErrorParser(prog="tumorseg", description="TumorSeg: tumor segmentation for 3D medical images.")
+    parser.add_argument("--version", action="version", version=f"tumorseg {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineErrorParser)
+    sub.required = True
+    for name, module in _commands().items():
+        summary = (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else ""
+        command_parser = sub.add_parser(name, help=summary, description=module.__doc__)
+        module.add_arguments(command_parser)
+        command_parser.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(_join_negative_values(argv))
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args._run(args) or 0)
+    except CancelledError as error:
+        sys.stderr.write(f"error: {error}\n")
+        return 130
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted; nothing was written\n")
+        return 130
+    except TumorSegError as error:
+        message = " ".join(str(error).split())  # one line, whatever the message held
+        sys.stderr.write(f"error: {message}\n")
+        return 2

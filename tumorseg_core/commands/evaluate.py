@@ -1,0 +1,122 @@
+"""Compare label maps with ground truth (Dice, HD95, surface Dice, lesions) and print a summary table.
+
+Two modes:
+  tumorseg evaluate --pred DIR --truth DIR [--csv OUT.csv] [--tolerance-mm 2] [--labels JSON]
+  tumorseg evaluate --model PACKAGE --data DIR [--save-predictions DIR] [...]
+Files are paired by name (case_01.nii.gz with case_01.seg.nrrd); predictions must be on
+the truth's grid. --data holds imagesTr/ + labelsTr/ (or images/ + labels/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Optional
+
+from tumorseg_core.errors import TumorSegError
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pred", metavar="DIR", help="folder of predicted label maps")
+    parser.add_argument("--truth", metavar="DIR", help="folder of ground-truth label maps (same file names)")
+    parser.add_argument("--model", metavar="PACKAGE", help="model name, package folder or .zip to run on --data")
+    parser.add_argument("--data", metavar="DIR", help="data folder with imagesTr/ + labelsTr/ or images/ + labels/")
+    parser.add_argument("--csv", metavar="OUT.csv", help="also write one row per case and label to this CSV")
+    parser.add_argument("--tolerance-mm", type=float, default=2.0, help="surface Dice tolerance in mm (default 2)")
+    parser.add_argument("--min-overlap", type=float, default=0.0,
+                        help="fraction of a truth lesion that must be covered to count as found (default: any voxel)")
+    parser.add_argument("--labels", metavar="JSON",
+                        help='label names as JSON or a .json file, e.g. \'{"1": "Tumor", "2": "Edema"}\' '
+                             "(default: every label found, or the model's labels)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                        help="device for --model (default auto)")
+    parser.add_argument("--save-predictions", metavar="DIR", help="with --model: write each prediction here")
+
+
+def parse_labels(text: Optional[str]) -> Optional[dict[int, str]]:
+    """``'{"1": "Tumor"}'`` or a path to such a JSON file -> ``{1: "Tumor"}``; None stays None."""
+    if text is None:
+        return None
+    source = text
+    if not text.lstrip().startswith("{"):
+        path = Path(text)
+        if not path.is_file():
+            raise TumorSegError(f"--labels '{text}' is neither JSON nor an existing .json file; "
+                                'write it as \'{"1": "Tumor"}\'')
+        try:
+            source = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise TumorSegError(f"could not read --labels file {path} ({exc.strerror}); check the path") from exc
+    try:
+        data = json.loads(source)
+    except json.JSONDecodeError as exc:
+        raise TumorSegError(f"--labels is not valid JSON ({exc.msg}); write it as '{{\"1\": \"Tumor\"}}'") from None
+    if not isinstance(data, dict) or not data:
+        raise TumorSegError('--labels must be a JSON object mapping label values to names, e.g. {"1": "Tumor"}')
+    labels: dict[int, str] = {}
+    for key, name in data.items():
+        try:
+            value = int(key)
+        except (TypeError, ValueError):
+            value = -1
+        if value <= 0 or not isinstance(name, str) or not name:
+            raise TumorSegError(f"--labels entry {key!r}: {name!r} is not a positive label value with a name; "
+                                'write e.g. {"1": "Tumor"}')
+        labels[value] = name
+    return labels
+
+
+def _check_args(args: argparse.Namespace) -> str:
+    """'folders' or 'model', after checking the option combination and numbers."""
+    folders = args.pred is not None or args.truth is not None
+    model = args.model is not None or args.data is not None
+    if folders and model:
+        raise TumorSegError("give either --pred/--truth or --model/--data, not both")
+    if folders and (args.pred is None or args.truth is None):
+        raise TumorSegError("--pred and --truth go together; give both folders")
+    if model and (args.model is None or args.data is None):
+        raise TumorSegError("--model and --data go together; give both")
+    if not folders and not model:
+        raise TumorSegError("nothing to evaluate; give --pred DIR --truth DIR, or --model PACKAGE --data DIR")
+    if args.save_predictions and not model:
+        raise TumorSegError("--save-predictions needs --model and --data")
+    if not math.isfinite(args.tolerance_mm) or args.tolerance_mm < 0:
+        raise TumorSegError(f"--tolerance-mm must be a number >= 0, got {args.tolerance_mm}")
+    if not 0.0 <= args.min_overlap <= 1.0:
+        raise TumorSegError(f"--min-overlap must be between 0 and 1, got {args.min_overlap}")
+    if args.csv:
+        parent = Path(args.csv).parent
+        if not parent.is_dir():
+            raise TumorSegError(f"CSV folder '{parent}' does not exist; create it first")
+    return "folders" if folders else "model"
+
+
+def run(args: argparse.Namespace) -> int:
+    from tumorseg_core.evaluation import evaluate_folders, evaluate_model, format_table, summarize, write_csv
+    from tumorseg_core.progress import TerminalProgress
+
+    mode = _check_args(args)
+    labels = parse_labels(args.labels)
+    progress = TerminalProgress()
+    try:
+        if mode == "folders":
+            rows = evaluate_folders(args.pred, args.truth, labels=labels, tolerance_mm=args.tolerance_mm,
+                                    min_overlap=args.min_overlap, progress=progress)
+        else:
+            rows = evaluate_model(args.model, args.data, labels=labels, tolerance_mm=args.tolerance_mm,
+                                  min_overlap=args.min_overlap, device=args.device,
+                                  save_dir=args.save_predictions, progress=progress)
+    finally:
+        progress.close()
+    if args.csv:
+        write_csv(rows, args.csv)
+    cases = len({row["case"] for row in rows})
+    sys.stdout.write(f"{cases} case(s), surface Dice tolerance {args.tolerance_mm:g} mm\n")
+    sys.stdout.write(format_table(summarize(rows)) + "\n")
+    return 0

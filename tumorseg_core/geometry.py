@@ -1,0 +1,205 @@
+"""Image grids: compare, align inputs, go to the model grid and bring labels back.
+
+All images are ``SimpleITK.Image`` in LPS physical space. Sizes, spacings, origins and
+index boxes passed here are in ITK order **(x, y, z)** unless a name ends in ``_zyx``.
+The pipeline's round trip is::
+
+    model_image = to_model_grid(image, spacing_xyz, orientation)        # float32
+    labels_model = <predict on sitk.GetArrayFromImage(model_image)>     # (z, y, x) uint8
+    labels_img = sitk.GetImageFromArray(labels_model); labels_img.CopyInformation(model_image)
+    labels = labels_to_reference(labels_img, image)                     # exact grid of image
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError, TumorSegError
+
+logger = logging.getLogger(__name__)
+
+_INTERPOLATORS = {
+    "linear": sitk.sitkLinear,
+    "bspline": sitk.sitkBSpline,
+    "nearest": sitk.sitkNearestNeighbor,
+}
+
+# Which anatomical axis each orientation letter names (one letter per axis in a valid code).
+_AXIS_OF_LETTER = {"L": 0, "R": 0, "P": 1, "A": 1, "S": 2, "I": 2}
+
+
+def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
+    """True if ``a`` and ``b`` have the same voxel grid.
+
+    Sizes must be equal; spacings and direction cosines may differ by ``tol`` (absolute);
+    origins by ``tol`` times the largest spacing (mm) plus a 1e-6 relative slack so that
+    far-away origins stored as float32 (NIfTI) still compare equal.
+    """
+    if a.GetDimension() != b.GetDimension() or a.GetSize() != b.GetSize():
+        return False
+    if not np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=0.0, atol=tol):
+        return False
+    if not np.allclose(a.GetDirection(), b.GetDirection(), rtol=0.0, atol=tol):
+        return False
+    origin_tol = tol * max(max(a.GetSpacing()), 1e-12)
+    return bool(np.allclose(a.GetOrigin(), b.GetOrigin(), rtol=1e-6, atol=origin_tol))
+
+
+def copy_grid(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
+    """A copy of ``image`` with ``reference``'s spacing, origin and direction (sizes must match)."""
+    out = sitk.Image(image)
+    out.CopyInformation(reference)
+    return out
+
+
+def physical_corners(image: sitk.Image) -> np.ndarray:
+    """(8, 3) LPS points of the outer voxel-edge corners of ``image`` (half a voxel beyond centres)."""
+    size = np.array(image.GetSize(), dtype=float)
+    corners = []
+    for i in (-0.5, size[0] - 0.5):
+        for j in (-0.5, size[1] - 0.5):
+            for k in (-0.5, size[2] - 0.5):
+                corners.append(image.TransformContinuousIndexToPhysicalPoint((float(i), float(j), float(k))))
+    return np.array(corners)
+
+
+def align_to_reference(images: Sequence[sitk.Image]) -> list[sitk.Image]:
+    """Put every image on the grid of ``images[0]``.
+
+    ``images[0]`` is returned unchanged. Each other image is returned unchanged if it is
+    already on that grid (its geometry is then copied bit-exactly from image 0), otherwise
+    resampled with linear interpolation into a float32 image (0 outside its extent). Size,
+    spacing and direction may all differ, but the images must overlap in physical space:
+    no overlap at all raises InputError.
+    """
+    if not images:
+        raise InputError("no input images were given; give at least one image")
+    reference = images[0]
+    out = [reference]
+    for n, image in enumerate(images[1:], start=2):
+        if image.GetDimension() != reference.GetDimension():
+            raise InputError(f"input image {n} is {image.GetDimension()}D but image 1 is "
+                             f"{reference.GetDimension()}D; give images of the same dimension")
+        if same_grid(image, reference):
+            out.append(copy_grid(image, reference))
+            continue
+        # Which reference voxels does the image cover? Resample a mask of ones.
+        ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
+        ones.CopyInformation(image)
+        coverage = sitk.Resample(ones, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        covered = float(sitk.GetArrayViewFromImage(coverage).mean())
+        if covered == 0.0:
+            raise InputError(
+                f"input image {n} does not overlap image 1 in physical space; "
+                "check that the images belong to the same patient and study"
+            )
+        if covered < 0.5:
+            logger.warning("input image %d covers only %.0f%% of image 1; the rest is filled with 0", n, 100 * covered)
+        resampled = sitk.Resample(
+            sitk.Cast(image, sitk.sitkFloat32), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32
+        )
+        logger.info("resampled input image %d onto the grid of image 1", n)
+        out.append(resampled)
+    return out
+
+
+def reorient(image: sitk.Image, orientation: Optional[str]) -> sitk.Image:
+    """Permute/flip axes so the image's axes are closest to ``orientation`` (e.g. ``"LPS"``).
+
+    ``None`` keeps the axes. For oblique images DICOMOrient picks the closest axis
+    permutation and the direction stays oblique. No voxel values are interpolated.
+    """
+    if orientation is None:
+        return image
+    code = str(orientation).upper()
+    axes = sorted(_AXIS_OF_LETTER.get(c, -1) for c in code)
+    if len(code) != 3 or axes != [0, 1, 2]:
+        raise TumorSegError(f"orientation {orientation!r} is invalid; give a 3-letter code such as 'LPS' or 'RAS'")
+    return sitk.DICOMOrient(image, code)
+
+
+def to_model_grid(
+    image: sitk.Image,
+    spacing_xyz: Optional[Sequence[float]],
+    orientation: Optional[str] = None,
+    interpolator: str = "linear",
+) -> sitk.Image:
+    """Reorient ``image`` to ``orientation`` and resample it to ``spacing_xyz`` (mm, x y z).
+
+    The output grid covers the same physical extent: ``size = max(1, round(size * spacing /
+    spacing_xyz))`` per axis, and its centre coincides with the input grid's centre, with
+    the (reoriented) input direction. ``spacing_xyz=None`` keeps the spacing (reorient only).
+    ``interpolator`` is ``"linear"``, ``"bspline"`` (both give float32) or ``"nearest"``
+    (keeps the pixel type, for label maps).
+    """
+    if interpolator not in _INTERPOLATORS:
+        raise TumorSegError(f"interpolator {interpolator!r} is unknown; use one of {', '.join(_INTERPOLATORS)}")
+    oriented = reorient(image, orientation)
+    if spacing_xyz is None:
+        return sitk.Cast(oriented, sitk.sitkFloat32) if interpolator != "nearest" else oriented
+    new_spacing = np.asarray([float(s) for s in spacing_xyz], dtype=float)
+    if new_spacing.shape != (3,) or not np.all(new_spacing > 0):
+        raise TumorSegError(f"model spacing {list(spacing_xyz)} is invalid; give three positive numbers in mm (x, y, z)")
+    old_spacing = np.asarray(oriented.GetSpacing(), dtype=float)
+    old_size = np.asarray(oriented.GetSize(), dtype=float)
+    new_size = np.maximum(1, np.round(old_size * old_spacing / new_spacing)).astype(int)
+    direction = np.asarray(oriented.GetDirection(), dtype=float).reshape(3, 3)
+    # Keep the grid centres identical so rounding the size splits the difference evenly.
+    centre = np.asarray(oriented.TransformContinuousIndexToPhysicalPoint(tuple((old_size - 1) / 2.0)))
+    new_origin = centre - direction @ ((new_size - 1) / 2.0 * new_spacing)
+
+    source = oriented if interpolator == "nearest" else sitk.Cast(oriented, sitk.sitkFloat32)
+    resampler = sitk.ResampleImageFilter()
+    resampler.SetSize([int(s) for s in new_size])
+    resampler.SetOutputSpacing([float(s) for s in new_spacing])
+    resampler.SetOutputOrigin([float(o) for o in new_origin])
+    resampler.SetOutputDirection(oriented.GetDirection())
+    resampler.SetInterpolator(_INTERPOLATORS[interpolator])
+    resampler.SetDefaultPixelValue(0)
+    resampler.SetOutputPixelType(source.GetPixelID())
+    return resampler.Execute(source)
+
+
+def labels_to_reference(labels: sitk.Image, reference: sitk.Image) -> sitk.Image:
+    """Resample a label map (nearest neighbour) onto ``reference``'s exact grid, as uint8.
+
+    The output has ``reference``'s size, spacing, origin and direction copied bit-exactly;
+    voxels outside the label map's extent are 0.
+    """
+    if labels.GetNumberOfComponentsPerPixel() != 1:
+        raise TumorSegError("labels must be a scalar label map; check the prediction output")
+    source = labels if labels.GetPixelID() == sitk.sitkUInt8 else sitk.Cast(labels, sitk.sitkUInt8)
+    out = sitk.Resample(source, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    out.CopyInformation(reference)  # guarantees bit-identical geometry
+    return out
+
+
+def bbox_to_slices(start_xyz: Sequence[int], size_xyz: Sequence[int]) -> tuple[slice, slice, slice]:
+    """Index box (x, y, z start and size) as numpy slices in (z, y, x) order."""
+    return tuple(slice(int(b), int(b) + int(n)) for b, n in zip(reversed(start_xyz), reversed(size_xyz)))  # type: ignore[return-value]
+
+
+def crop_image(image: sitk.Image, slices_zyx: Sequence[slice]) -> sitk.Image:
+    """The sub-image at index slices ``(z, y, x)`` (steps of 1), with its physical position kept."""
+    size = image.GetSize()
+    start_xyz, size_xyz = [], []
+    for axis, sl in zip((2, 1, 0), slices_zyx):
+        lo, hi, step = sl.indices(size[axis])
+        if step != 1 or hi <= lo:
+            raise ValueError(f"crop slice {sl} is empty or strided for axis of size {size[axis]}")
+        start_xyz.insert(0, lo)
+        size_xyz.insert(0, hi - lo)
+    return sitk.RegionOfInterest(image, size_xyz, start_xyz)
+
+
+def uncrop_image(cropped: sitk.Image, reference: sitk.Image, slices_zyx: Sequence[slice], fill: float = 0) -> sitk.Image:
+    """Paste ``cropped`` back at ``slices_zyx`` into an image on ``reference``'s grid filled with ``fill``."""
+    array = np.full(reference.GetSize()[::-1], fill, dtype=sitk.GetArrayViewFromImage(cropped).dtype)
+    array[tuple(slices_zyx)] = sitk.GetArrayViewFromImage(cropped)
+    out = sitk.GetImageFromArray(array)
+    out.CopyInformation(reference)
+    return out

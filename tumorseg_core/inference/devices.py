@@ -1,0 +1,126 @@
+"""Device selection, the ``tumorseg info`` device report and CPU thread setup.
+
+"GPU not detected" is a top user complaint, so a device that was asked for but is not
+there is a one-line :class:`TumorSegError` that says what to use instead, never a
+silent fallback; ``"auto"`` is the only name that picks whatever is available.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import re
+from typing import Any
+
+import torch
+
+from tumorseg_core.errors import TumorSegError
+
+logger = logging.getLogger(__name__)
+
+DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"
+
+
+def _mps_available() -> bool:
+    """True when Apple's Metal backend can run (torch built with it and a GPU present)."""
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """Turn a user's device name into a ``torch.device``.
+
+    ``"auto"`` picks CUDA, then MPS, then the CPU. ``"cuda"``, ``"cuda:N"`` and
+    ``"mps"`` must be available, otherwise a :class:`TumorSegError` says so. A
+    ``torch.device`` is returned unchanged (for callers that already chose one).
+    """
+    if isinstance(name, torch.device):
+        return name
+    key = str(name).strip().lower()
+    if key == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if key == "cpu":
+        return torch.device("cpu")
+    match = re.fullmatch(r"cuda(?::(\d+))?", key)
+    if match:
+        if not torch.cuda.is_available():
+            raise TumorSegError("CUDA was requested but no GPU is available; use --device cpu or auto")
+        if match.group(1) is not None:
+            index = int(match.group(1))
+            count = torch.cuda.device_count()
+            if index >= count:
+                raise TumorSegError(
+                    f"GPU {index} was requested but only {count} GPU(s) are visible; use cuda:0..cuda:{count - 1}"
+                )
+            return torch.device("cuda", index)
+        return torch.device("cuda")
+    if key == "mps":
+        if not _mps_available():
+            raise TumorSegError("MPS (Apple GPU) was requested but is not available; use --device cpu or auto")
+        return torch.device("mps")
+    raise TumorSegError(f"unknown device '{name}'; use {DEVICE_NAMES}")
+
+
+def usable_cpu_count() -> int:
+    """CPUs this process may run on (honours taskset/cgroup affinity where the OS says)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def configure_threads(n: int | None = None) -> int:
+    """Set torch's intra-op CPU threads; default: every CPU this process may use.
+
+    nnU-Net v2.5 capped ``torch.set_num_threads`` at 8 globally, and users with more
+    cores reported CPU inference several times slower (nnU-Net #2690). CPU inference
+    is the slow path we care about, so by default we use all usable cores. This
+    changes process-wide torch state, which is why the engine never calls it on its
+    own: the front doors (CLI, worker) call it once at start-up. Returns the count set.
+    """
+    count = usable_cpu_count() if n is None else int(n)
+    if count < 1:
+        raise TumorSegError(f"the thread count must be at least 1, got {count}; omit it to use all cores")
+    torch.set_num_threads(count)
+    logger.debug("torch uses %d CPU threads", count)
+    return count
+
+
+def device_report() -> dict[str, Any]:
+    """What ``tumorseg info`` prints about compute: torch build, GPUs, MPS, threads.
+
+    Keys: ``torch``, ``python``, ``platform``, ``cuda_available``, ``cuda_version``,
+    ``cudnn_version``, ``gpus`` (list of ``{index, name, memory_gib, capability}``),
+    ``mps_available``, ``cpu_count``, ``torch_threads``, ``auto_device``.
+    """
+    cuda_ok = torch.cuda.is_available()
+    gpus: list[dict[str, Any]] = []
+    if cuda_ok:
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            gpus.append(
+                {
+                    "index": index,
+                    "name": props.name,
+                    "memory_gib": round(props.total_memory / 2**30, 1),
+                    "capability": f"{props.major}.{props.minor}",
+                }
+            )
+    cudnn = torch.backends.cudnn.version() if cuda_ok else None
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cuda_available": cuda_ok,
+        "cuda_version": torch.version.cuda,
+        "cudnn_version": cudnn,
+        "gpus": gpus,
+        "mps_available": _mps_available(),
+        "cpu_count": usable_cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "auto_device": str(resolve_device("auto")),
+    }

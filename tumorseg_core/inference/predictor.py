@@ -1,0 +1,401 @@
+"""Stateful sliding-window predictor: load the networks once, segment many volumes.
+
+The loop is nnU-Net's, in small pieces: pad to the patch, tile with evenly spread
+windows, run every network (ensemble members, optional flip TTA) on a batch of
+windows, weight by a Gaussian and add into accumulators on the CPU, then argmax (softmax
+models) or threshold ordered regions (sigmoid models) at model resolution.
+
+Memory: the stitching accumulators live on the CPU in **float32** (K maps of the padded
+volume) plus one float32 weight map, so GPU memory depends only on the window batch,
+never on the volume size. float16 would halve that, but the Gaussian weights reach
+~1e-11 in window corners; float16 cannot hold probability x weight products that small
+and voxels near the volume's corners would come out as noise. Per-window outputs are
+never kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tumorseg_core.errors import CancelledError, InputError, ModelPackageError, TumorSegError
+from tumorseg_core.inference.devices import resolve_device
+from tumorseg_core.inference.sliding_window import gaussian_weights, pad_to_window, window_starts
+from tumorseg_core.inference.tta import flip_axes_combinations, predict_with_flips
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[float, str], None]
+CancelFn = Callable[[], bool]
+
+# Windows per batch on a GPU when the caller does not say; the OOM fallback halves it.
+_GPU_WINDOW_BATCH = 4
+# z-slices per step when turning accumulators into labels, so argmax never builds a
+# full-volume int64 index array (8 bytes per voxel).
+_LABEL_SLAB = 16
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for CUDA/MPS out-of-memory errors (the type, or a RuntimeError saying so)."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+class Predictor:
+    """Sliding-window inference with one or more networks (averaged as an ensemble).
+
+    Args:
+        networks: modules mapping (B, C, z, y, x) float32 to (B, num_outputs, z, y, x)
+            logits (a list/tuple output, as from deep supervision, uses its first item).
+        patch_size_zyx: window size (z, y, x); z = 1 for 2D-style networks.
+        num_outputs: network output channels. Softmax: classes including background
+            (channel k = label value k). Sigmoid: regions (channel k-1 = region k).
+        output_type: ``"softmax"`` or ``"sigmoid"``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or a torch.device.
+        overlap: window overlap fraction in [0, 1).
+        window_batch: windows per forward pass (default 1 on CPU, 4 on CUDA).
+        tta: average over flips of every spatial axis whose patch size is > 1.
+        amp: autocast to float16 on CUDA (ignored elsewhere).
+        sigma_scale: Gaussian sigma as a fraction of the patch size.
+        region_values: sigmoid only: label value painted for each channel (default 1..K).
+        in_channels: expected input channels (default: read from the first conv layer).
+        modalities: input names, used in the channel-count error message.
+        size_divisor: the architecture's required window-size multiple, int or (z, y, x).
+    """
+
+    def __init__(
+        self,
+        networks: Sequence[nn.Module],
+        patch_size_zyx: Sequence[int],
+        num_outputs: int,
+        output_type: str = "softmax",
+        device: str | torch.device = "auto",
+        overlap: float = 0.5,
+        window_batch: int | None = None,
+        tta: bool = False,
+        amp: bool = True,
+        sigma_scale: float = 0.125,
+        region_values: Sequence[int] | None = None,
+        in_channels: int | None = None,
+        modalities: Sequence[str] | None = None,
+        size_divisor: int | Sequence[int] = 1,
+    ) -> None:
+        if not networks:
+            raise ModelPackageError("the model has no networks (weight files); reinstall the model package")
+        self.patch_size_zyx = tuple(int(p) for p in patch_size_zyx)
+        if len(self.patch_size_zyx) != 3 or min(self.patch_size_zyx) < 1:
+            raise ModelPackageError(f"patch size must be 3 positive sizes, got {tuple(patch_size_zyx)}; fix the manifest")
+        divisor = (size_divisor,) * 3 if isinstance(size_divisor, int) else tuple(int(d) for d in size_divisor)
+        if any(p % d and p > 1 for p, d in zip(self.patch_size_zyx, divisor)):
+            raise ModelPackageError(
+                f"patch size {self.patch_size_zyx} (z, y, x) is not a multiple of {divisor}, "
+                "which this architecture needs; fix patch_size in the manifest"
+            )
+        if output_type not in ("softmax", "sigmoid"):
+            raise ModelPackageError(f"unknown output type '{output_type}'; use softmax or sigmoid")
+        self.output_type = output_type
+        self.num_outputs = int(num_outputs)
+        if output_type == "softmax" and not 2 <= self.num_outputs <= 256:
+            raise ModelPackageError(f"a softmax model needs 2..256 output channels, got {num_outputs}")
+        if output_type == "sigmoid":
+            values = list(range(1, self.num_outputs + 1)) if region_values is None else [int(v) for v in region_values]
+            if len(values) != self.num_outputs or not all(1 <= v <= 255 for v in values):
+                raise ModelPackageError(
+                    f"sigmoid regions need one value in 1..255 per output channel ({self.num_outputs}), got {values}"
+                )
+            self.region_values: tuple[int, ...] = tuple(values)
+        else:
+            self.region_values = tuple(range(1, self.num_outputs))
+        if sigma_scale <= 0:
+            raise TumorSegError(f"sigma scale must be positive, got {sigma_scale}; try 0.125")
+        self.sigma_scale = float(sigma_scale)
+        self.amp = bool(amp)
+        self.modalities = tuple(modalities) if modalities else None
+        self.device = resolve_device(device)
+        self.networks = [net.to(self.device).eval() for net in networks]
+        self.in_channels = in_channels if in_channels is not None else _first_conv_in_channels(self.networks[0])
+        # Settings the warm pipeline may change between calls (validated setters below).
+        self.overlap = overlap
+        self.window_batch = window_batch
+        self.tta = tta
+        self._gaussian = gaussian_weights(self.patch_size_zyx, self.sigma_scale)
+
+    @classmethod
+    def from_package(cls, package: Any, device: str | torch.device = "auto", **options: Any) -> Predictor:
+        """Build from an opened ``ModelPackage``: manifest settings, then ``options`` on top.
+
+        Reads the patch size, output type, label/region values, input modalities and
+        the manifest's ``inference`` defaults (``overlap``, ``tta``, ``window_batch``,
+        ``amp``, ``sigma_scale``); ``None`` in ``options`` means "use the default".
+        """
+        manifest = package.manifest
+        settings = _settings_from_manifest(manifest)
+        for key, value in options.items():
+            if value is not None:
+                settings[key] = value
+        torch_device = resolve_device(device)
+        networks = package.load_networks(torch_device)
+        return cls(list(networks), device=torch_device, **settings)
+
+    @property
+    def overlap(self) -> float:
+        """Window overlap fraction in [0, 1)."""
+        return self._overlap
+
+    @overlap.setter
+    def overlap(self, value: float) -> None:
+        if not 0.0 <= float(value) < 1.0:
+            raise TumorSegError(f"overlap must be at least 0 and below 1, got {value}; try 0.5")
+        self._overlap = float(value)
+
+    @property
+    def window_batch(self) -> int:
+        """Windows per forward pass; setting None picks 1 on CPU, 4 on CUDA."""
+        return self._window_batch
+
+    @window_batch.setter
+    def window_batch(self, value: int | None) -> None:
+        if value is None:
+            value = _GPU_WINDOW_BATCH if self.device.type == "cuda" else 1
+        if int(value) < 1:
+            raise TumorSegError(f"window batch must be at least 1, got {value}")
+        self._window_batch = int(value)
+
+    @property
+    def tta(self) -> bool:
+        """Whether flip test-time augmentation is on."""
+        return self._tta
+
+    @tta.setter
+    def tta(self, value: bool) -> None:
+        self._tta = bool(value)
+        # Flipping a size-1 axis is a no-op, so 2D-style (z = 1) models get 4 passes, not 8.
+        axes = tuple(2 + i for i, p in enumerate(self.patch_size_zyx) if p > 1)
+        self._flips = flip_axes_combinations(axes) if self._tta else [()]
+
+    # ------------------------------------------------------------------ public API
+
+    def predict(
+        self, volume: np.ndarray, progress: ProgressFn | None = None, cancel: CancelFn | None = None
+    ) -> np.ndarray:
+        """Label map (z, y, x) uint8 at model resolution for a (C, z, y, x) float32 volume.
+
+        Softmax: argmax over classes (label value = channel index). Sigmoid: each region
+        channel thresholded at 0.5 and painted with its value in channel order (later
+        regions overwrite earlier ones).
+        """
+        acc, weight, undo = self._stitch(volume, progress, cancel)
+        acc, weight = acc[undo], weight[undo]
+        labels = np.zeros(weight.shape, dtype=np.uint8)
+        # Dividing by the weight map is unnecessary: it is positive and shared by all
+        # channels, so argmax(acc) == argmax(acc / w) and p > 0.5 <=> acc > 0.5 * w.
+        for z0 in range(0, labels.shape[0], _LABEL_SLAB):
+            zs = slice(z0, z0 + _LABEL_SLAB)
+            if self.output_type == "softmax":
+                labels[zs] = np.argmax(acc[:, zs], axis=0).astype(np.uint8)
+            else:
+                half = 0.5 * weight[zs]
+                for channel, value in enumerate(self.region_values):
+                    labels[zs][acc[channel, zs] > half] = value
+        return labels
+
+    def predict_probabilities(
+        self, volume: np.ndarray, progress: ProgressFn | None = None, cancel: CancelFn | None = None
+    ) -> np.ndarray:
+        """Foreground probabilities, float32 (K, z, y, x), same windows as :meth:`predict`.
+
+        Softmax: K = num_outputs - 1, channel k-1 is P(label k) (background dropped).
+        Sigmoid: K = num_outputs, channel k-1 is P(region k).
+        """
+        acc, weight, undo = self._stitch(volume, progress, cancel)
+        first = 1 if self.output_type == "softmax" else 0
+        probs = acc[(slice(first, None),) + tuple(undo[1:])]
+        return np.ascontiguousarray(probs / weight[undo][None])
+
+    # ------------------------------------------------------------------ internals
+
+    def _check_volume(self, volume: np.ndarray) -> np.ndarray:
+        """Validate a (C, z, y, x) input and return it as float32."""
+        array = np.asarray(volume)
+        if array.ndim != 4:
+            raise InputError(f"expected a (channels, z, y, x) volume, got shape {array.shape}; stack the inputs first")
+        if self.in_channels is not None and array.shape[0] != self.in_channels:
+            names = f" ({', '.join(self.modalities)})" if self.modalities else ""
+            raise InputError(
+                f"model expects {self.in_channels} input channels{names}, got {array.shape[0]}; "
+                "give one image per model input, in the manifest's order"
+            )
+        array = array.astype(np.float32, copy=False)
+        if not np.isfinite(array).all():
+            raise InputError("the input contains NaN or infinite values; check the image and its normalization")
+        return array
+
+    def _stitch(
+        self, volume: np.ndarray, progress: ProgressFn | None, cancel: CancelFn | None
+    ) -> tuple[np.ndarray, np.ndarray, tuple[object, ...]]:
+        """Run all windows; return (acc (K, Z, Y, X), weight (Z, Y, X), undo) on the padded grid.
+
+        ``acc`` holds sum(gaussian x probabilities) and ``weight`` sum(gaussian) per voxel.
+        """
+        array = self._check_volume(volume)
+        padded, undo = pad_to_window(array, self.patch_size_zyx)
+        spatial = padded.shape[1:]
+        starts = window_starts(spatial, self.patch_size_zyx, self.overlap)
+        n = len(starts)
+        acc = np.zeros((self.num_outputs, *spatial), dtype=np.float32)
+        weight = np.zeros(spatial, dtype=np.float32)
+        pz, py, px = self.patch_size_zyx
+        logger.info(
+            "sliding window: %d windows of %s (z, y, x) on %s, batch %d, %d pass(es) x %d network(s)",
+            n, self.patch_size_zyx, self.device, self.window_batch, len(self._flips), len(self.networks),
+        )
+        gaussian = torch.from_numpy(self._gaussian).to(self.device)
+        done = 0
+        while done < n:
+            if cancel is not None and cancel():
+                raise CancelledError()
+            batch_starts = starts[done : done + self.window_batch]
+            windows = np.stack([padded[:, z : z + pz, y : y + py, x : x + px] for z, y, x in batch_starts])
+            try:
+                out = self._run_batch(torch.from_numpy(windows), gaussian)
+            except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
+                if not is_out_of_memory(exc):
+                    raise
+                self._recover_from_oom(exc)
+                gaussian = torch.from_numpy(self._gaussian).to(self.device)
+                continue  # retry the same windows with the smaller batch / new device
+            for (z, y, x), window_out in zip(batch_starts, out):
+                acc[:, z : z + pz, y : y + py, x : x + px] += window_out
+                weight[z : z + pz, y : y + py, x : x + px] += self._gaussian
+            done += len(batch_starts)
+            if progress is not None:
+                progress(done / n, f"window {done}/{n}")
+        return acc, weight, undo
+
+    def _run_batch(self, windows: torch.Tensor, gaussian: torch.Tensor) -> np.ndarray:
+        """(B, C, z, y, x) windows -> Gaussian-weighted mean probabilities, (B, K, z, y, x) numpy."""
+        x = windows.to(self.device)
+        use_amp = self.amp and self.device.type == "cuda"
+        total: torch.Tensor | None = None
+        with torch.inference_mode(), torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
+            for net in self.networks:
+                probs = predict_with_flips(lambda t, net=net: self._probabilities(net, t), x, self._flips)
+                total = probs if total is None else total + probs
+            assert total is not None
+            result = (total / len(self.networks)) * gaussian
+        return result.float().cpu().numpy()
+
+    def _probabilities(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Run one network and turn its logits into float32 probabilities."""
+        out = net(x)
+        if isinstance(out, (list, tuple)):
+            out = out[0]
+        expected = (x.shape[0], self.num_outputs, *x.shape[2:])
+        if tuple(out.shape) != expected:
+            raise ModelPackageError(
+                f"network output has shape {tuple(out.shape)}, expected {expected}; "
+                "check out_channels and patch_size in the manifest"
+            )
+        logits = out.float()  # activations in float32 even under AMP
+        return torch.softmax(logits, dim=1) if self.output_type == "softmax" else torch.sigmoid(logits)
+
+    def _recover_from_oom(self, exc: BaseException) -> None:
+        """Halve the window batch; at batch 1 move to the CPU; on the CPU give up."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if self.window_batch > 1:
+            self.window_batch = max(1, self.window_batch // 2)
+            logger.warning("out of memory on %s; retrying with %d window(s) per batch", self.device, self.window_batch)
+            return
+        if self.device.type != "cpu":
+            logger.warning("out of memory on %s even with 1 window per batch; continuing on the CPU (slower)", self.device)
+            self.device = torch.device("cpu")
+            self.networks = [net.to(self.device) for net in self.networks]
+            return
+        raise TumorSegError(
+            "out of memory on the CPU even with 1 window per batch; close other programs or use a smaller model"
+        ) from exc
+
+
+def _first_conv_in_channels(net: nn.Module) -> int | None:
+    """Input channels of the first convolution in ``net``, or None if it has none."""
+    for module in net.modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return int(module.in_channels)
+    return None
+
+
+# ---------------------------------------------------------------------- manifests
+
+
+def _manifest_get(manifest: Any, key: str) -> Any:
+    """``manifest[key]`` from a Manifest (``.data`` dict or dict-like) or a plain dict; None if absent."""
+    data = getattr(manifest, "data", None)
+    for source in (data, manifest):
+        if isinstance(source, Mapping) and key in source:
+            return source[key]
+    try:
+        return manifest[key]
+    except (KeyError, TypeError, IndexError):
+        return None
+
+
+def _label_value(item: Any) -> int:
+    """A label/region entry's value, whether it is an object with ``.value`` or a dict."""
+    value = item.get("value") if isinstance(item, Mapping) else getattr(item, "value", None)
+    if value is None:
+        raise ModelPackageError("an output label or region has no 'value'; fix the manifest")
+    return int(value)
+
+
+def _settings_from_manifest(manifest: Any) -> dict[str, Any]:
+    """Predictor keyword arguments from a manifest (see the manifest format in the contract)."""
+    patch = getattr(manifest, "patch_size_zyx", None)
+    if patch is None:
+        patch_xyz = _manifest_get(manifest, "patch_size")
+        if not patch_xyz:
+            raise ModelPackageError("the manifest has no patch_size; add one (x, y, z voxels)")
+        patch = tuple(patch_xyz)[::-1]  # manifest sizes are (x, y, z)
+    output = _manifest_get(manifest, "output") or {}
+    output_type = getattr(manifest, "output_type", None) or output.get("type", "softmax")
+    labels = getattr(manifest, "labels", None)
+    if labels is None:
+        labels = output.get("regions") or output.get("labels") or []
+    values = [_label_value(item) for item in labels]
+    kwargs = _manifest_get(manifest, "kwargs") or {}
+    num_outputs = kwargs.get("out_channels")
+    if num_outputs is None:
+        num_outputs = len(values) if output_type == "sigmoid" else max(values, default=0) + 1
+    inputs = _manifest_get(manifest, "inputs") or []
+    settings: dict[str, Any] = {
+        "patch_size_zyx": tuple(int(p) for p in patch),
+        "num_outputs": int(num_outputs),
+        "output_type": output_type,
+        "in_channels": len(inputs) if inputs else kwargs.get("in_channels"),
+        "modalities": [str(i.get("modality", f"input {n + 1}")) for n, i in enumerate(inputs)] or None,
+        "size_divisor": _size_divisor(_manifest_get(manifest, "architecture"), kwargs),
+    }
+    if output_type == "sigmoid":
+        settings["region_values"] = values or None
+    defaults = _manifest_get(manifest, "inference") or {}
+    for key in ("overlap", "tta", "window_batch", "amp", "sigma_scale"):
+        if defaults.get(key) is not None:
+            settings[key] = defaults[key]
+    return settings
+
+
+def _size_divisor(architecture: Any, kwargs: Mapping[str, Any]) -> tuple[int, int, int]:
+    """The registry's (z, y, x) window multiple for ``architecture``; (1, 1, 1) if unknown here."""
+    if not isinstance(architecture, str):
+        return (1, 1, 1)
+    from tumorseg_core.models import registry
+
+    if architecture not in registry.ARCHITECTURES:
+        return (1, 1, 1)  # the package loader already refuses unknown names
+    return tuple(int(d) for d in registry.size_divisor(architecture, dict(kwargs)))  # type: ignore[return-value]

@@ -1,0 +1,380 @@
+"""The model package manifest (``manifest.json``): reading, validation, typed accessors.
+
+The format is described in ``docs/core_interfaces.md``. Validation happens once, in
+:class:`Manifest`'s constructor; every problem raises ModelPackageError naming the
+bad field. This module imports neither torch nor MONAI (Slicer's UI process reads
+manifests to list models).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from tumorseg_core.errors import ModelPackageError
+from tumorseg_core.models.registry import effective_kwargs, size_divisor
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+MAX_MANIFEST_BYTES = 1024 * 1024
+REQUIRED_KEYS = (
+    "name", "version", "license", "description", "architecture", "kwargs", "inputs",
+    "spacing", "orientation", "patch_size", "output", "files",
+)
+OPTIONAL_KEYS = ("format_version", "postprocessing", "preprocessing", "inference", "metrics")
+NORMALIZATION_TYPES = ("ct", "zscore", "minmax", "none")
+OUTPUT_TYPES = ("softmax", "sigmoid")
+# A package name becomes a folder name when installed, so keep it filesystem-safe.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_AXIS_PAIRS = ({"L", "R"}, {"P", "A"}, {"S", "I"})
+
+
+def _fail(field: str, problem: str) -> ModelPackageError:
+    return ModelPackageError(f"manifest field '{field}' {problem}; fix manifest.json")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _triple(value: Any, field: str, kind: type) -> Tuple[Any, Any, Any]:
+    if not isinstance(value, list) or len(value) != 3 or not all(_is_number(v) and v > 0 for v in value):
+        raise _fail(field, "must be a list of 3 positive numbers (x, y, z)")
+    if kind is int and not all(float(v).is_integer() for v in value):
+        raise _fail(field, "must be 3 whole numbers of voxels (x, y, z)")
+    return tuple(kind(v) for v in value)  # type: ignore[return-value]
+
+
+def check_file_name(name: Any, field: str = "files") -> str:
+    """A package file name: a plain file name (no folders, no traversal), not manifest.json."""
+    if (
+        not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
+        or ":" in name or "\x00" in name or name.strip() != name or name == MANIFEST_NAME
+    ):
+        raise _fail(field, f"has an invalid file name {name!r} (plain file names only)")
+    return name
+
+
+def check_files_dict(files: Any) -> Dict[str, str]:
+    """Validate the ``files`` mapping ``{file name: sha256 hex}``; return a copy."""
+    if not isinstance(files, dict) or not files:
+        raise _fail("files", "must map every package file to its sha256")
+    out = {}
+    for name, digest in files.items():
+        check_file_name(name)
+        if not isinstance(digest, str) or not SHA256_RE.match(digest):
+            raise _fail("files", f"has no valid lowercase sha256 for {name!r}")
+        out[name] = digest
+    if not any(n.endswith(".safetensors") for n in out):
+        raise _fail("files", "lists no .safetensors weights")
+    return out
+
+
+def read_manifest_json(path: Path) -> Dict[str, Any]:
+    """Read ``manifest.json`` as JSON only, capped at 1 MB; refuse NaN/Infinity and symlinks."""
+    if path.is_symlink() or not path.is_file():
+        raise ModelPackageError(f"no manifest.json in {path.parent}; a model package needs one")
+    with open(path, "rb") as fh:
+        raw = fh.read(MAX_MANIFEST_BYTES + 1)
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ModelPackageError(f"{path} is larger than 1 MB; a manifest is a small JSON file")
+
+    def _no_constants(token: str) -> Any:
+        raise ValueError(f"{token} is not valid JSON")
+
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ModelPackageError(f"{path} is not valid JSON ({str(exc).splitlines()[0]}); fix or replace it") from exc
+    if not isinstance(data, dict):
+        raise ModelPackageError(f"{path} must hold a JSON object")
+    return data
+
+
+def _check_terminology(term: Any, field: str) -> None:
+    if term is None:
+        return
+    if not isinstance(term, dict) or "category" not in term or "type" not in term:
+        raise _fail(field, "must be an object with 'category' and 'type' (and optional 'modifier')")
+    for key, code in term.items():
+        if key not in ("category", "type", "modifier"):
+            raise _fail(field, f"has unknown key {key!r}")
+        if not (isinstance(code, list) and len(code) == 3 and all(isinstance(c, str) and c for c in code)):
+            raise _fail(f"{field}.{key}", "must be [scheme, code, meaning] strings")
+
+
+def _check_labels(labels: Any, field: str) -> List[Dict[str, Any]]:
+    if not isinstance(labels, list) or not labels:
+        raise _fail(field, "must be a non-empty list of labels")
+    seen = set()
+    for i, lab in enumerate(labels):
+        where = f"{field}[{i}]"
+        if not isinstance(lab, dict):
+            raise _fail(where, "must be an object with value, name, color, terminology")
+        value = lab.get("value")
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 255:
+            raise _fail(f"{where}.value", "must be an integer 1..255")
+        if value in seen:
+            raise _fail(f"{where}.value", f"repeats label value {value}")
+        seen.add(value)
+        if not isinstance(lab.get("name"), str) or not lab["name"].strip():
+            raise _fail(f"{where}.name", "must be a non-empty string")
+        color = lab.get("color")
+        if not (isinstance(color, list) and len(color) == 3 and all(_is_number(c) and 0 <= c <= 1 for c in color)):
+            raise _fail(f"{where}.color", "must be 3 numbers in 0..1 (RGB)")
+        _check_terminology(lab.get("terminology"), f"{where}.terminology")
+    return labels
+
+
+def _check_inputs(inputs: Any) -> None:
+    if not isinstance(inputs, list) or not inputs:
+        raise _fail("inputs", "must be a non-empty list, one entry per input channel")
+    for i, item in enumerate(inputs):
+        where = f"inputs[{i}]"
+        if not isinstance(item, dict) or not isinstance(item.get("modality"), str) or not item["modality"].strip():
+            raise _fail(where, "must be an object with a non-empty 'modality' string")
+        norm = item.get("normalization")
+        if not isinstance(norm, dict) or norm.get("type") not in NORMALIZATION_TYPES:
+            raise _fail(f"{where}.normalization", f"must be an object with 'type' one of {', '.join(NORMALIZATION_TYPES)}")
+        if norm["type"] == "ct":
+            window = norm.get("window")
+            if not (isinstance(window, list) and len(window) == 2 and all(map(_is_number, window)) and window[0] < window[1]):
+                raise _fail(f"{where}.normalization.window", "must be [lo, hi] with lo < hi")
+        if "clip_percentiles" in norm and norm["clip_percentiles"] is not None:
+            cp = norm["clip_percentiles"]
+            if not (isinstance(cp, list) and len(cp) == 2 and all(map(_is_number, cp)) and 0 <= cp[0] < cp[1] <= 100):
+                raise _fail(f"{where}.normalization.clip_percentiles", "must be [lo, hi] with 0 <= lo < hi <= 100")
+        if "nonzero" in norm and not isinstance(norm["nonzero"], bool):
+            raise _fail(f"{where}.normalization.nonzero", "must be true or false")
+
+
+def _check_orientation(orientation: Any) -> Optional[str]:
+    if orientation is None:
+        return None
+    if not isinstance(orientation, str) or len(orientation) != 3:
+        raise _fail("orientation", "must be a 3-letter code such as \"LPS\" or null")
+    letters = orientation.upper()
+    if any(c not in "LRPASI" for c in letters) or any(sum(c in pair for c in letters) != 1 for pair in _AXIS_PAIRS):
+        raise _fail("orientation", "must use one of L/R, P/A and S/I each, e.g. \"LPS\"")
+    return letters
+
+
+def _check_optional(data: Dict[str, Any]) -> None:
+    post = data.get("postprocessing")
+    if post is not None:
+        if not isinstance(post, list):
+            raise _fail("postprocessing", "must be a list of rules")
+        for i, rule in enumerate(post):
+            if not isinstance(rule, dict) or not isinstance(rule.get("label"), int) or isinstance(rule.get("label"), bool):
+                raise _fail(f"postprocessing[{i}]", "must be an object with an integer 'label'")
+            mv = rule.get("min_volume_mm3")
+            if mv is not None and not (_is_number(mv) and mv >= 0):
+                raise _fail(f"postprocessing[{i}].min_volume_mm3", "must be a number >= 0")
+    for key in ("preprocessing", "inference", "metrics"):
+        if data.get(key) is not None and not isinstance(data[key], dict):
+            raise _fail(key, "must be a JSON object or null")
+    overlap = (data.get("inference") or {}).get("overlap")
+    if overlap is not None and not (_is_number(overlap) and 0 <= overlap < 1):
+        raise _fail("inference.overlap", "must be a number in [0, 1)")
+
+
+class Manifest:
+    """A validated ``manifest.json``.
+
+    ``Manifest(data)`` checks every field (raising ModelPackageError naming the bad
+    one) and keeps a private deep copy; accessors return copies or immutable values.
+    """
+
+    def __init__(self, data: Dict[str, Any]) -> None:
+        if not isinstance(data, dict):
+            raise ModelPackageError("the manifest must be a JSON object")
+        try:  # round trip through strict JSON: no NaN/Infinity, no non-JSON types, plain lists
+            data = json.loads(json.dumps(data, allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise ModelPackageError(f"the manifest is not plain JSON ({exc}); use finite numbers, strings, lists, objects") from exc
+        missing = [k for k in REQUIRED_KEYS if k not in data]
+        if missing:
+            raise ModelPackageError(f"manifest is missing required field(s) {', '.join(missing)}; add them to manifest.json")
+        unknown = sorted(set(data) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
+        if unknown:
+            logger.warning("manifest %r has unknown field(s) %s; they are ignored", data.get("name"), ", ".join(unknown))
+        fmt = data.setdefault("format_version", FORMAT_VERSION)
+        if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
+            raise _fail("format_version", "must be a positive integer")
+        if fmt > FORMAT_VERSION:
+            raise ModelPackageError(f"model package format {fmt} is newer than this TumorSeg supports ({FORMAT_VERSION}); update TumorSeg")
+        if not isinstance(data["name"], str) or not NAME_RE.match(data["name"]):
+            raise _fail("name", "must be 1-64 letters, digits, '.', '_' or '-' (it becomes a folder name)")
+        for key in ("version", "license", "description"):
+            if not isinstance(data[key], str) or not data[key].strip():
+                raise _fail(key, "must be a non-empty string")
+        if not isinstance(data["architecture"], str):
+            raise _fail("architecture", "must be a string naming a registered architecture")
+        self._kwargs_full = effective_kwargs(data["architecture"], data["kwargs"])
+        _check_inputs(data["inputs"])
+        self._spacing = _triple(data["spacing"], "spacing", float)
+        self._patch = _triple(data["patch_size"], "patch_size", int)
+        data["orientation"] = _check_orientation(data["orientation"])
+        self._check_output(data)
+        self._check_channels(data)
+        div = size_divisor(data["architecture"], data["kwargs"])
+        if any(p % d for p, d in zip(self._patch[::-1], div)):
+            raise _fail("patch_size", f"must be a multiple of {list(div[::-1])} (x, y, z) for {data['architecture']}")
+        check_files_dict(data["files"])
+        _check_optional(data)
+        self._data = data
+
+    @staticmethod
+    def _check_output(data: Dict[str, Any]) -> None:
+        out = data["output"]
+        if not isinstance(out, dict) or out.get("type") not in OUTPUT_TYPES:
+            raise _fail("output.type", f"must be one of {', '.join(OUTPUT_TYPES)}")
+        key = "labels" if out["type"] == "softmax" else "regions"
+        if key not in out and "labels" in out:
+            key = "labels"  # tolerate 'labels' for sigmoid regions too
+        _check_labels(out.get(key), f"output.{key}")
+
+    def _check_channels(self, data: Dict[str, Any]) -> None:
+        n_in = self._kwargs_full.get("in_channels")
+        if isinstance(n_in, int) and n_in != len(data["inputs"]):
+            raise _fail("inputs", f"lists {len(data['inputs'])} input(s) but kwargs.in_channels is {n_in}")
+        n_out = self._kwargs_full.get("out_channels")
+        out = data["output"]
+        labels = out.get("regions") or out.get("labels")
+        values = [lab["value"] for lab in labels]
+        if out["type"] == "softmax" and isinstance(n_out, int) and max(values) >= n_out:
+            raise _fail("output.labels", f"has value {max(values)} but the network has only {n_out} channels (0 = background)")
+        if out["type"] == "sigmoid" and isinstance(n_out, int) and len(values) != n_out:
+            raise _fail("output.regions", f"lists {len(values)} regions but kwargs.out_channels is {n_out}")
+
+    # --- accessors -------------------------------------------------------------------
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A deep copy of the validated manifest (with ``format_version`` filled in)."""
+        return copy.deepcopy(self._data)
+
+    def __getitem__(self, key: str) -> Any:
+        return copy.deepcopy(self._data[key])
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return copy.deepcopy(self._data.get(key, default))
+
+    @property
+    def name(self) -> str:
+        return self._data["name"]
+
+    @property
+    def version(self) -> str:
+        return self._data["version"]
+
+    @property
+    def license(self) -> str:
+        return self._data["license"]
+
+    @property
+    def description(self) -> str:
+        return self._data["description"]
+
+    @property
+    def format_version(self) -> int:
+        return self._data["format_version"]
+
+    @property
+    def architecture(self) -> str:
+        return self._data["architecture"]
+
+    @property
+    def kwargs(self) -> Dict[str, Any]:
+        """The architecture kwargs exactly as written (JSON types)."""
+        return copy.deepcopy(self._data["kwargs"])
+
+    @property
+    def inputs(self) -> List[Dict[str, Any]]:
+        return copy.deepcopy(self._data["inputs"])
+
+    @property
+    def num_inputs(self) -> int:
+        return len(self._data["inputs"])
+
+    @property
+    def input_modalities(self) -> List[str]:
+        return [item["modality"] for item in self._data["inputs"]]
+
+    @property
+    def normalizations(self) -> List[Dict[str, Any]]:
+        """One normalization scheme per input channel (for ``preprocess.normalize``)."""
+        return [copy.deepcopy(item["normalization"]) for item in self._data["inputs"]]
+
+    @property
+    def spacing_xyz(self) -> Tuple[float, float, float]:
+        return self._spacing
+
+    @property
+    def orientation(self) -> Optional[str]:
+        return self._data["orientation"]
+
+    @property
+    def patch_size_xyz(self) -> Tuple[int, int, int]:
+        return self._patch
+
+    @property
+    def patch_size_zyx(self) -> Tuple[int, int, int]:
+        """Window shape in array order (z, y, x)."""
+        return (self._patch[2], self._patch[1], self._patch[0])
+
+    @property
+    def size_divisor_zyx(self) -> Tuple[int, int, int]:
+        """Window sides (z, y, x) must be multiples of this."""
+        return size_divisor(self.architecture, self._data["kwargs"])
+
+    @property
+    def output_type(self) -> str:
+        return self._data["output"]["type"]
+
+    @property
+    def label_dicts(self) -> List[Dict[str, Any]]:
+        """Labels (softmax) or regions (sigmoid) as manifest dicts, in manifest order."""
+        out = self._data["output"]
+        return copy.deepcopy(out.get("regions") or out.get("labels"))
+
+    @property
+    def labels(self) -> list:
+        """Labels/regions as ``tumorseg_core.io.SegmentInfo`` (value, name, color, terminology)."""
+        from tumorseg_core.io import SegmentInfo  # lazy: io pulls in SimpleITK
+
+        return [
+            SegmentInfo(value=d["value"], name=d["name"], color=tuple(float(c) for c in d["color"]),
+                        terminology=d.get("terminology"))
+            for d in self.label_dicts
+        ]
+
+    @property
+    def postprocessing(self) -> List[Dict[str, Any]]:
+        return copy.deepcopy(self._data.get("postprocessing") or [])
+
+    @property
+    def preprocessing(self) -> Dict[str, Any]:
+        return copy.deepcopy(self._data.get("preprocessing") or {})
+
+    @property
+    def inference(self) -> Dict[str, Any]:
+        return copy.deepcopy(self._data.get("inference") or {})
+
+    @property
+    def metrics(self) -> Dict[str, Any]:
+        return copy.deepcopy(self._data.get("metrics") or {})
+
+    @property
+    def files(self) -> Dict[str, str]:
+        return dict(self._data["files"])
+
+    def __repr__(self) -> str:
+        return f"Manifest(name={self.name!r}, version={self.version!r}, architecture={self.architecture!r})"

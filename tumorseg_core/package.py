@@ -1,0 +1,369 @@
+"""Model packages: open (verify first), load weights safely, write, list and install.
+
+A package is a folder or ``.zip`` holding ``manifest.json`` (see
+:mod:`tumorseg_core.manifest`), one ``*.safetensors`` file per fold/ensemble member
+and optionally ``README.md``. Opening one checks, before anything else is parsed or
+loaded, that every file is listed in the manifest's ``files`` and that every listed
+file exists with the listed sha256. Weights are read only with ``safetensors``;
+nothing here can execute code stored in a package.
+
+Names: ``"default"`` is the package shipped in ``tumorseg_core/data/models/default``;
+another plain name is a folder in the user model folder (``$TUMORSEG_MODELS`` or
+``~/.tumorseg/models``); anything else is a path to a folder or ``.zip``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
+
+from tumorseg_core.errors import ModelPackageError
+from tumorseg_core.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    check_file_name,
+    check_files_dict,
+    read_manifest_json,
+)
+from tumorseg_core.models.registry import build_network
+from tumorseg_core.package_zip import extract_zip, sha256_file
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+SHIPPED_DEFAULT = Path(__file__).resolve().parent / "data" / "models" / "default"
+
+__all__ = [
+    "Manifest", "ModelInfo", "ModelPackage", "default_models_dir", "import_weights", "install_package",
+    "installed_models", "open_package", "user_models_dir", "write_package",
+]
+
+
+def default_models_dir() -> Path:
+    """The folder of the model shipped with TumorSeg (``tumorseg_core/data/models/default``)."""
+    return SHIPPED_DEFAULT
+
+
+def user_models_dir() -> Path:
+    """The user model folder: ``$TUMORSEG_MODELS`` or ``~/.tumorseg/models``."""
+    env = os.environ.get("TUMORSEG_MODELS")
+    return Path(env).expanduser() if env else Path.home() / ".tumorseg" / "models"
+
+
+def verify_folder(root: Path) -> Dict[str, Any]:
+    """Verify a package folder's files against its manifest; return the manifest dict.
+
+    Only ``files`` is looked at here; the rest of the manifest is validated after the
+    hashes match. Raises ModelPackageError for an unlisted, missing, non-regular or
+    modified file.
+    """
+    data = read_manifest_json(root / MANIFEST_NAME)
+    files = check_files_dict(data.get("files"))
+    for entry in sorted(root.iterdir()):
+        if entry.name == MANIFEST_NAME:
+            continue
+        if entry.is_symlink() or not entry.is_file():
+            raise ModelPackageError(f"package {root} contains {entry.name!r}, which is not a plain file; remove it")
+        if entry.name not in files:
+            raise ModelPackageError(f"package {root} contains {entry.name!r}, which manifest 'files' does not list; remove it")
+    for name, expected in files.items():
+        path = root / name
+        if path.is_symlink() or not path.is_file():
+            raise ModelPackageError(f"package {root} is missing {name!r} listed in its manifest; reinstall the package")
+        if sha256_file(path) != expected:
+            raise ModelPackageError(f"{name!r} in package {root} does not match its sha256 (corrupt or modified); reinstall the package")
+    return data
+
+
+def _state_dict_problem(net: "torch.nn.Module", state: Dict[str, "torch.Tensor"]) -> Optional[str]:
+    """One line describing why ``state`` does not fit ``net`` exactly, or None."""
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        return f"{len(missing)} missing key(s) (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+    for key, value in expected.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            return f"{key} has shape {tuple(state[key].shape)}, the architecture needs {tuple(value.shape)}"
+    return None
+
+
+def load_state_dict_strict(net: "torch.nn.Module", state: Dict[str, "torch.Tensor"], what: str) -> None:
+    """Load ``state`` into ``net`` requiring identical keys and shapes (ModelPackageError otherwise)."""
+    problem = _state_dict_problem(net, state)
+    if problem is None:
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            problem = str(exc).strip().splitlines()[0]
+    if problem is not None:
+        raise ModelPackageError(f"weights in {what} do not match the architecture: {problem}")
+
+
+class ModelPackage:
+    """A verified model package.
+
+    Attributes:
+        root: folder holding the verified files (the cache folder for a ``.zip``).
+        manifest: the validated :class:`Manifest`.
+        weight_files: the ``*.safetensors`` files, sorted (one network each).
+        sha256: digest of the canonical manifest JSON, which includes every file's
+            hash; use it as a cache key for loaded networks.
+        source: what was opened (name, folder or zip path).
+    """
+
+    def __init__(self, root: Path, manifest: Manifest, source: str) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.source = source
+        self.weight_files: List[Path] = sorted(root / n for n in manifest.files if n.endswith(".safetensors"))
+        canonical = json.dumps(manifest.to_dict(), sort_keys=True, separators=(",", ":"))
+        self.sha256 = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    def load_networks(self, device: Any = "cpu") -> List["torch.nn.Module"]:
+        """Build one network per weight file, load it strictly, move it to ``device``, eval mode.
+
+        Each file's bytes are hashed again as they are read, so a file swapped after
+        :func:`open_package` is refused too. Each network maps
+        ``(B, C_in, z, y, x)`` to ``(B, C_out, z, y, x)`` logits.
+        """
+        from safetensors import SafetensorError
+        from safetensors.torch import load as load_safetensors
+
+        expected = self.manifest.files
+        nets = []
+        for path in self.weight_files:
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != expected[path.name]:
+                raise ModelPackageError(f"{path.name} changed since the package was verified; reinstall the package")
+            try:
+                state = load_safetensors(data)
+            except (SafetensorError, ValueError, RuntimeError) as exc:
+                raise ModelPackageError(f"{path.name} is not a valid safetensors file ({exc}); rebuild the package") from exc
+            del data
+            net = build_network(self.manifest.architecture, self.manifest.kwargs)
+            load_state_dict_strict(net, state, path.name)
+            nets.append(net.to(device).eval())
+        return nets
+
+    def __repr__(self) -> str:
+        return f"ModelPackage({self.manifest.name!r} {self.manifest.version}, root={str(self.root)!r})"
+
+
+def resolve_package_path(name_or_path: PathLike) -> Path:
+    """Map ``"default"``, an installed model name, or a path to a package folder or zip."""
+    text = os.fspath(name_or_path)
+    if text == "default":
+        if not (SHIPPED_DEFAULT / MANIFEST_NAME).is_file():
+            raise ModelPackageError(
+                "the default model is not installed in this copy of TumorSeg; "
+                "reinstall tumorseg-core or pass --model with a package path"
+            )
+        return SHIPPED_DEFAULT
+    path = Path(text).expanduser()
+    if path.exists():
+        return path
+    if text and "/" not in text and "\\" not in text and text not in (".", ".."):
+        for candidate in (user_models_dir() / text, user_models_dir() / f"{text}.zip"):
+            if candidate.exists():
+                return candidate
+    raise ModelPackageError(
+        f"no model package {text!r}: not a folder, not a .zip and not installed in {user_models_dir()}; "
+        "run 'tumorseg models' to list installed models"
+    )
+
+
+def open_package(name_or_path: PathLike) -> ModelPackage:
+    """Open and verify a model package (``"default"``, an installed name, a folder or a ``.zip``).
+
+    Order: read ``manifest.json`` (JSON, at most 1 MB), check every file's presence
+    and sha256 and refuse unlisted files, then validate the whole manifest (including
+    that its architecture is in the registry). Weights are loaded later by
+    :meth:`ModelPackage.load_networks`. Any problem raises ModelPackageError.
+    """
+    path = resolve_package_path(name_or_path)
+    if path.is_file():
+        if path.suffix.lower() != ".zip":
+            raise ModelPackageError(f"{path} is a file but not a .zip; a model package is a folder or a .zip")
+        root = extract_zip(path)
+        try:
+            data = verify_folder(root)
+        except ModelPackageError:
+            # The cached extraction may have been altered: extract afresh once and re-check.
+            shutil.rmtree(root, ignore_errors=True)
+            root = extract_zip(path)
+            data = verify_folder(root)
+    elif path.is_dir():
+        root = path
+        data = verify_folder(root)
+    else:
+        raise ModelPackageError(f"{path} is neither a folder nor a .zip model package")
+    manifest = Manifest(data)
+    return ModelPackage(root, manifest, os.fspath(name_or_path))
+
+
+def _clean_state_dict(state: Dict[str, Any], index: int) -> Dict[str, "torch.Tensor"]:
+    import torch
+
+    if not isinstance(state, dict) or not state:
+        raise ModelPackageError(f"state dict {index} is empty or not a dict of tensors")
+    out = {}
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise ModelPackageError(f"state dict {index} entry {key!r} is not a tensor; only tensors can be saved")
+        # safetensors refuses shared or non-contiguous storage: give each tensor its own copy.
+        out[key] = value.detach().to("cpu").contiguous().clone()
+    return out
+
+
+def write_package(
+    out_dir: PathLike,
+    manifest: Dict[str, Any],
+    state_dicts: List[Dict[str, "torch.Tensor"]],
+    readme: Optional[str] = None,
+    extra_files: Optional[Dict[str, bytes]] = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a model package folder atomically and return its path.
+
+    Writes ``fold{i}.safetensors`` for each state dict (each must load strictly into
+    the manifest's architecture), ``README.md`` if ``readme`` is given, and
+    ``extra_files``; fills ``files`` with their sha256 (any given ``files`` is
+    replaced), validates the manifest and writes ``manifest.json``. Everything goes
+    to a temporary sibling folder renamed into place at the end. An existing
+    ``out_dir`` is an error unless ``overwrite=True``.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out_dir).expanduser()
+    if out.exists() and not overwrite:
+        raise ModelPackageError(f"{out} already exists; choose another output or pass overwrite")
+    if not state_dicts:
+        raise ModelPackageError("no weights given; a package needs at least one state dict")
+    manifest = dict(manifest)
+    extras = dict(extra_files or {})
+    for name in extras:
+        check_file_name(name, "extra_files")
+        if name.endswith(".safetensors") or name == "README.md":
+            raise ModelPackageError(f"extra file {name!r} would clash with the weights or README; rename it")
+    manifest["files"] = {f"fold{i}.safetensors": "0" * 64 for i in range(len(state_dicts))}
+    Manifest(manifest)  # fail on a bad manifest before writing anything
+    cleaned = [_clean_state_dict(sd, i) for i, sd in enumerate(state_dicts)]
+    for i, state in enumerate(cleaned):
+        net = build_network(manifest["architecture"], manifest["kwargs"])
+        load_state_dict_strict(net, state, f"state dict {i}")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        for i, state in enumerate(cleaned):
+            save_file(state, str(tmp / f"fold{i}.safetensors"), metadata={"format": "pt"})
+        if readme is not None:
+            extras["README.md"] = readme.encode("utf-8")
+        for name, content in extras.items():
+            (tmp / name).write_bytes(content)
+        manifest["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        validated = Manifest(manifest)
+        (tmp / MANIFEST_NAME).write_text(json.dumps(validated.to_dict(), indent=2) + "\n", encoding="utf-8")
+        _replace_dir(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("wrote model package %s (%d weight file(s))", out, len(cleaned))
+    return out
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first, then removed."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        if old is not None:
+            os.replace(old, out)  # put the previous package back
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One usable installed model: ``key`` is what to pass as ``model=``."""
+
+    key: str
+    name: str
+    version: str
+    description: str
+    path: Path
+    input_modalities: List[str]
+    source: str  # "shipped" or "user"
+
+
+def installed_models(models_dir: Optional[PathLike] = None) -> List[ModelInfo]:
+    """The shipped default and every valid package in the user model folder.
+
+    Each is fully verified (hashes included); broken ones are skipped with a warning.
+    """
+    candidates = []
+    if (SHIPPED_DEFAULT / MANIFEST_NAME).is_file():
+        candidates.append(("default", SHIPPED_DEFAULT, "shipped"))
+    folder = Path(models_dir) if models_dir is not None else user_models_dir()
+    if folder.is_dir():
+        for entry in sorted(folder.iterdir()):
+            if entry.is_dir() and not entry.name.startswith("."):
+                candidates.append((entry.name, entry, "user"))
+    infos = []
+    for key, path, source in candidates:
+        try:
+            pkg = open_package(path)
+        except ModelPackageError as exc:
+            logger.warning("skipping model %s: %s", path, exc)
+            continue
+        m = pkg.manifest
+        infos.append(ModelInfo(key, m.name, m.version, m.description, path, m.input_modalities, source))
+    return infos
+
+
+def install_package(src: PathLike, models_dir: Optional[PathLike] = None, overwrite: bool = False) -> Path:
+    """Verify a package (folder or zip) and copy it into the user model folder.
+
+    The copy goes to ``<models folder>/<manifest name>`` (atomically); an existing
+    model of that name is an error unless ``overwrite=True``. Returns the new folder.
+    """
+    pkg = open_package(src)
+    folder = Path(models_dir) if models_dir is not None else user_models_dir()
+    dest = folder / pkg.manifest.name
+    if dest.exists() and not overwrite:
+        raise ModelPackageError(f"a model named {pkg.manifest.name!r} is already installed in {folder}; remove it or overwrite")
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=folder))
+    try:
+        for name in [MANIFEST_NAME, *pkg.manifest.files]:
+            shutil.copyfile(pkg.root / name, tmp / name)
+        verify_folder(tmp)  # the copy must match too (guards against a change mid-copy)
+        _replace_dir(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("installed model %s into %s", pkg.manifest.name, dest)
+    return dest
+
+
+def import_weights(pt_path: Any, architecture: str, kwargs: Dict[str, Any], out_dir: PathLike, **manifest_fields: Any) -> Path:
+    """Convert PyTorch ``.pt`` state dict(s) into a package; see :func:`tumorseg_core.convert.import_weights`."""
+    from tumorseg_core.convert import import_weights as _import_weights
+
+    return _import_weights(pt_path, architecture, kwargs, out_dir, **manifest_fields)

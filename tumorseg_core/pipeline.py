@@ -1,0 +1,202 @@
+"""``segment()``: the one function every front door (CLI, Slicer worker, scripts) calls.
+
+read → align inputs onto the first grid → (denoise) → to the model grid → normalize
+→ Predictor (argmax at model resolution) → postprocess → labels back to the first
+input's exact grid (nearest neighbour, uint8; never float logits per class).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from tumorseg_core import geometry, postprocess, preprocess
+from tumorseg_core.errors import CancelledError, InputError
+from tumorseg_core.io import read_images
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[float, str], None]
+CancelFn = Callable[[], bool]
+ImageLike = Union[str, "sitk.Image", Any]
+
+# Share of the progress bar given to each stage; the network dominates run time.
+_READ, _PREPARE, _PREDICT_END = 0.05, 0.12, 0.92
+
+
+@dataclass
+class SegmentOptions:
+    """Per-call options; the model's manifest supplies defaults for ``None`` values."""
+
+    overlap: Optional[float] = None
+    tta: bool = False
+    window_batch: Optional[int] = None
+    postprocess: bool = True
+    seeds_lps: Sequence[Sequence[float]] = field(default_factory=tuple)
+    background_lps: Sequence[Sequence[float]] = field(default_factory=tuple)
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> "SegmentOptions":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise TypeError(f"unknown segment option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**kwargs)
+
+
+def _report(progress: Optional[ProgressFn], fraction: float, message: str) -> None:
+    if progress is not None:
+        progress(min(max(fraction, 0.0), 1.0), message)
+
+
+def _check_cancel(cancel: Optional[CancelFn]) -> None:
+    if cancel is not None and cancel():
+        raise CancelledError()
+
+
+def _scaled_progress(progress: Optional[ProgressFn], start: float, end: float) -> Optional[ProgressFn]:
+    """Map a sub-task's 0..1 progress onto ``start..end`` of the whole run."""
+    if progress is None:
+        return None
+    return lambda fraction, message: progress(start + (end - start) * fraction, message)
+
+
+class Segmenter:
+    """A model opened once and kept warm: call :meth:`segment` for as many cases as needed.
+
+    The package's sha256 is verified when it is opened; the networks are built and
+    moved to the device on the first call (so listing a model's inputs stays cheap).
+    """
+
+    def __init__(self, model: Any = "default", device: str = "auto", **options: Any) -> None:
+        from tumorseg_core.package import ModelPackage, open_package
+
+        self.package = model if isinstance(model, ModelPackage) else open_package(model)
+        self.device = device
+        self.options = SegmentOptions.from_kwargs(**options)
+        self._predictor = None
+        self._predictor_key: Optional[tuple] = None
+
+    @property
+    def manifest(self):
+        return self.package.manifest
+
+    def predictor(self, options: SegmentOptions):
+        """The warm Predictor for these options (rebuilt only if they change)."""
+        from tumorseg_core.inference.predictor import Predictor
+
+        defaults = dict(self.manifest.inference or {})
+        overlap = options.overlap if options.overlap is not None else float(defaults.get("overlap", 0.5))
+        key = (overlap, bool(options.tta), options.window_batch)
+        if self._predictor is None:
+            self._predictor = Predictor.from_package(
+                self.package, device=self.device, overlap=overlap, tta=options.tta,
+                window_batch=options.window_batch,
+            )
+        elif key != self._predictor_key:
+            # Same networks, new sliding-window settings: no reload needed.
+            self._predictor.overlap = overlap
+            self._predictor.tta = bool(options.tta)
+            if options.window_batch is not None:
+                self._predictor.window_batch = options.window_batch
+        self._predictor_key = key
+        return self._predictor
+
+    def segment(
+        self,
+        images: Union[ImageLike, Sequence[ImageLike]],
+        progress: Optional[ProgressFn] = None,
+        cancel: Optional[CancelFn] = None,
+        **overrides: Any,
+    ) -> sitk.Image:
+        """Segment one case; returns a uint8 label map on the first image's exact grid."""
+        options = SegmentOptions.from_kwargs(**{**self.options.__dict__, **overrides})
+        started = time.perf_counter()
+        manifest = self.manifest
+        _report(progress, 0.0, "reading images")
+        inputs = read_images(_as_list(images))
+        if len(inputs) != manifest.num_inputs:
+            names = ", ".join(manifest.input_modalities)
+            raise InputError(
+                f"model '{manifest.name}' expects {manifest.num_inputs} input image(s) ({names}), "
+                f"got {len(inputs)}; pass one image per modality in that order"
+            )
+        reference = inputs[0]
+        aligned = geometry.align_to_reference(inputs)
+        _check_cancel(cancel)
+        _report(progress, _READ, "resampling to the model grid")
+
+        volume, model_grid = self._prepare(aligned)
+        _check_cancel(cancel)
+        _report(progress, _PREPARE, "running the model")
+
+        predictor = self.predictor(options)
+        labels = predictor.predict(volume, progress=_scaled_progress(progress, _PREPARE, _PREDICT_END), cancel=cancel)
+        del volume
+        _check_cancel(cancel)
+        _report(progress, _PREDICT_END, "post-processing")
+
+        if options.postprocess and manifest.postprocessing:
+            labels = postprocess.postprocess_labels(labels, manifest.spacing_xyz, manifest.postprocessing)
+        label_image = sitk.GetImageFromArray(labels.astype(np.uint8, copy=False))
+        label_image.CopyInformation(model_grid)
+        result = geometry.labels_to_reference(label_image, reference)
+        if options.seeds_lps or options.background_lps:
+            from tumorseg_core.refine import keep_clicked_lesions
+
+            result = keep_clicked_lesions(result, options.seeds_lps, options.background_lps)
+        _report(progress, 1.0, f"done in {time.perf_counter() - started:.1f} s")
+        return result
+
+    def _prepare(self, aligned: list) -> tuple:
+        """Resample and normalize every channel on the model grid.
+
+        Returns ``(volume (C, z, y, x) float32, model-grid image of channel 0)``.
+        """
+        manifest = self.manifest
+        prep = manifest.preprocessing or {}
+        arrays = []
+        model_grid = None
+        for image, channel in zip(aligned, manifest.inputs):
+            if prep.get("denoise"):
+                image = preprocess.denoise(image, prep["denoise"])
+            on_grid = geometry.to_model_grid(
+                image, manifest.spacing_xyz, manifest.orientation,
+                prep.get("interpolator", "linear"),
+            )
+            if model_grid is None:
+                model_grid = on_grid
+            arrays.append(preprocess.normalize(sitk.GetArrayViewFromImage(on_grid), channel.get("normalization", {})))
+        return np.stack(arrays).astype(np.float32, copy=False), model_grid
+
+
+def _as_list(images: Any) -> list:
+    if isinstance(images, (list, tuple)):
+        if not images:
+            raise InputError("no input image given; pass at least one image path or SimpleITK image")
+        return list(images)
+    return [images]
+
+
+def segment(images: Any, model: Any = "default", device: str = "auto", progress: Optional[ProgressFn] = None,
+            cancel: Optional[CancelFn] = None, **options: Any) -> sitk.Image:
+    """Segment tumors in one case.
+
+    Args:
+        images: a path or ``SimpleITK.Image``, or a list of them: the model's input
+            channels in the order its manifest names them. They may have different grids;
+            channels 2..n are resampled onto the first.
+        model: ``"default"``, an installed model name, a package folder or ``.zip``.
+        device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``.
+        options: ``overlap``, ``tta``, ``window_batch``, ``postprocess``, ``seeds_lps``,
+            ``background_lps`` (keep only the lesions clicked / drop those marked).
+
+    Returns:
+        A uint8 label map with exactly the first image's size, spacing, origin and direction.
+    """
+    return Segmenter(model, device).segment(images, progress=progress, cancel=cancel, **options)

@@ -1,0 +1,292 @@
+"""Train a segmentation network and write a model package: ``tumorseg train``.
+
+:func:`train` runs the whole job: resolve the data, preprocess it once into a cache,
+train with augmented foreground-oversampled patches, validate every epoch with
+sliding-window inference (mean foreground Dice), checkpoint every epoch (pickle-free,
+see :mod:`tumorseg_core.training.checkpoint`), and write a package
+:func:`tumorseg_core.package.open_package` loads. The same function runs under
+``torchrun`` (DistributedDataParallel; see :mod:`tumorseg_core.training.distributed`).
+
+Work directory (``config["workdir"]``, default ``<out_dir>.work``)::
+
+    cache/            preprocessed cases (.npy) and generated phantoms
+    last.safetensors  best.safetensors  last.state.safetensors  last.state.json  state.json
+    log.csv           epoch,train_loss,val_dice,lr,seconds
+    tensorboard/      event files when tensorboard is installed
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from tumorseg_core.errors import CancelledError, InputError
+from tumorseg_core.training import checkpoint as ckpt
+from tumorseg_core.training import distributed as dist_utils
+from tumorseg_core.training.config import check_config, config_hash, merge_config
+from tumorseg_core.training.outputs import (
+    TensorBoardLog,
+    build_manifest,
+    config_bytes,
+    readme_text,
+    write_log_csv,
+)
+from tumorseg_core.training.setup import RunData, prepare_data
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[float, str], None]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy, ``random`` and MONAI (``set_determinism``)."""
+    from monai.utils import set_determinism
+
+    seed = int(seed) % (2**32)
+    set_determinism(seed=seed)  # also seeds torch/numpy/random and disables cuDNN autotune
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(rank)]).generate_state(1)[0])
+
+
+def build_optimizer(config: dict[str, Any], params: Any) -> torch.optim.Optimizer:
+    """AdamW, or SGD with Nesterov momentum 0.99 (nnU-Net)."""
+    if config["optimizer"] == "sgd":
+        lr = config["lr"] or 1e-2
+        return torch.optim.SGD(params, lr=lr, momentum=0.99, nesterov=True, weight_decay=config["weight_decay"])
+    return torch.optim.AdamW(params, lr=config["lr"] or 1e-3, weight_decay=config["weight_decay"])
+
+
+def build_scheduler(config: dict[str, Any], optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-iteration ``poly`` ((1 - t)^0.9) or ``cosine`` decay over the whole run."""
+    total = max(1, config["epochs"] * config["iterations_per_epoch"])
+    if config["schedule"] == "cosine":
+        def factor(step: int) -> float:
+            return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    else:
+        def factor(step: int) -> float:
+            return max(0.0, 1.0 - min(step, total) / total) ** 0.9
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _resolve_device(config: dict[str, Any], info: dist_utils.DistInfo) -> torch.device:
+    from tumorseg_core.inference.devices import resolve_device
+
+    device = resolve_device(config["device"])
+    if info.enabled and device.type == "cuda":
+        return torch.device("cuda", info.local_rank)
+    return device
+
+
+def _restore(workdir: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, scaler: Any,
+             config: dict[str, Any]) -> dict[str, Any]:
+    """Load the last checkpoint into the objects; return ``state.json``."""
+    weights, training_state, state = ckpt.load_checkpoint(workdir)
+    if state.get("config_hash") != config_hash(config):
+        raise InputError(
+            f"{workdir} holds a checkpoint of a different training configuration; use another --workdir or delete it"
+        )
+    model.load_state_dict(weights)
+    optimizer.load_state_dict(training_state["optimizer"])
+    scheduler.load_state_dict(training_state["scheduler"])
+    if training_state.get("scaler"):
+        scaler.load_state_dict(training_state["scaler"])
+    ckpt.set_rng_state(training_state["rng"])
+    logger.info("resuming from %s after epoch %d", workdir, state["epoch"])
+    return state
+
+
+def _train_epoch(run: RunData, model: torch.nn.Module, optimizer: Any, scheduler: Any, scaler: Any,
+                 loss_fn: Any, epoch: int, device: torch.device, info: dist_utils.DistInfo,
+                 progress: Progress | None, cancel: Callable[[], bool] | None) -> float:
+    """One epoch of ``iterations_per_epoch`` steps; returns the mean loss over ranks."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    config = run.config
+    run.patches.set_epoch(epoch)
+    sampler = (DistributedSampler(run.patches, num_replicas=info.world_size, rank=info.rank, shuffle=False)
+               if info.enabled else None)
+    loader = DataLoader(run.patches, batch_size=config["batch_size"], sampler=sampler, shuffle=False,
+                        num_workers=config["num_workers"], drop_last=True,
+                        pin_memory=device.type == "cuda")
+    use_amp = bool(config["amp"]) and device.type == "cuda"
+    model.train()
+    losses = []
+    n_iter = config["iterations_per_epoch"]
+    for it, batch in enumerate(loader):
+        if cancel is not None and cancel():
+            raise CancelledError(f"training cancelled in epoch {epoch + 1}; resume from the checkpoint of epoch {epoch}")
+        image = batch["image"].to(device, non_blocking=True)
+        label = batch["label"].to(device, non_blocking=True).round().long()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device.type, enabled=use_amp):
+            loss = loss_fn(model(image), label)
+        scaler.scale(loss).backward()
+        if config["grad_clip"]:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(config["grad_clip"]))
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        losses.append(float(loss.detach()))
+        if progress is not None and info.is_main:
+            done = (epoch + (it + 1) / n_iter) / config["epochs"]
+            progress(done, f"epoch {epoch + 1}/{config['epochs']} loss {np.mean(losses):.4f}")
+    return dist_utils.all_reduce_mean(info, float(np.mean(losses)), device)
+
+
+def _validate(run: RunData, model: torch.nn.Module, device: torch.device,
+              cancel: Callable[[], bool] | None) -> dict[str, Any]:
+    from tumorseg_core.training.validation import validate
+
+    config = run.config
+    return validate(
+        model, run.val_cases, run.patch_zyx, [lab["value"] for lab in config["output"]["labels"]], device,
+        overlap=config["val_overlap"], sw_batch=config["val_sw_batch"],
+        amp=bool(config["amp"]), cancel=cancel,
+    )
+
+
+def train(
+    config: dict[str, Any],
+    out_dir: Path | str,
+    *,
+    resume: bool | None = None,
+    overwrite: bool = False,
+    command: str | None = None,
+    progress: Progress | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> Path | None:
+    """Train per ``config`` (see :data:`tumorseg_core.training.config.DEFAULT_CONFIG`) and write a package.
+
+    Args:
+        config: training settings; missing keys take the defaults.
+        out_dir: the model package folder to write.
+        resume: True to require a checkpoint in the work directory, False to refuse to
+            reuse one, None (default) to resume when one exists.
+        overwrite: replace an existing ``out_dir``.
+        command: the command line recorded in the package README.
+        progress: ``(fraction, message)`` callback (rank 0 only).
+        cancel: returns True to stop; the last completed epoch's checkpoint is kept and
+            :class:`CancelledError` is raised.
+
+    Returns:
+        The package path on rank 0, None on the other ranks.
+    """
+    from tumorseg_core.losses import build_loss
+    from tumorseg_core.models.registry import build_network
+    from tumorseg_core.package import write_package
+
+    config = merge_config(config, {})
+    check_config(config)
+    out_dir = Path(out_dir).expanduser().resolve()
+    if out_dir.exists() and not overwrite:
+        raise InputError(f"{out_dir} already exists; choose another -o folder or pass --overwrite")
+    workdir = Path(config["workdir"] or f"{out_dir}.work").expanduser().resolve()
+    info = dist_utils.init_distributed(str(config["device"]))
+    try:
+        device = _resolve_device(config, info)
+        seed_everything(config["seed"])
+        run = prepare_data(config, workdir, info, progress)
+        config = run.config
+        if resume is True and not ckpt.has_checkpoint(workdir):
+            raise InputError(f"--resume was given but {workdir} has no checkpoint; drop --resume or fix --workdir")
+        if resume is False and ckpt.has_checkpoint(workdir):
+            raise InputError(f"{workdir} already holds a checkpoint; resume it (default) or use another --workdir")
+
+        torch.manual_seed(config["seed"])  # same initial weights on every rank
+        model = build_network(config["architecture"], run.kwargs).to(device)
+        optimizer = build_optimizer(config, model.parameters())
+        scheduler = build_scheduler(config, optimizer)
+        scaler = torch.amp.GradScaler(device.type, enabled=bool(config["amp"]) and device.type == "cuda")
+        loss_fn = build_loss(config["loss"], "softmax", config["class_weights"], **config["loss_options"])
+        state: dict[str, Any] = {"epoch": 0, "best_dice": None, "best_epoch": None, "history": [],
+                                 "config_hash": config_hash(config)}
+        if ckpt.has_checkpoint(workdir):
+            state = _restore(workdir, model, optimizer, scheduler, scaler, config)
+        net = model
+        if info.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        tb = TensorBoardLog(workdir / "tensorboard") if info.is_main else None
+        try:
+            for epoch in range(state["epoch"], config["epochs"]):
+                # Reseeding per (epoch, rank) makes an epoch independent of what came
+                # before it, so a resumed run repeats an uninterrupted one exactly.
+                epoch_seed = _epoch_seed(config["seed"], epoch, info.rank)
+                torch.manual_seed(epoch_seed)
+                np.random.seed(epoch_seed)
+                random.seed(epoch_seed)
+                started = time.perf_counter()
+                train_loss = _train_epoch(run, net, optimizer, scheduler, scaler, loss_fn, epoch, device,
+                                          info, progress, cancel)
+                if info.is_main:
+                    val = _validate(run, model, device, cancel) if run.val_cases else {"dice": float("nan")}
+                    row = {"epoch": epoch + 1, "train_loss": train_loss,
+                           "val_dice": val["dice"] if math.isfinite(val["dice"]) else None,
+                           "lr": optimizer.param_groups[0]["lr"],
+                           "seconds": round(time.perf_counter() - started, 3),
+                           "per_label": val.get("per_label", {})}
+                    # Without validation cases the latest weights count as the best.
+                    score = row["val_dice"] if row["val_dice"] is not None else -1.0
+                    is_best = state["best_dice"] is None or score >= state["best_dice"]
+                    if is_best:
+                        state["best_dice"], state["best_epoch"] = score, epoch + 1
+                    state["epoch"] = epoch + 1
+                    state["history"].append(row)
+                    training_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                      "scaler": scaler.state_dict(), "rng": ckpt.rng_state()}
+                    ckpt.save_checkpoint(workdir, model, training_state, state, is_best)
+                    write_log_csv(workdir / "log.csv", state["history"])
+                    tb.log(row)
+                    logger.info("epoch %d/%d: loss %.4f, val dice %s, %.1fs", epoch + 1, config["epochs"],
+                                train_loss, row["val_dice"], row["seconds"])
+                else:
+                    state["epoch"] = epoch + 1
+                dist_utils.barrier(info)
+        finally:
+            if tb is not None:
+                tb.close()
+
+        package = None
+        if info.is_main:
+            package = _write_package(run, workdir, state, out_dir, overwrite, command, write_package)
+        dist_utils.barrier(info)
+        return package
+    finally:
+        dist_utils.shutdown(info)
+
+
+def _write_package(run: RunData, workdir: Path, state: dict[str, Any], out_dir: Path, overwrite: bool,
+                   command: str | None, write_package: Callable[..., Path]) -> Path:
+    """Write the package from the best checkpoint (validation metrics of that epoch)."""
+    config = run.config
+    best = workdir / "best.safetensors"
+    weights = ckpt.load_weights(best if best.is_file() else workdir / "last.safetensors")
+    best_row = next((r for r in state["history"] if r["epoch"] == state["best_epoch"]), {})
+    validation = {
+        "dice": best_row.get("val_dice"),
+        "per_label": {str(k): v for k, v in best_row.get("per_label", {}).items()},
+        "cases": len(run.val_cases),
+        "data": run.description,
+        "epochs": state["epoch"],
+        "best_epoch": state["best_epoch"],
+    }
+    manifest = build_manifest(config, run.kwargs, validation)
+    cmd = command or f"tumorseg train training_config.json -o {out_dir.name}"
+    path = write_package(out_dir, manifest, [weights], readme=readme_text(config, cmd, validation),
+                         extra_files={"training_config.json": config_bytes(config)}, overwrite=overwrite)
+    logger.info("wrote model package %s (validation dice %s)", path, validation["dice"])
+    return path

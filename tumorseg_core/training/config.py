@@ -1,0 +1,160 @@
+"""Training configuration: defaults, JSON loading and checks.
+
+A config is a JSON object; every key is optional except ``data``. Defaults
+(:data:`DEFAULT_CONFIG`) train a 3D U-Net on 1.5 mm isotropic 96^3 patches with
+Dice + cross-entropy, AdamW and a poly learning-rate schedule.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from tumorseg_core.errors import InputError
+
+DEFAULT_LABEL: dict[str, Any] = {
+    "value": 1,
+    "name": "Tumor",
+    "color": [0.89, 0.36, 0.27],
+    "terminology": {
+        "category": ["SCT", "49755003", "Morphologically Altered Structure"],
+        "type": ["SCT", "108369006", "Neoplasm"],
+    },
+}
+_PALETTE = [[0.89, 0.36, 0.27], [0.95, 0.84, 0.29], [0.35, 0.67, 0.89], [0.56, 0.83, 0.45], [0.72, 0.49, 0.86]]
+DEFAULT_NORMALIZATION = {"MRI": {"type": "zscore", "nonzero": True, "clip_percentiles": [0.5, 99.5]},
+                         "CT": {"type": "ct", "window": [-200.0, 300.0]}}
+
+DEFAULT_CONFIG: dict[str, Any] = {
+    "data": None,  # dataset folder, dataset.json, CSV, or "synthetic:N"
+    "synthetic": {},  # options for synthetic:N (see training.synthetic_data.SYNTHETIC_DEFAULTS)
+    "name": "tumorseg-custom",
+    "version": "1.0.0",
+    "license": "Apache-2.0",
+    "description": None,
+    "architecture": "unet3d",
+    "kwargs": {},  # in_channels/out_channels are filled in from inputs/labels
+    "inputs": None,  # [{"modality": "MRI", "normalization": {...}}], default from the data
+    "spacing": [1.5, 1.5, 1.5],  # mm, x y z
+    "orientation": "LPS",
+    "patch_size": [96, 96, 96],  # voxels, x y z
+    "preprocessing": {"denoise": None, "crop_foreground": False},
+    "output": {"type": "softmax", "labels": None},  # labels default from the data / DEFAULT_LABEL
+    "postprocessing": [],
+    "inference": {"overlap": 0.5},
+    "epochs": 100,
+    "iterations_per_epoch": 250,
+    "batch_size": 2,
+    "lr": None,  # default 1e-3 (adamw) / 1e-2 (sgd)
+    "weight_decay": 3e-5,
+    "optimizer": "adamw",
+    "schedule": "poly",
+    "loss": "dice_ce",
+    "loss_options": {},
+    "class_weights": None,
+    "augment": {},
+    "val_fraction": 0.2,
+    "folds": None,
+    "fold": 0,
+    "seed": 0,
+    "device": "auto",
+    "amp": True,
+    "num_workers": 0,
+    "workdir": None,
+    "cache_dir": None,
+    "val_overlap": 0.5,
+    "val_sw_batch": 2,
+    "grad_clip": 12.0,
+}
+
+# Keys that define what is trained: resuming with any of them changed is refused.
+_IDENTITY_KEYS = ("data", "synthetic", "architecture", "kwargs", "inputs", "spacing", "orientation",
+                  "patch_size", "output", "loss", "loss_options", "class_weights", "optimizer", "seed",
+                  "val_fraction", "folds", "fold", "augment", "batch_size", "iterations_per_epoch")
+
+
+def load_config(path: Path | str) -> dict[str, Any]:
+    """Read a JSON config file; relative ``data`` paths are relative to the file."""
+    p = Path(path)
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"could not read config {p} ({exc}); give a JSON object file") from exc
+    if not isinstance(raw, dict):
+        raise InputError(f"config {p} is not a JSON object; write {{\"data\": ..., ...}}")
+    data = raw.get("data")
+    if isinstance(data, str) and not data.startswith("synthetic:") and not Path(data).is_absolute():
+        raw["data"] = str((p.parent / data).resolve())
+    return raw
+
+
+def merge_config(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``DEFAULT_CONFIG`` <- ``base`` <- ``overrides`` (None values in overrides are skipped)."""
+    unknown = sorted(set(base) - set(DEFAULT_CONFIG))
+    if unknown:
+        raise InputError(f"unknown config key(s) {', '.join(unknown)}; see the DEFAULT_CONFIG keys in the docs")
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    config.update(copy.deepcopy(base))
+    config.update({k: copy.deepcopy(v) for k, v in overrides.items() if v is not None})
+    return config
+
+
+def _positive_int(config: dict[str, Any], key: str) -> None:
+    value = config[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InputError(f"{key} must be a positive integer, got {value!r}")
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """Raise InputError for values that cannot work (before any data is read)."""
+    if not config.get("data"):
+        raise InputError("no training data given; pass a dataset folder, CSV, dataset.json or synthetic:N")
+    for key in ("epochs", "iterations_per_epoch", "batch_size"):
+        _positive_int(config, key)
+    for key in ("spacing", "patch_size"):
+        value = config[key]
+        if not isinstance(value, list) or len(value) != 3 or not all(
+            isinstance(v, (int, float)) and v > 0 for v in value
+        ):
+            raise InputError(f"{key} must be three positive numbers (x, y, z), got {value!r}")
+    if not all(float(v).is_integer() for v in config["patch_size"]):
+        raise InputError(f"patch_size must be whole voxel counts, got {config['patch_size']}")
+    if config["optimizer"] not in ("adamw", "sgd"):
+        raise InputError(f"optimizer {config['optimizer']!r} is unknown; use adamw or sgd")
+    if config["schedule"] not in ("poly", "cosine"):
+        raise InputError(f"schedule {config['schedule']!r} is unknown; use poly or cosine")
+    if config["output"].get("type", "softmax") != "softmax":
+        raise InputError("training supports output type 'softmax' only; set output.type to softmax")
+    if config["folds"] is not None and (not isinstance(config["folds"], int) or config["folds"] < 2):
+        raise InputError(f"folds must be an integer >= 2 (or null for a random split), got {config['folds']!r}")
+
+
+def default_labels(names: dict[int, str] | None) -> list[dict[str, Any]]:
+    """Manifest output labels for label values -> names (one "Tumor" label if none are known)."""
+    if not names:
+        return [copy.deepcopy(DEFAULT_LABEL)]
+    labels = []
+    for i, value in enumerate(sorted(names)):
+        label = copy.deepcopy(DEFAULT_LABEL)
+        label.update({"value": int(value), "name": names[value], "color": _PALETTE[i % len(_PALETTE)]})
+        labels.append(label)
+    return labels
+
+
+def default_inputs(modalities: list[str] | None, n_channels: int) -> list[dict[str, Any]]:
+    """Manifest inputs: one per channel, normalization by modality (MRI z-score, CT window)."""
+    names = modalities if modalities and len(modalities) == n_channels else ["MRI"] * n_channels
+    inputs = []
+    for name in names:
+        kind = "CT" if name.upper() == "CT" else "MRI"
+        inputs.append({"modality": name, "normalization": copy.deepcopy(DEFAULT_NORMALIZATION[kind])})
+    return inputs
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Hash of the keys that define the training run (see ``_IDENTITY_KEYS``)."""
+    identity = {k: config.get(k) for k in _IDENTITY_KEYS}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()[:16]

@@ -1,0 +1,72 @@
+"""torch Datasets over cached cases: whole cases (validation) and augmented patches (training).
+
+Reproducibility: a training sample is fully determined by ``(seed, epoch, index)``. Its
+case is drawn from ``numpy.random.default_rng([seed, epoch, index])`` and the MONAI
+transforms are reseeded from the same generator before they run, so the sample does
+not depend on worker processes, on which rank draws it, or on whether the run was
+resumed from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from tumorseg_core.training.cache import CachedCase
+
+
+class CaseDataset(Dataset):
+    """Whole preprocessed cases: item ``i`` is ``{"id": str, "image": (C,z,y,x) float32,
+    "label": (1,z,y,x) uint8}`` as numpy arrays (copied out of the memory map)."""
+
+    def __init__(self, cases: Sequence[CachedCase]) -> None:
+        self.cases = list(cases)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        arrays = self.cases[index].load(mmap=False)
+        return {"id": self.cases[index].id, **arrays}
+
+
+class PatchDataset(Dataset):
+    """``length`` augmented training patches per epoch.
+
+    Item ``i`` is ``{"image": float32 tensor (C, *patch_zyx), "label": float tensor
+    (1, *patch_zyx)}``. Call :meth:`set_epoch` before each epoch (the DataLoader must be
+    rebuilt or non-persistent so workers see the new epoch).
+    """
+
+    def __init__(self, cases: Sequence[CachedCase], transforms: Any, length: int, seed: int) -> None:
+        if not cases:
+            raise ValueError("PatchDataset needs at least one case")
+        self.cases = list(cases)
+        self.transforms = transforms
+        self.length = int(length)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        case = self.cases[int(rng.integers(len(self.cases)))]
+        arrays = case.load(mmap=True)
+        # Copy out of the read-only memory map (MONAI writes into some inputs).
+        data = {"image": np.array(arrays["image"]), "label": np.array(arrays["label"])}
+        self.transforms.set_random_state(seed=int(rng.integers(2**31 - 1)))
+        with warnings.catch_warnings():
+            # Lesion-free cases are expected (they teach "no tumour"); MONAI warns on each.
+            warnings.filterwarnings("ignore", message="Num foregrounds 0")
+            out = self.transforms(data)
+        sample = out[0] if isinstance(out, list) else out
+        return {"image": torch.as_tensor(sample["image"]), "label": torch.as_tensor(sample["label"])}

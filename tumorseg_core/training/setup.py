@@ -1,0 +1,129 @@
+"""Turn a training config into ready data: cases, split, inputs/labels, cache, patch dataset."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from tumorseg_core.datasets import DatasetSource, kfold, load_dataset, split_cases
+from tumorseg_core.errors import InputError, ModelPackageError
+from tumorseg_core.training import distributed as dist_utils
+from tumorseg_core.training.cache import CachedCase, PreprocessConfig, cache_cases
+from tumorseg_core.training.config import default_inputs, default_labels
+from tumorseg_core.training.patches import PatchDataset
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunData:
+    """Everything the loop needs about the data.
+
+    ``config`` has ``inputs`` and ``output.labels`` filled in; ``kwargs`` are the
+    network kwargs with ``in_channels``/``out_channels``; ``patch_zyx`` is the patch in
+    array order.
+    """
+
+    config: dict[str, Any]
+    kwargs: dict[str, Any]
+    patches: PatchDataset
+    train_cases: list[CachedCase]
+    val_cases: list[CachedCase]
+    patch_zyx: tuple[int, int, int]
+    description: str
+
+
+def resolve_source(config: dict[str, Any], cache_dir: Path) -> DatasetSource:
+    """The cases named by ``config["data"]`` (generating phantoms for ``synthetic:N``)."""
+    data = str(config["data"])
+    if data.startswith("synthetic:"):
+        from tumorseg_core.training.synthetic_data import synthetic_source
+
+        try:
+            n = int(data.split(":", 1)[1])
+        except ValueError:
+            n = 0
+        if n < 2:
+            raise InputError(f"'{data}' is not a valid synthetic source; write synthetic:N with N >= 2 cases")
+        return synthetic_source(n, int(config["seed"]), config["synthetic"], cache_dir / "synthetic")
+    return load_dataset(Path(data).expanduser())
+
+
+def _count_channels(source: DatasetSource) -> int:
+    from tumorseg_core.io import read_channels
+
+    return sum(len(read_channels(p)) for p in source.cases[0].images)
+
+
+def _network_kwargs(config: dict[str, Any], n_in: int, n_out: int) -> dict[str, Any]:
+    from tumorseg_core.models.registry import size_divisor, validate_kwargs
+
+    kwargs = copy.deepcopy(config["kwargs"])
+    for key, value in (("in_channels", n_in), ("out_channels", n_out)):
+        if kwargs.setdefault(key, value) != value:
+            raise InputError(f"kwargs.{key}={kwargs[key]} but the data/labels need {value}; remove it from kwargs")
+    try:
+        validate_kwargs(config["architecture"], kwargs)
+        divisor = size_divisor(config["architecture"], kwargs)
+    except ModelPackageError as exc:
+        raise InputError(str(exc)) from exc
+    patch_zyx = [int(p) for p in config["patch_size"][::-1]]
+    if any(p % d for p, d in zip(patch_zyx, divisor)):
+        raise InputError(
+            f"patch_size {config['patch_size']} must be a multiple of {list(divisor[::-1])} (x, y, z) for "
+            f"{config['architecture']} with these kwargs; change --patch-size"
+        )
+    return kwargs
+
+
+def _main_first(info: dist_utils.DistInfo, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on rank 0, then on the other ranks (which then find rank 0's cached files)."""
+    if info.is_main:
+        result = fn()
+        dist_utils.barrier(info)
+    else:
+        dist_utils.barrier(info)
+        result = fn()
+    return result
+
+
+def prepare_data(config: dict[str, Any], workdir: Path, info: dist_utils.DistInfo,
+                 progress: Callable[[float, str], None] | None = None) -> RunData:
+    """Resolve, split and preprocess the data of ``config``; fill in inputs, labels, kwargs."""
+    from tumorseg_core.augment import augment_config, build_train_transforms
+
+    config = copy.deepcopy(config)
+    cache_dir = Path(config["cache_dir"] or workdir / "cache").expanduser().resolve()
+    source = _main_first(info, lambda: resolve_source(config, cache_dir))
+    if len(source.cases) < 2 and (config["val_fraction"] > 0 or config["folds"]):
+        raise InputError(f"{len(source.cases)} case(s) are too few to validate; add cases or set val_fraction 0")
+    if config["inputs"] is None:
+        config["inputs"] = default_inputs(source.modalities, _count_channels(source))
+    if not config["output"].get("labels"):
+        config["output"] = {"type": "softmax", "labels": default_labels(source.labels)}
+    values = sorted(int(lab["value"]) for lab in config["output"]["labels"])
+    kwargs = _network_kwargs(config, len(config["inputs"]), max(values) + 1)
+    config["augment"] = augment_config(config["augment"])
+
+    if config["folds"]:
+        train, val = kfold(source.cases, int(config["folds"]), int(config["fold"]), int(config["seed"]))
+    else:
+        train, val = split_cases(source.cases, float(config["val_fraction"]), int(config["seed"]))
+    pre = PreprocessConfig(
+        spacing_xyz=tuple(float(s) for s in config["spacing"]),
+        orientation=config["orientation"],
+        normalizations=tuple(inp["normalization"] for inp in config["inputs"]),
+        max_label=max(values),
+    )
+    cached = _main_first(info, lambda: cache_cases([*train, *val], pre, cache_dir / "preprocessed", progress))
+    train_cached, val_cached = cached[: len(train)], cached[len(train):]
+    patch_zyx = tuple(int(p) for p in config["patch_size"][::-1])
+    transforms = build_train_transforms(patch_zyx, config["augment"])
+    length = config["iterations_per_epoch"] * config["batch_size"] * info.world_size
+    patches = PatchDataset(train_cached, transforms, length, int(config["seed"]))
+    description = source.description
+    logger.info("data: %s; %d training, %d validation cases", description, len(train), len(val))
+    return RunData(config, kwargs, patches, train_cached, val_cached, patch_zyx, description)  # type: ignore[arg-type]

@@ -1,0 +1,286 @@
+"""Background segmentation worker: ``python -m tumorseg_core.worker [--idle-timeout S]``.
+
+The Slicer Logic (and any other client) starts this process once and keeps it warm:
+the first request pays for importing torch/MONAI and loading the model; later requests
+with the same model and device reuse the cached :class:`~tumorseg_core.pipeline.Segmenter`.
+
+Protocol (design §5): JSON objects, one per line. stdout carries *only* protocol lines;
+all logging and any stray output goes to stderr.
+
+Requests on stdin::
+
+    {"id": 1, "cmd": "segment", "images": ["t1.nrrd"], "output": "labels.nrrd",
+     "model": "default", "device": "auto", "options": {"overlap": 0.5}}
+    {"id": 2, "cmd": "ping"}
+    {"cmd": "shutdown"}
+
+Events on stdout::
+
+    {"event": "ready", "pid": 1234, "protocol": 1}
+    {"event": "progress", "id": 1, "fraction": 0.4, "message": "window 12/30"}
+    {"event": "done", "id": 1, "output": "labels.nrrd", "seconds": 2.1, "warm": false, "labels": [...]}
+    {"event": "error", "id": 1, "message": "one line"}
+    {"event": "pong", "id": 2, "pid": 1234}
+
+The worker exits cleanly on ``shutdown``, when stdin closes (the parent died) or after
+``--idle-timeout`` seconds without a request. Cancelling is done by the parent killing
+the process tree; nothing here needs to cooperate.
+
+Test hook: if the environment variable ``TUMORSEG_WORKER_TEST_DELAY`` is a number of
+seconds, the worker sleeps that long at every progress report, so tests can cancel a
+run in the middle. It has no other effect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Dict, Optional, TextIO, Tuple
+
+from tumorseg_core.errors import TumorSegError
+
+logger = logging.getLogger("tumorseg_core.worker")
+
+PROTOCOL_VERSION = 1
+TEST_DELAY_ENV = "TUMORSEG_WORKER_TEST_DELAY"
+#: Segmenters kept warm at once; each holds a model's networks in (GPU) memory.
+MAX_CACHED_SEGMENTERS = 2
+#: Progress lines are rate-limited so a model with thousands of windows cannot flood the pipe.
+_PROGRESS_INTERVAL_S = 0.1
+
+
+class Protocol:
+    """Writes protocol events as JSON lines to a private copy of the real stdout."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self._lock = threading.Lock()
+
+    def send(self, event: str, **fields: Any) -> None:
+        """Write one ``{"event": event, ...}`` line and flush it."""
+        line = json.dumps({"event": event, **fields}, ensure_ascii=True, default=str)
+        with self._lock:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+
+
+def take_over_stdout() -> TextIO:
+    """Reserve the real stdout for protocol lines and send everything else to stderr.
+
+    The real stdout file descriptor is duplicated for the protocol; fd 1 is then pointed
+    at stderr, so a ``print`` in some library, or output written by C code (ITK, torch),
+    can never corrupt the JSON stream.
+    """
+    sys.stdout.flush()
+    protocol_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(protocol_fd, "w", encoding="utf-8", buffering=1, newline="\n")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def model_fingerprint(model: str) -> Tuple[Any, ...]:
+    """A cheap stamp of a model package on disk (file names, sizes, mtimes).
+
+    Part of the cache key, so a package replaced or edited on disk between two requests
+    is opened (and its hashes verified) again instead of served from memory. Installed
+    model names that are not paths give an empty stamp.
+    """
+    path = Path(model).expanduser()
+    try:
+        if path.is_file():
+            st = path.stat()
+            return ((path.name, st.st_size, st.st_mtime_ns),)
+        if path.is_dir():
+            return tuple(
+                sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir() if p.is_file())
+            )
+    except OSError:
+        pass
+    return ()
+
+
+def _model_key(model: str) -> str:
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
+
+
+class Worker:
+    """Executes requests; keeps up to :data:`MAX_CACHED_SEGMENTERS` segmenters warm."""
+
+    def __init__(self, protocol: Protocol) -> None:
+        self.protocol = protocol
+        self._segmenters: "OrderedDict[Tuple[Any, ...], Any]" = OrderedDict()
+        delay = os.environ.get(TEST_DELAY_ENV, "")
+        try:
+            self._test_delay = max(0.0, float(delay)) if delay else 0.0
+        except ValueError:
+            self._test_delay = 0.0
+        if self._test_delay:
+            logger.warning("%s=%s: sleeping at every progress report (test hook)", TEST_DELAY_ENV, delay)
+
+    # ------------------------------------------------------------------ requests
+
+    def handle(self, request: Any) -> bool:
+        """Execute one request; returns False when the worker should exit."""
+        if not isinstance(request, dict):
+            self.protocol.send("error", id=None, message="a request must be a JSON object")
+            return True
+        rid = request.get("id")
+        cmd = request.get("cmd")
+        if cmd == "shutdown":
+            logger.info("shutdown requested")
+            return False
+        if cmd == "ping":
+            self.protocol.send("pong", id=rid, pid=os.getpid())
+            return True
+        if cmd != "segment":
+            self.protocol.send("error", id=rid, message=f"unknown command {cmd!r}; use segment, ping or shutdown")
+            return True
+        try:
+            self._segment(rid, request)
+        except TumorSegError as exc:
+            logger.info("request %s failed: %s", rid, exc)
+            self.protocol.send("error", id=rid, message=_one_line(exc))
+        except MemoryError:
+            logger.error("request %s ran out of memory\n%s", rid, traceback.format_exc())
+            self.protocol.send("error", id=rid, message="out of memory; close other programs or use a smaller image")
+        except Exception as exc:  # noqa: BLE001 - a bug must not kill the warm worker; it is reported
+            logger.error("request %s failed with an unexpected error\n%s", rid, traceback.format_exc())
+            self.protocol.send(
+                "error", id=rid,
+                message=f"unexpected error {type(exc).__name__}: {_one_line(exc)} (details in the worker log)",
+            )
+        return True
+
+    def _segment(self, rid: Any, request: Dict[str, Any]) -> None:
+        started = time.perf_counter()
+        images = request.get("images")
+        output = request.get("output")
+        model = request.get("model", "default")
+        device = request.get("device", "auto")
+        options = request.get("options") or {}
+        if not isinstance(images, list) or not images or not all(isinstance(p, str) for p in images):
+            raise TumorSegError("request 'images' must be a non-empty list of file paths")
+        if not isinstance(output, str) or not output:
+            raise TumorSegError("request 'output' must be a file path")
+        if not isinstance(model, str) or not isinstance(device, str) or not isinstance(options, dict):
+            raise TumorSegError("request 'model' and 'device' must be strings and 'options' an object")
+
+        from tumorseg_core.pipeline import Segmenter, SegmentOptions
+
+        unknown = sorted(set(options) - set(SegmentOptions.__dataclass_fields__))
+        if unknown:
+            raise TumorSegError(f"unknown option(s) {', '.join(unknown)}; known: "
+                                f"{', '.join(sorted(SegmentOptions.__dataclass_fields__))}")
+        key = (_model_key(model), device, model_fingerprint(model))
+        segmenter = self._segmenters.get(key)
+        warm = segmenter is not None
+        if warm:
+            self._segmenters.move_to_end(key)
+        else:
+            # Drop stale entries for the same model (edited on disk) before loading anew.
+            for old in [k for k in self._segmenters if k[:2] == key[:2]]:
+                del self._segmenters[old]
+            segmenter = Segmenter(model, device)
+            self._segmenters[key] = segmenter
+            while len(self._segmenters) > MAX_CACHED_SEGMENTERS:
+                self._segmenters.popitem(last=False)
+
+        last_sent = [0.0]
+
+        def progress(fraction: float, message: str) -> None:
+            now = time.perf_counter()
+            if fraction >= 1.0 or now - last_sent[0] >= _PROGRESS_INTERVAL_S:
+                last_sent[0] = now
+                self.protocol.send("progress", id=rid, fraction=round(float(fraction), 4), message=str(message))
+            if self._test_delay:
+                time.sleep(self._test_delay)
+
+        try:
+            labels = segmenter.segment(images, progress=progress, **options)
+        except TumorSegError:
+            raise
+        except Exception:
+            # A segmenter that failed in an unexpected way may be in a bad state: reload next time.
+            self._segmenters.pop(key, None)
+            raise
+        from tumorseg_core.io import write_labelmap
+
+        label_dicts = segmenter.package.manifest.label_dicts
+        write_labelmap(labels, output, segments=label_dicts)
+        seconds = time.perf_counter() - started
+        logger.info("request %s done in %.2f s (%s)", rid, seconds, "warm" if warm else "cold")
+        self.protocol.send("done", id=rid, output=output, seconds=round(seconds, 3), warm=warm, labels=label_dicts)
+
+
+def _read_stdin(lines: "queue.Queue[Optional[str]]") -> None:
+    """Reader thread: stdin lines onto ``lines``; ``None`` at end of file (parent gone)."""
+    try:
+        for raw in sys.stdin.buffer:
+            lines.put(raw.decode("utf-8", errors="replace"))
+    except (OSError, ValueError):
+        pass
+    lines.put(None)
+
+
+def serve(protocol: Protocol, idle_timeout: Optional[float]) -> int:
+    """Announce readiness, then execute requests until shutdown, end of input or idleness."""
+    worker = Worker(protocol)
+    lines: "queue.Queue[Optional[str]]" = queue.Queue()
+    # A thread (not select) so the idle timeout also works on Windows pipes.
+    threading.Thread(target=_read_stdin, args=(lines,), name="stdin-reader", daemon=True).start()
+    protocol.send("ready", pid=os.getpid(), protocol=PROTOCOL_VERSION)
+    while True:
+        try:
+            line = lines.get(timeout=idle_timeout if idle_timeout and idle_timeout > 0 else None)
+        except queue.Empty:
+            logger.info("idle for %.0f s; exiting", idle_timeout)
+            return 0
+        if line is None:
+            logger.info("stdin closed; exiting")
+            return 0
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+        except json.JSONDecodeError as exc:
+            protocol.send("error", id=None, message=f"request is not valid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        if not worker.handle(request):
+            return 0
+
+
+def main(argv: Optional[list] = None) -> int:
+    """Entry point of ``python -m tumorseg_core.worker``."""
+    parser = argparse.ArgumentParser(prog="python -m tumorseg_core.worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--idle-timeout", type=float, default=0.0,
+                        help="exit after this many seconds without a request (0: never)")
+    parser.add_argument("--log-level", default="INFO", help="logging level on stderr (default INFO)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr, level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    protocol = Protocol(take_over_stdout())
+    try:
+        return serve(protocol, args.idle_timeout)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
