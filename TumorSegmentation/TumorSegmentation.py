@@ -85,34 +85,33 @@ def registerSampleData():
         fileNames=[],
         nodeNames=[],
         thumbnailFileName=os.path.join(iconsPath, "TumorSegmentation.png"),
-        customDownloader=lambda source: loadPhantomSample(),
+        customDownloader=downloadPhantomSample,
     )
 
 
+def downloadPhantomSample(source=None):
+    """Sample Data button handler (a named function: Sample Data compares sources by their text)."""
+    return loadPhantomSample()
+
+
 def registerSegmentEditorEffect():
-    """Register the "Tumor AI" effect when TumorSegmentationLib/effect.py is installed."""
+    """Register the Segment Editor effect when TumorSegmentationLib/effect.py is installed."""
     try:
-        import qSlicerSegmentationsEditorEffectsPythonQt as editorEffects
-        import TumorSegmentationLib
-        from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
-        from TumorSegmentationLib import effect
+        from TumorSegmentationLib.effect import registerEffect
     except ImportError as exc:
-        logging.info("Tumor Segmentation: no Segment Editor effect registered (%s)", exc)
+        # Not shipped yet is normal; shipped but failing to import is a bug worth an error.
+        shipped = os.path.isfile(os.path.join(os.path.dirname(__file__), "TumorSegmentationLib", "effect.py"))
+        logging.log(logging.ERROR if shipped else logging.INFO,
+                    "Tumor Segmentation: no Segment Editor effect registered (%s)", exc)
         return
-    effectClasses = [value for value in vars(effect).values()
-                     if isinstance(value, type) and issubclass(value, AbstractScriptedSegmentEditorEffect)
-                     and value.__module__ == effect.__name__]
-    if len(effectClasses) != 1:
-        logging.error("Tumor Segmentation: effect.py must define exactly one effect class, found %d", len(effectClasses))
+    try:
+        # effect.registerEffect() handles setPythonSource's class lookup ("effectEffect" on
+        # the TumorSegmentationLib package), so the package is not reloaded under its name.
+        registerEffect()
+    except Exception:
+        logging.exception("Tumor Segmentation: the Segment Editor effect could not be registered")
         return
-    # setPythonSource("<folder>/effect.py") instantiates the class named "effectEffect" found on the
-    # module named after the folder (TumorSegmentationLib, already imported), so expose it there;
-    # otherwise Slicer would load effect.py *as* TumorSegmentationLib and shadow the package.
-    TumorSegmentationLib.effectEffect = effectClasses[0]
-    instance = editorEffects.qSlicerSegmentEditorScriptedEffect(None)
-    instance.setPythonSource(effect.__file__.replace("\\", "/"))
-    instance.self().register()
-    logging.info("Tumor Segmentation: registered Segment Editor effect %s", effectClasses[0].__name__)
+    logging.info("Tumor Segmentation: Segment Editor effect registered")
 
 
 #

@@ -1,23 +1,24 @@
-"""Seeded lesion segmentation without a model (classical region growing).
+"""Seeded lesion segmentation without a model (radial profile + adaptive threshold).
 
-The user clicks inside a lesion (and optionally Ctrl+clicks background). For each seed,
-in a ball of ``max_radius_mm`` around it:
+The user clicks inside a lesion (Shift+click adds seeds, Ctrl+click marks background).
+For each seed, in a ball of ``max_radius_mm`` around it:
 
-1. smooth (Gaussian, ~1 mm) and take robust lesion statistics (median / MAD) in a
-   2.5 mm ball around the seed; the noise floor comes from finite differences;
-2. grow the seed's connected component inside ``median +- 2.5 sigma``;
-3. look at a shell 1-4 mm outside that region: brighter and darker neighbours set the
-   upper and lower thresholds half-way between the lesion and each neighbour (an
-   adaptive two-sided threshold, like a local Otsu); regrow, open by 1.5 mm to cut thin
-   leaks, keep the seed's component and fill holes;
-4. if a distinct layer surrounds the region (the bright rim around a necrotic core),
-   grow that layer too and keep it when it stays a layer (filled union);
-5. leak protection: a region reaching the ball's border, or one with no contrast to
-   its surroundings, is clipped to a ball and reported as ``bounded``.
+1. smooth (Gaussian, ~1 mm) and take the median intensity in thin spherical shells
+   around the seed (the radial profile, :mod:`tumorseg_core.interactive_profile`);
+2. the profile gives the lesion's outer boundary radius r (the first sharp transition
+   after which the profile stays at one level; for a rim or necrotic lesion the outer
+   edge of the rim), the surrounding organ's level (shell [1.3 r, 2 r]) and the level of
+   the lesion's outer layer;
+3. threshold half-way between the outer layer and the organ ("differs from the organ",
+   so a dark core inside a bright rim is kept), take the seed's connected component,
+   fill holes (3D and slice-wise) and cut thin spurs by a light opening;
+4. leak protection: what lies beyond 1.6 r + 3 mm is kept only when it looks like the
+   lesion itself (a connected twin); otherwise it is clipped. No lesion edge in the
+   profile, or a region reaching 3/4 of the ball, gives a ``bounded`` result limited to
+   a quarter of ``max_radius_mm``.
 
-Background points lower the thresholds towards their intensity, split a region that
-contains them (marker watershed on the gradient) and remove components they lie in.
-numpy, scipy and SimpleITK only: this works without torch.
+Background points split a region that contains them (marker watershed on the gradient)
+and remove components they lie in. numpy, scipy and SimpleITK only: no torch.
 """
 
 from __future__ import annotations
@@ -31,12 +32,17 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from tumorseg_core.errors import CancelledError, InputError
+from tumorseg_core.interactive_morph import component, fill_holes, open_mm
+from tumorseg_core.interactive_profile import Levels, analyse_profile, radial_profile, refine_levels
 
 logger = logging.getLogger(__name__)
 
 Point = tuple[float, float, float]
-SEED_BALL_MM = 2.5  # statistics neighbourhood: small enough for 8 mm lesions, large enough to be robust
-OPEN_MM = 1.5  # opening radius that cuts one- or two-voxel bridges into neighbouring tissue
+SEED_BALL_MM = 1.5  # neighbourhood of the seed's own level (lesions are at least ~4 mm in radius)
+SMOOTH_MM = 1.0  # Gaussian sigma of the image the radial profile is taken on
+FINE_MM = (0.4, 0.6, 0.8, 1.0, 1.3)  # candidate sigmas of the image that is thresholded
+CNR_MIN = 6.0  # the fine image's noise: half the lesion's contrast is at least this many sigmas
+OPEN_MM = 1.0  # opening radius that removes noise spurs and one-voxel bridges
 
 
 @dataclass
@@ -54,17 +60,26 @@ class _Roi:
     """A crop of the image around one seed, with distances to the seed in mm."""
 
     slices: tuple[slice, slice, slice]
-    smooth: np.ndarray
+    smooth: np.ndarray  # ~1 mm Gaussian: profile and levels
     dist: np.ndarray
     spacing_zyx: np.ndarray
-    seed_index: tuple[int, int, int]  # within the crop, (z, y, x)
+    seed_zyx: np.ndarray  # continuous index within the crop
     radius: float
+    noise: float  # noise sigma of ``smooth``
+    crop: np.ndarray  # the raw crop
+    raw_noise: float
 
     def ball(self, center_zyx: np.ndarray, radius: float) -> np.ndarray:
         """Boolean ball of ``radius`` mm around a continuous crop index (z, y, x)."""
         axes = [(np.arange(n) - c) * s for n, c, s in zip(self.smooth.shape, center_zyx, self.spacing_zyx)]
         d2 = axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2
         return d2 <= radius * radius
+
+    def seed_mask(self) -> np.ndarray:
+        """The seed's neighbourhood (at least the nearest voxel)."""
+        mask = self.ball(self.seed_zyx, max(SEED_BALL_MM, 0.51 * float(self.spacing_zyx.max())))
+        mask[tuple(int(np.clip(round(v), 0, n - 1)) for v, n in zip(self.seed_zyx, mask.shape))] = True
+        return mask
 
 
 def _continuous_index(image: sitk.Image, point: Sequence[float], what: str) -> np.ndarray:
@@ -83,58 +98,17 @@ def _continuous_index(image: sitk.Image, point: Sequence[float], what: str) -> n
     return idx[::-1]
 
 
-def _bbox(mask: np.ndarray, pad: int) -> tuple[slice, ...]:
-    """Slices of ``mask``'s bounding box grown by ``pad`` voxels (clipped)."""
-    idx = np.nonzero(mask)
-    return tuple(slice(max(int(i.min()) - pad, 0), min(int(i.max()) + pad + 1, n)) for i, n in zip(idx, mask.shape))
-
-
-def _dilate_mm(mask: np.ndarray, radius: float, spacing: np.ndarray) -> np.ndarray:
-    """Dilation by a ball of ``radius`` mm (distance transform on the padded bounding box)."""
-    out = np.zeros_like(mask)
-    if not mask.any():
-        return out
-    box = _bbox(mask, int(np.ceil(radius / spacing.min())) + 1)
-    out[box] = ndimage.distance_transform_edt(~mask[box], sampling=spacing) <= radius
-    return out
-
-
-def _open_mm(mask: np.ndarray, radius: float, spacing: np.ndarray) -> np.ndarray:
-    """Opening by a ball of ``radius`` mm: erosion then dilation, via distance transforms."""
-    if not mask.any():
-        return mask
-    box = _bbox(mask, 2)
-    eroded = np.zeros_like(mask)
-    eroded[box] = ndimage.distance_transform_edt(mask[box], sampling=spacing) > radius
-    return _dilate_mm(eroded, radius, spacing) & mask
-
-
-def _component(mask: np.ndarray, seed: np.ndarray) -> np.ndarray:
-    """Union of the connected components (6-connected) of ``mask`` touching ``seed`` voxels."""
-    if not (mask & seed).any():
-        return np.zeros_like(mask)
-    box = _bbox(mask, 0)
-    lab, _ = ndimage.label(mask[box])
-    keep = np.unique(lab[seed[box] & mask[box]])
-    out = np.zeros_like(mask)
-    out[box] = np.isin(lab, keep[keep > 0])
-    return out
-
-
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """3D hole filling on the bounding box (a dark necrotic core inside a rim is lesion)."""
-    if not mask.any():
-        return mask
-    box = _bbox(mask, 1)
-    out = mask.copy()
-    out[box] = ndimage.binary_fill_holes(mask[box])
-    return out
-
-
-def _noise_sigma(smooth: np.ndarray) -> float:
-    """Robust noise level of a smoothed crop from finite differences (edges are a minority)."""
-    diffs = [np.abs(np.diff(smooth, axis=a)).ravel() for a in range(3) if smooth.shape[a] > 1]
+def _raw_noise(raw: np.ndarray) -> float:
+    """Robust noise sigma from finite differences (edges are a minority)."""
+    diffs = [np.abs(np.diff(raw, axis=a)).ravel() for a in range(3) if raw.shape[a] > 1]
     return float(np.median(np.concatenate(diffs))) * 1.4826 / np.sqrt(2.0)
+
+
+def _gain(sigma_vox: np.ndarray) -> float:
+    """Noise gain ``sqrt(sum w^2)`` of a Gaussian kernel (voxel units)."""
+    impulse = np.zeros((15, 15, 15), dtype=np.float64)
+    impulse[7, 7, 7] = 1.0
+    return float(np.sqrt((ndimage.gaussian_filter(impulse, sigma_vox, mode="constant") ** 2).sum()))
 
 
 def _make_roi(array: np.ndarray, spacing_zyx: np.ndarray, seed_zyx: np.ndarray, radius: float) -> _Roi:
@@ -143,103 +117,110 @@ def _make_roi(array: np.ndarray, spacing_zyx: np.ndarray, seed_zyx: np.ndarray, 
     c = np.round(seed_zyx).astype(int)
     slices = tuple(slice(max(ci - h, 0), min(ci + h + 1, n)) for ci, h, n in zip(c, half, array.shape))
     crop = array[slices].astype(np.float32)
-    sigma = np.clip(max(1.0, 0.6 * float(spacing_zyx.min())) / spacing_zyx, 0.0, 2.0)
+    if not np.all(np.isfinite(crop)):
+        raise InputError("the image has NaN or infinite values near the seed; fix or resample the image")
+    sigma = np.clip(SMOOTH_MM / spacing_zyx, 0.0, 2.0)
     smooth = ndimage.gaussian_filter(crop, sigma, mode="nearest")
     local = seed_zyx - np.array([s.start for s in slices])
     axes = [(np.arange(n) - lc) * s for n, lc, s in zip(crop.shape, local, spacing_zyx)]
     dist = np.sqrt(axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2)
-    seed_index = tuple(int(min(max(round(v), 0), n - 1)) for v, n in zip(local, crop.shape))
-    return _Roi(slices, smooth, dist, spacing_zyx, seed_index, radius)
+    raw_noise = _raw_noise(crop)
+    return _Roi(slices, smooth, dist, spacing_zyx, local, radius, raw_noise * _gain(sigma), crop, raw_noise)
 
 
-def _stats(values: np.ndarray, floor: float) -> tuple[float, float]:
-    """Median and robust spread (MAD, at least ``floor``)."""
-    med = float(np.median(values))
-    return med, max(1.4826 * float(np.median(np.abs(values - med))), floor)
-
-
-def _thresholds(roi: _Roi, region: np.ndarray, m: float, sigma: float,
-                bg_levels: Sequence[float]) -> tuple[float, float]:
-    """Two-sided interval half-way between the lesion and its brighter/darker neighbours."""
-    sp = roi.spacing_zyx
-    shell = _dilate_mm(region, 4.0, sp) & ~_dilate_mm(region, 1.0, sp) & (roi.dist < roi.radius)
-    vals = roi.smooth[shell]
-    hi, lo = m + 4.0 * sigma, m - 4.0 * sigma
-    if vals.size:
-        bright, dark = vals[vals > m + 2.5 * sigma], vals[vals < m - 2.5 * sigma]
-        if bright.size >= 0.1 * vals.size:
-            hi = min(hi, 0.5 * (m + float(np.median(bright))))
-        if dark.size >= 0.1 * vals.size:
-            lo = max(lo, 0.5 * (m + float(np.median(dark))))
-    for b in bg_levels:  # background clicks compete: the boundary moves half-way towards them
-        if b > m + 2.0 * sigma:
-            hi = min(hi, 0.5 * (m + b))
-        elif b < m - 2.0 * sigma:
-            lo = max(lo, 0.5 * (m + b))
-    return lo, hi
-
-
-def _grow(roi: _Roi, seed_mask: np.ndarray, bg_levels: Sequence[float], floor: float) -> tuple[np.ndarray, float, float]:
-    """Adaptive-threshold region growing from ``seed_mask``; returns region, median, sigma."""
-    m, sigma = _stats(roi.smooth[seed_mask], floor)
-    inside = roi.dist < roi.radius
-    region = _component((np.abs(roi.smooth - m) <= 2.5 * sigma) & inside, seed_mask)
-    if not region.any():
-        region = seed_mask.copy()
-    for _ in range(2):  # refine the interval from the shell of the current region
-        lo, hi = _thresholds(roi, region, m, sigma, bg_levels)
-        grown = _component((roi.smooth >= lo) & (roi.smooth <= hi) & inside, seed_mask)
-        opened = _component(_open_mm(grown, OPEN_MM, roi.spacing_zyx), seed_mask)
-        new = _fill_holes(opened if opened.sum() >= 0.3 * grown.sum() else grown)
-        if new.sum() == region.sum() and (new == region).all():
+def _fine_image(roi: _Roi, lv: Levels) -> tuple[np.ndarray, float, Levels]:
+    """The least smoothed image whose noise is small against the lesion's contrast (as
+    measured on that image: thin rims lose contrast when smoothed), its noise and levels."""
+    reach = min(roi.radius, 2.0 * lv.radius + 3.0)
+    for s in FINE_MM:
+        if s >= SMOOTH_MM:
             break
-        region = new
-    return region, m, sigma
+        sigma = np.clip(s / roi.spacing_zyx, 0.0, 2.0)
+        noise = roi.raw_noise * _gain(sigma)
+        if 0.5 * abs(lv.outer - lv.background) * (1.5 if lv.layered else 1.0) < CNR_MIN * noise:
+            continue  # even a better measured contrast cannot make it
+        sm = ndimage.gaussian_filter(roi.crop, sigma, mode="nearest")
+        fine = refine_levels(radial_profile(sm, roi.dist, reach), lv)
+        if 0.5 * abs(fine.outer - fine.background) >= CNR_MIN * noise:
+            logger.debug("fine smoothing %.1f mm (noise %.3g): %s", s, noise, fine)
+            return sm, noise, fine
+    return roi.smooth, roi.noise, lv
 
 
-def _leaks(roi: _Roi, region: np.ndarray) -> bool:
-    """The region reaches the border of the ROI ball: not a closed lesion."""
-    return bool((region & (roi.dist > roi.radius - 1.5 * float(roi.spacing_zyx.max()))).any())
-
-
-def _equivalent_radius(region: np.ndarray, spacing: np.ndarray) -> float:
-    return float((3.0 * region.sum() * np.prod(spacing) / (4.0 * np.pi)) ** (1.0 / 3.0))
-
-
-def _add_rim(roi: _Roi, region: np.ndarray, m: float, sigma: float, floor: float) -> np.ndarray:
-    """Add a distinct layer enclosing ``region`` (rim around a necrotic core) if it stays a layer."""
+def _segment(roi: _Roi, lv: Levels, sm: np.ndarray, noise: float) -> np.ndarray:
+    """Region of the lesion described by ``lv``: differs from the organ by more than half the contrast."""
     sp = roi.spacing_zyx
-    shell = _dilate_mm(region, 3.0, sp) & ~_dilate_mm(region, 1.0, sp) & (roi.dist < roi.radius)
-    vals = roi.smooth[shell]
-    if vals.size < 10:
-        return region
+    seed = roi.seed_mask()
+    inside = roi.dist < roi.radius
+    sign = 1.0 if lv.outer >= lv.background else -1.0
+    contrast = abs(lv.outer - lv.background)
+    # Two-sided: up to half-way to the organ, and not much beyond the lesion's own level
+    # (a much brighter vessel or a much darker fat touching a bright or dark lesion).
+    far_bound = lv.outer + sign * max(contrast, 5.0 * noise)
+    mask = (sign * (sm - 0.5 * (lv.outer + lv.background)) > 0) & (sign * (sm - far_bound) < 0) & inside
+    if lv.layered and abs(lv.core - lv.background) > 4.0 * noise:  # the core differs the other way
+        sign_c = 1.0 if lv.core >= lv.background else -1.0
+        mask |= (sign_c * (sm - 0.5 * (lv.core + lv.background)) > 0) & (roi.dist <= 0.7 * lv.radius)
+    near = roi.dist <= 1.6 * lv.radius + 3.0
+    if lv.layered:  # the rim encloses the core: fill before looking for the seed's component
+        mask = fill_holes(mask & near)
+    region = component(mask, seed | (roi.dist <= 0.5 * lv.radius))
+    opened = component(open_mm(region, OPEN_MM, sp), seed)
+    if opened.sum() >= 0.5 * region.sum():
+        region = opened
+    far = region & ~near
+    if far.any():
+        level = float(np.median(sm[far]))
+        if lv.layered or abs(level - lv.outer) > 0.25 * abs(lv.outer - lv.background):
+            logger.debug("clipping %d voxels beyond %.1f mm (level %.4g)", int(far.sum()), 1.6 * lv.radius + 3, level)
+            region = component(open_mm(region & near, 1.5, sp), seed)
+    return fill_holes(region)
+
+
+def _fallback(roi: _Roi, limit: float) -> np.ndarray:
+    """Bounded region for a click without a lesion edge: similar to the seed, within ``limit`` mm."""
+    seed = roi.seed_mask()
+    vals = roi.smooth[seed]
     med = float(np.median(vals))
-    if abs(med - m) < 4.0 * sigma:
-        return region
-    side = shell & ((roi.smooth > m + 2.5 * sigma) if med > m else (roi.smooth < m - 2.5 * sigma))
-    if side.sum() < 0.5 * vals.size:
-        return region  # not an enclosing layer, only a neighbour on one side
-    rim, _, _ = _grow(roi, side, (m,), floor)
-    union = _fill_holes(region | rim)
-    limit = _dilate_mm(region, max(3.0, 1.6 * _equivalent_radius(region, sp)), sp)
-    if _leaks(roi, union) or (union & ~limit).sum() > 0.05 * union.sum():
-        return region  # the "rim" was the surrounding organ
-    return union
+    spread = max(1.4826 * float(np.median(np.abs(vals - med))), roi.noise)
+    mask = (np.abs(roi.smooth - med) <= 3.0 * spread) & (roi.dist <= limit)
+    return component(open_mm(mask, OPEN_MM, roi.spacing_zyx), seed) | (seed & (roi.dist <= limit))
 
 
 def _split_by_background(roi: _Roi, region: np.ndarray, bg_zyx: Sequence[np.ndarray]) -> np.ndarray:
     """Marker watershed on the gradient inside ``region`` between the seed and background clicks."""
     markers = np.where(region, 0, 2).astype(np.uint8)
-    seed_ball = roi.ball(np.asarray(roi.seed_index, float), SEED_BALL_MM) & region
+    seed_ball = roi.seed_mask() & region
     markers[seed_ball] = 1
     for b in bg_zyx:
         markers[roi.ball(b, 1.0 + float(roi.spacing_zyx.min())) & region & ~seed_ball] = 2
     img = sitk.GetImageFromArray(roi.smooth)
     img.SetSpacing(tuple(float(s) for s in roi.spacing_zyx[::-1]))
-    grad = sitk.GradientMagnitude(img)
-    ws = sitk.GetArrayFromImage(sitk.MorphologicalWatershedFromMarkers(grad, sitk.GetImageFromArray(markers),
+    marker_img = sitk.GetImageFromArray(markers)
+    marker_img.CopyInformation(img)
+    ws = sitk.GetArrayFromImage(sitk.MorphologicalWatershedFromMarkers(sitk.GradientMagnitude(img), marker_img,
                                                                        markWatershedLine=False))
-    return _component((ws == 1) & region, seed_ball)
+    return component((ws == 1) & region, seed_ball)
+
+
+def _one_seed(roi: _Roi, limit: float) -> tuple[np.ndarray, bool]:
+    """Region of one seed and whether it had to be bounded."""
+    core = float(np.median(roi.smooth[roi.seed_mask()]))
+    prof = radial_profile(roi.smooth, roi.dist, roi.radius)
+    near = roi.dist < 0.5 * roi.radius
+    fine_img = ndimage.gaussian_filter(roi.crop, np.clip(FINE_MM[1] / roi.spacing_zyx, 0.0, 2.0), mode="nearest")
+    fine = radial_profile(fine_img[near], roi.dist[near], 0.5 * roi.radius)
+    lv = analyse_profile(prof, core, roi.noise, 0.5 * roi.radius, fine)
+    if lv is None:
+        logger.debug("no lesion edge around the seed (level %.4g, noise %.3g)", core, roi.noise)
+        return _fallback(roi, limit), True
+    sm, noise, lv = _fine_image(roi, lv)
+    region = _segment(roi, lv, sm, noise)
+    logger.debug("levels %s noise %.3g: %d voxels", lv, roi.noise, int(region.sum()))
+    edge = roi.dist > min(0.75 * roi.radius, roi.radius - 1.5 * float(roi.spacing_zyx.max()))
+    if not region.any() or (region & edge).any():
+        return _fallback(roi, limit), True
+    return region, False
 
 
 def segment_from_seeds(image: sitk.Image, seeds_lps: Sequence[Point], background_lps: Sequence[Point] = (), *,
@@ -249,10 +230,10 @@ def segment_from_seeds(image: sitk.Image, seeds_lps: Sequence[Point], background
 
     Args:
         image: 3D scalar image (any spacing, any direction).
-        seeds_lps: points inside lesions, LPS mm; each grows from its own statistics and the
+        seeds_lps: points inside lesions, LPS mm; each is segmented on its own and the
             results are united.
         background_lps: points on non-lesion tissue (Ctrl+click), LPS mm.
-        max_radius_mm: largest lesion radius considered; also the crop around each seed.
+        max_radius_mm: the crop around each seed; lesions up to about half of it are found.
         progress: ``progress(fraction, message)``; cancel: returns True to stop.
 
     Returns:
@@ -281,35 +262,31 @@ def segment_from_seeds(image: sitk.Image, seeds_lps: Sequence[Point], background
         if cancel is not None and cancel():
             raise CancelledError()
         if progress is not None:
-            progress(i / len(seeds), f"growing seed {i + 1}/{len(seeds)}")
+            progress(i / len(seeds), f"segmenting seed {i + 1}/{len(seeds)}")
         roi = _make_roi(array, spacing, seed, radius)
-        if not np.all(np.isfinite(roi.smooth)):
-            raise InputError("the image has NaN or infinite values near the seed; fix or resample the image")
+        region, was_bounded = _one_seed(roi, limit)
+        bounded |= was_bounded
         origin = np.array([s.start for s in roi.slices], float)
         local_bg = [b - origin for b in bgs if np.all(b - origin >= -0.5)
                     and np.all(b - origin <= np.array(roi.smooth.shape) - 0.5)]
-        floor = max(_noise_sigma(roi.smooth), 1e-6 * (abs(float(roi.smooth[roi.seed_index])) + 1.0))
-        seed_mask = roi.ball(seed - origin, max(SEED_BALL_MM, 1.01 * float(spacing.min())))
-        bg_levels = [float(np.median(roi.smooth[roi.ball(b, SEED_BALL_MM)])) for b in local_bg]
-        region, m, sigma = _grow(roi, seed_mask, bg_levels, floor)
-        if not _leaks(roi, region):
-            region = _add_rim(roi, region, m, sigma, floor)
-        shell = _dilate_mm(region, 4.0, spacing) & ~_dilate_mm(region, 1.0, spacing) & (roi.dist < radius)
-        distinct = shell.any() and abs(float(np.median(roi.smooth[shell])) - m) > 2.0 * sigma
-        if _leaks(roi, region) or not distinct:
-            bounded = True
-            region = _component(region & (roi.dist <= limit), seed_mask) | (seed_mask & (roi.dist <= limit))
         if local_bg:
             bg_vox = np.zeros_like(region)
             for b in local_bg:
                 bg_vox |= roi.ball(b, 1.0 + float(spacing.min()))
             if (region & bg_vox).any():
-                region = _split_by_background(roi, region, local_bg)
+                # A background click on the seed's own lesion (nearer to the seed than the
+                # region's equivalent radius) overrides the seed; a farther one splits the region.
+                r_eq = float((3.0 * region.sum() * np.prod(spacing) / (4.0 * np.pi)) ** (1.0 / 3.0))
+                hits = [b for b in local_bg if (region & roi.ball(b, 1.0 + float(spacing.min()))).any()]
+                if any(np.linalg.norm((b - roi.seed_zyx) * spacing) < r_eq for b in hits):
+                    region = np.zeros_like(region)
+                else:
+                    region = _split_by_background(roi, region, local_bg)
         volumes.append(float(region.sum() * np.prod(spacing)))
         out[roi.slices] |= region.astype(np.uint8)
     if bgs:  # a background click removes whatever component it lies in, unless a seed is there too
         lab, _ = ndimage.label(out)
-        seed_labels = {int(lab[tuple(int(round(v)) for v in s)]) for s in seeds}
+        seed_labels = {int(lab[tuple(np.clip(np.round(s).astype(int), 0, np.array(out.shape) - 1))]) for s in seeds}
         for b in bgs:
             value = int(lab[tuple(np.clip(np.round(b).astype(int), 0, np.array(out.shape) - 1))])
             if value and value not in seed_labels:

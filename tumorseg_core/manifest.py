@@ -152,6 +152,8 @@ def _check_inputs(inputs: Any) -> None:
             cp = norm["clip_percentiles"]
             if not (isinstance(cp, list) and len(cp) == 2 and all(map(_is_number, cp)) and 0 <= cp[0] < cp[1] <= 100):
                 raise _fail(f"{where}.normalization.clip_percentiles", "must be [lo, hi] with 0 <= lo < hi <= 100")
+        if norm.get("foreground") not in (None, "otsu"):
+            raise _fail(f"{where}.normalization.foreground", "must be \"otsu\" or absent")
         if "nonzero" in norm and not isinstance(norm["nonzero"], bool):
             raise _fail(f"{where}.normalization.nonzero", "must be true or false")
 

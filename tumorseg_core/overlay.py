@@ -69,5 +69,8 @@ def write_overlay_png(image: sitk.Image, result: sitk.Image, path: str, truth: O
     height = max(p.shape[0] for p in panels)
     padded = [np.pad(p, ((0, height - p.shape[0]), (0, 4), (0, 0))) for p in panels]
     canvas = np.concatenate(padded, axis=1)
+    # Phantoms are ~100 voxels across: enlarge so the PNG is readable at a glance.
+    magnify = int(np.clip(900 // max(canvas.shape[1], 1), 1, 4))
+    canvas = np.repeat(np.repeat(canvas, magnify, axis=0), magnify, axis=1)
     sitk.WriteImage(sitk.GetImageFromArray(canvas, isVector=True), path)
     return path

@@ -39,6 +39,8 @@ class SegmentOptions:
     postprocess: bool = True
     seeds_lps: Sequence[Sequence[float]] = field(default_factory=tuple)
     background_lps: Sequence[Sequence[float]] = field(default_factory=tuple)
+    backend: str = "auto"  # auto | torch | onnxruntime | openvino (inference/backends)
+    cascade: Optional[bool] = None  # ROI cascade (inference/cascade.py); None: its default
 
     @classmethod
     def from_kwargs(cls, **kwargs: Any) -> "SegmentOptions":
@@ -81,6 +83,7 @@ class Segmenter:
         self.options = SegmentOptions.from_kwargs(**options)
         self._predictor = None
         self._predictor_key: Optional[tuple] = None
+        self._backend: Optional[str] = None
 
     @property
     def manifest(self):
@@ -93,11 +96,13 @@ class Segmenter:
         defaults = dict(self.manifest.inference or {})
         overlap = options.overlap if options.overlap is not None else float(defaults.get("overlap", 0.5))
         key = (overlap, bool(options.tta), options.window_batch)
-        if self._predictor is None:
+        if self._predictor is None or (self._backend is not None and options.backend != self._backend):
+            # The backend's session (export, load) is kept warm; only a new backend rebuilds.
             self._predictor = Predictor.from_package(
                 self.package, device=self.device, overlap=overlap, tta=options.tta,
-                window_batch=options.window_batch,
+                window_batch=options.window_batch, backend=options.backend,
             )
+            self._backend = options.backend
         elif key != self._predictor_key:
             # Same networks, new sliding-window settings: no reload needed.
             self._predictor.overlap = overlap
@@ -136,7 +141,10 @@ class Segmenter:
         _report(progress, _PREPARE, "running the model")
 
         predictor = self.predictor(options)
-        labels = predictor.predict(volume, progress=_scaled_progress(progress, _PREPARE, _PREDICT_END), cancel=cancel)
+        from tumorseg_core.inference.cascade import predict_labels
+
+        labels = predict_labels(predictor, volume, manifest.spacing_xyz, options.cascade,
+                                progress=_scaled_progress(progress, _PREPARE, _PREDICT_END), cancel=cancel)
         del volume
         _check_cancel(cancel)
         _report(progress, _PREDICT_END, "post-processing")
@@ -194,7 +202,9 @@ def segment(images: Any, model: Any = "default", device: str = "auto", progress:
         model: ``"default"``, an installed model name, a package folder or ``.zip``.
         device: ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``.
         options: ``overlap``, ``tta``, ``window_batch``, ``postprocess``, ``seeds_lps``,
-            ``background_lps`` (keep only the lesions clicked / drop those marked).
+            ``background_lps`` (keep only the lesions clicked / drop those marked),
+            ``backend`` (``auto``: fastest installed for the device), ``cascade``
+            (coarse-to-fine ROI pass; ``False``: exhaustive windows).
 
     Returns:
         A uint8 label map with exactly the first image's size, spacing, origin and direction.

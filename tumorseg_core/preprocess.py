@@ -43,6 +43,10 @@ def normalize(array: np.ndarray, scheme: Optional[dict]) -> np.ndarray:
     - ``zscore``: subtract mean, divide by std. ``nonzero: true`` computes the statistics
       over nonzero voxels only and keeps zero voxels at 0 (skull-stripped MRI);
       ``clip_percentiles: [p_lo, p_hi]`` clips at those percentiles first.
+      ``foreground: "otsu"`` computes the statistics (and percentiles) over the voxels
+      above an Otsu threshold only: the body, not the air around it. This makes one
+      model work on CT (HU, air at -1000) and MRI alike, since soft-tissue contrast is
+      then measured against the body's own spread rather than the air-body jump.
     - ``minmax``: scale to [0, 1].
     - ``none`` (or ``scheme=None``): cast only.
 
@@ -75,16 +79,40 @@ def normalize(array: np.ndarray, scheme: Optional[dict]) -> np.ndarray:
         x /= hi - lo
         return x
     if kind == "zscore":
-        return _zscore(x, bool(scheme.get("nonzero", False)), scheme.get("clip_percentiles"))
+        foreground = scheme.get("foreground")
+        if foreground not in (None, "otsu"):
+            raise ModelPackageError(f"zscore foreground {foreground!r} is unknown; use \"otsu\" or leave it out")
+        return _zscore(x, bool(scheme.get("nonzero", False)), scheme.get("clip_percentiles"), foreground == "otsu")
     raise ModelPackageError(
         f"normalization type {kind!r} is unknown; use one of {', '.join(NORMALIZATION_TYPES)} in the manifest"
     )
 
 
-def _zscore(x: np.ndarray, nonzero: bool, clip_percentiles: Optional[Sequence[float]]) -> np.ndarray:
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of ``values`` (any shape): the cut maximising between-class variance."""
+    flat = values.ravel()
+    if flat.size > 2_000_000:  # a strided sample gives the same histogram shape, much faster
+        flat = flat[:: flat.size // 1_000_000]
+    hist, edges = np.histogram(flat, bins=bins)
+    centers = (edges[:-1] + edges[1:]) / 2
+    weight0 = np.cumsum(hist).astype(np.float64)
+    weight1 = weight0[-1] - weight0
+    sum0 = np.cumsum(hist * centers)
+    mean0 = sum0 / np.maximum(weight0, 1)
+    mean1 = (sum0[-1] - sum0) / np.maximum(weight1, 1)
+    between = weight0 * weight1 * (mean0 - mean1) ** 2
+    return float(centers[int(np.argmax(between))])
+
+
+def _zscore(x: np.ndarray, nonzero: bool, clip_percentiles: Optional[Sequence[float]],
+            otsu_foreground: bool = False) -> np.ndarray:
     """z-score ``x`` (float32, modified in place and returned); see :func:`normalize`."""
     mask = x != 0 if nonzero else None
     values = x[mask] if mask is not None else x.ravel()
+    if otsu_foreground and values.size:
+        body = values[values > otsu_threshold(values)]
+        if body.size >= 0.01 * values.size:  # a degenerate split keeps the plain statistics
+            values = body
     if values.size == 0:
         return np.zeros_like(x)
     if clip_percentiles is not None:

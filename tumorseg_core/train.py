@@ -196,14 +196,14 @@ def train(
     workdir = Path(config["workdir"] or f"{out_dir}.work").expanduser().resolve()
     info = dist_utils.init_distributed(str(config["device"]))
     try:
-        device = _resolve_device(config, info)
-        seed_everything(config["seed"])
-        run = prepare_data(config, workdir, info, progress)
-        config = run.config
         if resume is True and not ckpt.has_checkpoint(workdir):
             raise InputError(f"--resume was given but {workdir} has no checkpoint; drop --resume or fix --workdir")
         if resume is False and ckpt.has_checkpoint(workdir):
             raise InputError(f"{workdir} already holds a checkpoint; resume it (default) or use another --workdir")
+        device = _resolve_device(config, info)
+        seed_everything(config["seed"])
+        run = prepare_data(config, workdir, info, progress)
+        config = run.config
 
         torch.manual_seed(config["seed"])  # same initial weights on every rank
         model = build_network(config["architecture"], run.kwargs).to(device)

@@ -155,6 +155,10 @@ class Worker:
         except TumorSegError as exc:
             logger.info("request %s failed: %s", rid, exc)
             self.protocol.send("error", id=rid, message=_one_line(exc))
+        except ImportError as exc:
+            logger.error("request %s: missing dependency\n%s", rid, traceback.format_exc())
+            self.protocol.send("error", id=rid, message=f"a required package is missing ({_one_line(exc)}); "
+                                                        "install TumorSeg's dependencies (torch, MONAI) and retry")
         except MemoryError:
             logger.error("request %s ran out of memory\n%s", rid, traceback.format_exc())
             self.protocol.send("error", id=rid, message="out of memory; close other programs or use a smaller image")
@@ -283,4 +287,10 @@ def main(argv: Optional[list] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    logging.shutdown()
+    sys.stderr.flush()
+    # os._exit, not sys.exit: after an idle timeout the stdin reader thread still blocks
+    # inside stdin's buffer lock, and interpreter shutdown would abort on that lock.
+    # Every protocol line has already been flushed.
+    os._exit(exit_code)

@@ -113,3 +113,19 @@ def make_sphere_image():
 def rotation_direction_fixture():
     """The :func:`rotation_direction` helper as a fixture."""
     return rotation_direction
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_tumorseg_folders(tmp_path_factory):
+    """Keep exported-model caches and installed models of the tests out of the user's ~/.tumorseg."""
+    import os
+
+    saved = {key: os.environ.get(key) for key in ("TUMORSEG_CACHE", "TUMORSEG_MODELS")}
+    os.environ["TUMORSEG_CACHE"] = str(tmp_path_factory.mktemp("tumorseg-cache"))
+    os.environ["TUMORSEG_MODELS"] = str(tmp_path_factory.mktemp("tumorseg-models"))
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

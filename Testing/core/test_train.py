@@ -225,8 +225,9 @@ def test_cli_trains_on_synthetic_phantoms_and_the_package_segments(tmp_path, dat
 def test_two_process_ddp_on_cpu_writes_one_package(data_dir, tmp_path):
     launcher = tmp_path / "launch_train.py"
     launcher.write_text(textwrap.dedent("""
-        import argparse, sys
+        import argparse, logging, sys
         from tumorseg_core.commands import train
+        logging.basicConfig(level=logging.INFO)
         parser = argparse.ArgumentParser()
         train.add_arguments(parser)
         sys.exit(train.run(parser.parse_args()))
@@ -239,6 +240,8 @@ def test_two_process_ddp_on_cpu_writes_one_package(data_dir, tmp_path):
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "rank 1 of 2 (gloo)" in result.stderr and "rank 0 of 2 (gloo)" in result.stderr
+    assert result.stderr.count("wrote model package") == 2  # package.py + train.py lines, rank 0 only
     from tumorseg_core.package import open_package
 
     pkg = open_package(tmp_path / "pkg")

@@ -264,3 +264,69 @@ def test_parameter_names_bind(ui_tree):
             assert choices == list(mirror), f"{parameter}: parameters.py and widget_logic disagree on the order"
         else:
             pytest.fail(f"{parameter}: no rule for widget class {widget.get('class')}")
+
+
+_CMAKE_STUBS = """
+set(CMAKE_CURRENT_SOURCE_DIR "@MODULE_DIR@")
+set(CMAKE_BINARY_DIR "@BUILD_DIR@")
+set(Slicer_QTSCRIPTEDMODULES_LIB_DIR lib/Slicer-5.13/qt-scripted-modules)
+set(Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR ${Slicer_QTSCRIPTEDMODULES_LIB_DIR})
+set(BUILD_TESTING ON)
+# Stand-ins that report what Slicer's and CTK's macros would copy, and where to.
+macro(slicerMacroBuildScriptedModule)
+  cmake_parse_arguments(MY "WITH_GENERIC_TESTS" "NAME" "SCRIPTS;RESOURCES" ${ARGN})
+  if(MY_UNPARSED_ARGUMENTS)
+    message(FATAL_ERROR "unknown arguments: ${MY_UNPARSED_ARGUMENTS}")
+  endif()
+  foreach(f ${MY_SCRIPTS} ${MY_RESOURCES})
+    message("COPY|${CMAKE_CURRENT_SOURCE_DIR}|${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}|${f}")
+  endforeach()
+endmacro()
+macro(ctkMacroCompilePythonScript)
+  cmake_parse_arguments(MY "NO_INSTALL_SUBDIR;GLOBAL_TARGET" "TARGET_NAME;SOURCE_DIR;DESTINATION_DIR;INSTALL_DIR"
+    "SCRIPTS;RESOURCES" ${ARGN})
+  if(MY_UNPARSED_ARGUMENTS)
+    message(FATAL_ERROR "unknown arguments: ${MY_UNPARSED_ARGUMENTS}")
+  endif()
+  foreach(f ${MY_SCRIPTS} ${MY_RESOURCES})
+    message("COPY|${MY_SOURCE_DIR}|${MY_DESTINATION_DIR}|${f}")
+  endforeach()
+endmacro()
+macro(slicer_add_python_unittest)
+  message("UNITTEST|${ARGN}")
+endmacro()
+include("@MODULE_DIR@/CMakeLists.txt")
+"""
+
+
+def test_cmake_copies_everything_into_the_scripted_module_folder(tmp_path):
+    """Runs the real TumorSegmentation/CMakeLists.txt with stand-in macros (cmake -P).
+
+    ctkMacroCompilePythonScript copies <SOURCE_DIR>/<path> to <DESTINATION_DIR>/<path>; every
+    destination must stay inside qt-scripted-modules/ (on sys.path in Slicer, and installed).
+    """
+    import shutil
+    import subprocess
+
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("cmake is not installed")
+    build = tmp_path / "build"
+    script = tmp_path / "check.cmake"
+    script.write_text(_CMAKE_STUBS.replace("@MODULE_DIR@", MODULE_DIR.as_posix()).replace("@BUILD_DIR@", build.as_posix()))
+    result = subprocess.run([cmake, "-P", str(script)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    copies = [line.split("|")[1:] for line in result.stderr.splitlines() if line.startswith("COPY|")]
+    scripted = (build / "lib/Slicer-5.13/qt-scripted-modules").resolve()
+    assert copies
+    targets = set()
+    for source_dir, dest_dir, item in copies:
+        assert (Path(source_dir) / item).is_file(), f"{item} does not exist under {source_dir}"
+        target = (Path(dest_dir) / item).resolve()
+        assert target.is_relative_to(scripted), f"{item} would be copied outside qt-scripted-modules: {target}"
+        assert target not in targets, f"{item} is copied twice"
+        targets.add(target)
+    relative = {t.relative_to(scripted).as_posix() for t in targets}
+    assert {"TumorSegmentation.py", "TumorSegmentationLib/logic.py", "tumorseg_core/__init__.py",
+            "Resources/UI/TumorSegmentation.ui"} <= relative
+    assert "UNITTEST|SCRIPT;TumorSegmentation.py" in result.stderr

@@ -12,7 +12,8 @@ if str(ROOT / "TumorSegmentation") not in sys.path:
 
 from TumorSegmentationLib import install  # noqa: E402
 
-ALL_GOOD = {"torch": "2.13.0+cpu", "monai": "1.6.1", "SimpleITK": "2.5.7", "safetensors": "0.8.0", "numpy": "2.4.6"}
+ALL_GOOD = {"torch": "2.13.0+cpu", "monai": "1.6.1", "SimpleITK": "2.5.7", "safetensors": "0.8.0", "scipy": "1.17.1",
+            "openvino": "2026.4.1", "numpy": "2.4.6"}
 
 
 @pytest.mark.parametrize("version, minimum, ok", [

@@ -16,7 +16,6 @@ import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer")
 import vtk  # noqa: E402
-
 from TumorSegmentationLib import TumorSegmentationLogic, geometry_bridge, terminology  # noqa: E402
 from TumorSegmentationLib.logic import MODEL_TAG  # noqa: E402
 
@@ -82,11 +81,12 @@ def _check_result(node, world, expected, helpers):
     for sid, label in zip(ids[-2:], helpers.LABELS):
         segment = seg.GetSegment(sid)
         assert np.allclose(segment.GetColor(), label["color"], atol=1e-6)
-        entry = segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName())
+        entry = segment.GetTerminology()
         parsed = terminology.parse_terminology_entry(entry)
         assert parsed["type"] == label["terminology"]["type"]
         assert parsed["context"] == terminology.CONTEXT_NAME
-        assert segment.GetTag(MODEL_TAG) == "test-threshold"
+        tag = vtk.reference("")
+        assert segment.GetTag(MODEL_TAG, tag) and tag.get() == "test-threshold"
         image = segment.GetRepresentation(slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName())
         assert np.allclose(geometry_bridge.oriented_image_to_world(image), world, atol=1e-9)
         assert image.GetExtent() == (0, expected.shape[2] - 1, 0, expected.shape[1] - 1, 0, expected.shape[0] - 1)
@@ -148,7 +148,10 @@ def test_terminology_context_loads_in_slicer():
         assert tl.DeserializeTerminologyEntry(entry_string, entry)
         assert entry.GetTerminologyContextName() == terminology.CONTEXT_NAME
         assert entry.GetTypeObject().GetCodeValue() == term["type"][1]
-        assert tl.UpdateEntryFromLoadedTerminologies(entry)  # the codes exist in our context
+        # Found in our context => Slicer fills in our recommended color (127 gray means not found).
+        assert tl.UpdateEntryFromLoadedTerminologies(entry, [terminology.CONTEXT_NAME], [])
+        found = entry.GetTypeModifierObject() if term.get("modifier") else entry.GetTypeObject()
+        assert tuple(found.GetRecommendedDisplayRGBValue()) != (127, 127, 127), term
     unknown = {"category": ["SCT", "123037004", "Anatomical Structure"], "type": ["SCT", "12738006", "Brain"]}
     assert terminology.terminology_entry(unknown).startswith(terminology.DICOM_MASTER_CONTEXT + "~")
 
@@ -167,7 +170,10 @@ def test_seg_nrrd_roundtrip_with_slicerio(scene, logic, threshold_package, helpe
     by_name = {s["name"]: s for s in seg["segments"]}
     for label in helpers.LABELS:
         assert np.allclose(by_name[label["name"]]["color"], label["color"], atol=1e-3)
-    assert by_name["Edema"]["terminology"]["type"]["CodeValue"] == "79654002"
+        assert by_name[label["name"]]["terminology"]["type"] == label["terminology"]["type"]
+        assert by_name[label["name"]]["terminology"]["contextName"] == terminology.CONTEXT_NAME
+    assert by_name["Enhancing tumor"]["terminology"]["typeModifier"] == ["NCIt", "C113842", "Enhancing Lesion"]
+    assert by_name["Edema"]["layer"] == by_name["Enhancing tumor"]["layer"]  # one shared labelmap layer
 
 
 def test_nonblocking_poll_and_replace(scene, logic, threshold_package, helpers):
@@ -207,6 +213,11 @@ def test_nonblocking_poll_and_replace(scene, logic, threshold_package, helpers):
     # Without replaceExisting the results are added next to the old ones.
     logic.process([volume], node, model=model, device="cpu")
     assert len(_segment_ids(node)) == 6
+    # replaceExisting replaces every earlier TumorSeg segment of the same name, never the user's.
+    logic.process([volume], node, model=model, device="cpu", replaceExisting=True)
+    ids = _segment_ids(node)
+    assert len(ids) == 4 and ids[:2] == ["user1", "user2"]
+    _check_result(node, world, expected, helpers)
 
 
 def test_warm_worker_is_reused(scene, threshold_package, helpers):
@@ -325,7 +336,7 @@ def test_worker_crash_is_reported(scene, threshold_package, helpers, monkeypatch
         def kill_worker(fraction, message):
             os.kill(lg.runner.pid, 9)  # the worker dies mid-run (as an out-of-memory kill would)
 
-        with pytest.raises(TumorSegError, match="exited unexpectedly"):
+        with pytest.raises(TumorSegError, match="worker process (was killed|exited unexpectedly)"):
             lg.process([volume], node, model=str(threshold_package(spacing)), device="cpu",
                        progressCallback=kill_worker)
         assert _scene_snapshot(scene) == before

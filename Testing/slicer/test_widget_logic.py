@@ -1,6 +1,8 @@
-"""The panel's decisions, tested without Qt or Slicer (TumorSegmentationLib.widget_logic)."""
+"""The panel's decisions, tested without Qt or Slicer (TumorSegmentationLib.widget_logic and widget)."""
 
+import importlib
 import sys
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,3 +141,199 @@ def test_progress_value_and_output_name():
     assert [wl.progress_value(f) for f in (None, float("nan"), -1, 0.004, 0.5, 1, 2)] == [0, 0, 0, 0, 50, 100, 100]
     assert wl.output_segmentation_name("Brain T1") == "Brain T1 tumor segmentation"
     assert wl.output_segmentation_name(None) == "Tumor segmentation"
+
+
+# -- The Qt adapter (widget.py) driven with stand-in widgets -----------------------------
+# PythonQt is not installable here, so qt/slicer are replaced by small fakes that expose
+# the same attribute-style properties; this checks that widget.py applies the decisions
+# above (Apply <-> Cancel, the timer, the status line) and calls the Logic as documented.
+
+
+
+class FakeWidget:
+    def __init__(self, **properties):
+        self.text, self.toolTip, self.enabled, self.visible, self.checked, self.value = "", "", True, True, False, 0
+        self.__dict__.update(properties)
+        self.slots = {}
+
+    def connect(self, signal, slot):
+        self.slots[signal] = slot
+
+    def setRange(self, low, high):
+        self.range = (low, high)
+
+
+class FakeCombo(FakeWidget):
+    def __init__(self, items=()):
+        super().__init__()
+        self.items, self.currentIndex = list(items), 0 if items else -1
+
+    @property
+    def count(self):
+        return len(self.items)
+
+    def clear(self):
+        self.items, self.currentIndex = [], -1
+
+    def addItem(self, text):
+        self.items.append(text)
+
+    def setItemText(self, index, text):
+        self.items[index] = text
+
+    def setItemData(self, index, value, role):
+        pass
+
+    def blockSignals(self, block):
+        return False
+
+
+class FakeSelector(FakeWidget):
+    node = None
+
+    def currentNode(self):
+        return self.node
+
+
+class FakeNode:
+    def __init__(self, name):
+        self.name = name
+
+    def GetName(self):
+        return self.name
+
+    def CreateDefaultDisplayNodes(self):
+        pass
+
+
+class FakeLogic:
+    def __init__(self):
+        self.calls, self.running, self.status, self.lastError = [], False, "idle", None
+
+    def process(self, inputs, output, **kwargs):
+        self.calls.append(("process", inputs, output, kwargs))
+        self.running, self.status = True, "running"
+
+    def poll(self):
+        return self.running
+
+    def cancel(self):
+        self.calls.append(("cancel",))
+        self.running, self.status = False, "cancelled"
+
+    def shutdown(self):
+        self.calls.append(("shutdown",))
+
+
+@pytest.fixture
+def panel(monkeypatch):
+    timers = []
+
+    class QTimer(FakeWidget):
+        def __init__(self):
+            super().__init__(active=False)
+            timers.append(self)
+
+        def setInterval(self, ms):
+            self.interval = ms
+
+        def start(self):
+            self.active = True
+
+        def stop(self):
+            self.active = False
+
+    qt = types.SimpleNamespace(QTimer=QTimer, Qt=types.SimpleNamespace(ToolTipRole=3),
+                               QFileDialog=types.SimpleNamespace(getOpenFileName=lambda *a: ""))
+    created = []
+
+    def add_node(cls, name):
+        created.append((cls, name))
+        return FakeNode(name)
+
+    errors = []
+    slicer = types.SimpleNamespace(
+        mrmlScene=types.SimpleNamespace(AddNewNodeByClass=add_node),
+        util=types.SimpleNamespace(errorDisplay=lambda text, **kw: errors.append(text), mainWindow=lambda: None))
+    report = {"cuda_available": False, "gpus": [], "torch_threads": 2, "auto_device": "cpu"}
+    devices = types.SimpleNamespace(device_report=lambda: report)
+    monkeypatch.setitem(sys.modules, "qt", qt)
+    monkeypatch.setitem(sys.modules, "slicer", slicer)
+    monkeypatch.setitem(sys.modules, "tumorseg_core.inference.devices", devices)
+    monkeypatch.delitem(sys.modules, "TumorSegmentationLib.widget", raising=False)
+    widget = importlib.import_module("TumorSegmentationLib.widget")
+    monkeypatch.setattr(widget.install, "ensure_dependencies", lambda: None)
+    import tumorseg_core.package
+
+    monkeypatch.setattr(tumorseg_core.package, "installed_models", lambda: [
+        FakeModelInfo("default", "tumorseg-default", input_modalities=["T1c", "FLAIR"]),
+        FakeModelInfo("ct", "ct", input_modalities=["CT"])])
+    names = ["applyButton", "addModelButton", "show3DButton", "progressBar", "statusLabel"]
+    ui = types.SimpleNamespace(**{n: FakeWidget() for n in names})
+    ui.modelComboBox, ui.deviceComboBox, ui.qualityComboBox = FakeCombo(), FakeCombo(wl.DEVICE_CHOICES), FakeCombo(wl.QUALITY_CHOICES)
+    for i in range(4):
+        setattr(ui, f"inputVolume{i}Label", FakeWidget())
+        setattr(ui, f"inputVolume{i}Selector", FakeSelector())
+    logic = FakeLogic()
+    p = widget.TumorSegmentationPanel(ui, logic)
+    pn = types.SimpleNamespace(model="default", device="auto", quality="fast", outputSegmentation=None)
+    p.setParameterNode(pn)
+    yield types.SimpleNamespace(panel=p, ui=ui, logic=logic, pn=pn, timer=timers[0], created=created, errors=errors)
+    sys.modules.pop("TumorSegmentationLib.widget", None)  # it was bound to the fake qt/slicer
+
+
+def test_adapter_shows_model_inputs_and_blocks_apply(panel):
+    ui = panel.ui
+    assert ui.modelComboBox.items == ["tumorseg-default 1.0.0 [default]", "ct 1.0.0", wl.ADD_MODEL_ITEM]
+    assert [ui.inputVolume0Label.text, ui.inputVolume1Label.text] == ["T1c:", "FLAIR:"]
+    assert [getattr(ui, f"inputVolume{i}Selector").visible for i in range(4)] == [True, True, False, False]
+    assert ui.qualityComboBox.items[2] == wl.QUALITY_LABELS["tta"]
+    assert (ui.applyButton.text, ui.applyButton.enabled) == ("Apply", False)
+    assert ui.applyButton.toolTip == "Select an input volume for T1c"
+    ui.modelComboBox.currentIndex = 1
+    panel.panel.onModelIndexChanged(1)
+    assert panel.pn.model == "ct" and ui.inputVolume0Label.text == "CT:" and not ui.inputVolume1Selector.visible
+
+
+def test_adapter_run_progress_done_cancel_and_error(panel):
+    ui, logic, p = panel.ui, panel.logic, panel.panel
+    ui.inputVolume0Selector.node, ui.inputVolume1Selector.node = FakeNode("t1c"), FakeNode("flair")
+    p.updateState()
+    assert ui.applyButton.enabled
+    p.onApplyOrCancel()
+    _, inputs, output, kwargs = logic.calls[0]
+    assert [n.name for n in inputs] == ["t1c", "flair"] and output.name == "t1c tumor segmentation"
+    assert panel.pn.outputSegmentation is output and panel.created == [("vtkMRMLSegmentationNode", output.name)]
+    assert kwargs["options"] == {"overlap": 0.25, "tta": False} and kwargs["waitForCompletion"] is False
+    assert ui.deviceComboBox.items == wl.device_labels({"cuda_available": False, "torch_threads": 2, "auto_device": "cpu"})
+    assert (ui.applyButton.text, ui.applyButton.enabled, panel.timer.active, ui.progressBar.visible) == ("Cancel", True, True, True)
+    kwargs["progressCallback"](0.5, "window 3/6")
+    assert ui.progressBar.value == 50 and ui.statusLabel.text.startswith("window 3/6 — 50% — elapsed 0:0")
+    p.onTimer()
+    assert ui.applyButton.text == "Cancel"
+    logic.running, logic.status = False, "done"
+    p.onTimer()
+    assert ui.statusLabel.text.startswith("Done in 0:0") and ui.applyButton.text == "Apply"
+    assert not panel.timer.active and not ui.progressBar.visible
+
+    p.onApplyOrCancel()  # run again, then Cancel
+    assert ui.applyButton.text == "Cancel" and len(logic.calls) == 2  # output reused, not recreated
+    p.onApplyOrCancel()
+    assert logic.calls[-1] == ("cancel",) and ui.statusLabel.text.startswith("Cancelled after")
+    assert ui.applyButton.text == "Apply" and not panel.timer.active
+
+    p.onApplyOrCancel()  # run again, the worker reports an error
+    logic.running, logic.status, logic.lastError = False, "error", "CUDA out of memory"
+    p.onTimer()
+    assert ui.statusLabel.text.startswith("Failed after 0:0") and ui.statusLabel.text.endswith("CUDA out of memory")
+    p.cleanup()
+    assert logic.calls[-1] == ("shutdown",)
+
+
+def test_adapter_refuses_cuda_without_gpu(panel):
+    ui, p = panel.ui, panel.panel
+    ui.inputVolume0Selector.node, ui.inputVolume1Selector.node = FakeNode("a"), FakeNode("b")
+    panel.pn.device = "cuda"
+    p.onApplyOrCancel()  # the dependency check detects devices: no GPU here
+    assert panel.logic.calls == []
+    assert "no NVIDIA GPU" in ui.statusLabel.text and not ui.applyButton.enabled

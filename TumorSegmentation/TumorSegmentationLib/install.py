@@ -35,6 +35,9 @@ REQUIREMENTS = {
     "monai": ("monai", "1.3"),
     "SimpleITK": ("SimpleITK", "2.2"),
     "safetensors": ("safetensors", "0.4"),
+    "scipy": ("scipy", "1.10"),
+    # The fast CPU path (issue: fast on a laptop): OpenVINO runs the exported model ~2x faster than torch.
+    "openvino": ("openvino", "2024.0"),
     "numpy": ("numpy", "1.22"),
 }
 SLICER_OWNED = ("SimpleITK", "numpy")

@@ -71,7 +71,10 @@ class _Job:
     started: float = field(default_factory=time.perf_counter)
 
 
-class TumorSegmentationLogic(_logic_base()):  # type: ignore[misc]
+_LogicBase = _logic_base()
+
+
+class TumorSegmentationLogic(_LogicBase):  # type: ignore[misc, valid-type]
     """Runs TumorSeg models on MRML volume nodes; results become segments with terminology.
 
     Attributes:
@@ -82,8 +85,8 @@ class TumorSegmentationLogic(_logic_base()):  # type: ignore[misc]
     """
 
     def __init__(self, runner: Optional[WorkerRunner] = None, idleTimeout: float = DEFAULT_IDLE_TIMEOUT_S) -> None:
-        if type(self).__mro__[1] is not object:
-            super().__init__()
+        if _LogicBase is not object:
+            _LogicBase.__init__(self)
         self.runner = runner or WorkerRunner(idle_timeout=idleTimeout)
         self.status = "idle"
         self.lastError: Optional[str] = None
@@ -152,7 +155,10 @@ class TumorSegmentationLogic(_logic_base()):  # type: ignore[misc]
                 path = temp_dir / f"input{i}.nrrd"
                 matrices.append(geometry_bridge.write_volume(volume, path, frame_node=outputSegmentationNode))
                 paths.append(str(path))
-            model_arg = str(Path(model).resolve()) if Path(model).exists() else model
+            # The worker opens exactly the package whose manifest was checked here (its cwd differs).
+            from tumorseg_core.package import resolve_package_path
+
+            model_arg = str(Path(resolve_package_path(model)).resolve())
             output_path = temp_dir / "labels.nrrd"
             request = {"cmd": "segment", "images": paths, "output": str(output_path), "model": model_arg,
                        "device": device, "options": dict(options or {})}
@@ -307,12 +313,12 @@ class TumorSegmentationLogic(_logic_base()):  # type: ignore[misc]
         segments = self._build_segments(job, labels)
         segmentation = node.GetSegmentation()
         names = {segment.GetName() for segment in segments}
-        to_replace: Dict[str, str] = {}
+        to_replace: Dict[str, List[str]] = {}  # name -> IDs of earlier TumorSeg segments with that name
         if job.replace_existing:
             for sid in list(segmentation.GetSegmentIDs()):
                 old = segmentation.GetSegment(sid)
-                if old.HasTag(MODEL_TAG) and old.GetName() in names and old.GetName() not in to_replace:
-                    to_replace[old.GetName()] = sid
+                if old.HasTag(MODEL_TAG) and old.GetName() in names:
+                    to_replace.setdefault(old.GetName(), []).append(sid)
         geometry_name = slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName()
         ref_role = node.GetReferenceImageGeometryReferenceRole()
         old_geometry = segmentation.GetConversionParameter(geometry_name)
@@ -324,10 +330,12 @@ class TumorSegmentationLogic(_logic_base()):  # type: ignore[misc]
             for segment in segments:
                 base = "TumorSeg_" + "".join(c if c.isalnum() else "_" for c in segment.GetName())
                 sid = segmentation.GenerateUniqueSegmentID(base)
-                if not segmentation.AddSegment(segment, sid, to_replace.get(segment.GetName(), "")):
+                # A replacement takes the place of the first segment it replaces.
+                before = to_replace.get(segment.GetName(), [""])[0]
+                if not segmentation.AddSegment(segment, sid, before):
                     raise TumorSegError(f"Slicer refused to add segment '{segment.GetName()}'")
                 added.append(sid)
-            for sid in to_replace.values():
+            for sid in [sid for sids in to_replace.values() for sid in sids]:
                 segmentation.RemoveSegment(sid)
         except BaseException:
             for sid in added:

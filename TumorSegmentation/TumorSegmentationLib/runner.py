@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 #: Default seconds a warm worker waits for the next request before exiting by itself.
 DEFAULT_IDLE_TIMEOUT_S = 15 * 60
 _STDERR_TAIL_LINES = 40
+#: Events that end a request (``pong`` answers ``ping``).
+FINAL_EVENTS = ("done", "error", "pong")
 _LIVE_RUNNERS: "weakref.WeakSet[WorkerRunner]" = weakref.WeakSet()
 
 
@@ -93,7 +95,7 @@ class WorkerRunner:
 
     @property
     def busy(self) -> bool:
-        """True while a submitted request has not ended with ``done`` or ``error``."""
+        """True while a submitted request has not ended (``done``, ``error`` or ``pong``)."""
         return self._pending is not None
 
     def stderr_tail(self) -> str:
@@ -182,16 +184,26 @@ class WorkerRunner:
         """
         if self._pending is not None:
             raise RuntimeError("the worker is busy with another request")
-        self.start()
         rid = self._next_id
         self._next_id += 1
-        message = dict(request, id=rid)
-        assert self._process is not None and self._process.stdin is not None
-        try:
-            self._process.stdin.write((json.dumps(message) + "\n").encode("utf-8"))
-            self._process.stdin.flush()
-        except (BrokenPipeError, OSError) as exc:
-            raise OSError(f"could not send the request to the worker ({exc}); {self._last_error_line()}") from exc
+        line = (json.dumps(dict(request, id=rid)) + "\n").encode("utf-8")
+        for attempt in (1, 2):
+            self.start()
+            assert self._process is not None and self._process.stdin is not None
+            try:
+                self._process.stdin.write(line)
+                self._process.stdin.flush()
+                break
+            except OSError as exc:
+                # The idle worker may have just timed out and exited: start a new one, once.
+                try:
+                    self._process.wait(timeout=2.0)
+                except subprocess.TimeoutExpired:
+                    pass
+                if attempt == 2 or self._process.poll() is None:
+                    raise OSError(f"could not send the request to the worker ({exc}); {self._last_error_line()}") from exc
+                logger.info("worker had exited (exit code %s); starting a new one", self._process.returncode)
+                self._reap()
         self._pending = rid
         return rid
 
@@ -202,7 +214,7 @@ class WorkerRunner:
                 event = self._events.get_nowait()
             except queue.Empty:
                 return events
-            if event.get("event") in ("done", "error") and event.get("id") == self._pending:
+            if event.get("event") in FINAL_EVENTS and event.get("id") == self._pending:
                 self._pending = None
             events.append(event)
 
@@ -221,9 +233,11 @@ class WorkerRunner:
             if self._pending is not None and not self._exit_reported:
                 self._exit_reported = True
                 code = self._process.returncode
+                how = (f"was killed by signal {-code} (out of memory?)" if code is not None and code < 0
+                       else f"exited unexpectedly (exit code {code})")
                 events.append({
                     "event": "error", "id": self._pending,
-                    "message": f"the worker process exited unexpectedly (exit code {code}); {self._last_error_line()}",
+                    "message": f"the worker process {how}; {self._last_error_line()}",
                 })
                 self._pending = None
         return events
@@ -234,7 +248,7 @@ class WorkerRunner:
         seen: List[Dict[str, Any]] = []
         while True:
             seen.extend(self.poll())
-            if any(e.get("id") == rid and e.get("event") in ("done", "error") for e in seen):
+            if any(e.get("id") == rid and e.get("event") in FINAL_EVENTS for e in seen):
                 return seen
             if deadline is not None and time.monotonic() > deadline:
                 return seen
@@ -282,12 +296,19 @@ class WorkerRunner:
             logger.error("worker pid %s did not exit after being killed", process.pid)
         for thread in self._threads:
             thread.join(timeout=2.0)
-        for stream in (process.stdin, process.stdout, process.stderr):
+        readers_done = not any(thread.is_alive() for thread in self._threads)
+        # Closing a pipe while its reader thread is blocked in read() deadlocks on the buffer's
+        # lock (a grandchild may still hold the write end open). Leave such pipes to the daemon
+        # reader, which ends at EOF; stdin is only ever used from this thread.
+        streams = (process.stdin, process.stdout, process.stderr) if readers_done else (process.stdin,)
+        for stream in streams:
             try:
                 if stream is not None:
                     stream.close()
-            except OSError:
+            except (OSError, ValueError):
                 pass
+        if not readers_done:
+            logger.warning("worker pid %s: output pipes still open (a child process holds them)", process.pid)
         self._process = None
         self._threads = []
         self._pending = None

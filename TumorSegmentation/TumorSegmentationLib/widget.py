@@ -36,7 +36,6 @@ class TumorSegmentationPanel:
         self._deviceReport = None
         self._dependenciesChecked = False
         self._running = False
-        self._cancelRequested = False
         self._startTime = 0.0
         self._fraction = None
         self._message = ""
@@ -170,9 +169,8 @@ class TumorSegmentationPanel:
     # -- run ---------------------------------------------------------------------------
     def onApplyOrCancel(self) -> None:
         if self._running:
-            self._cancelRequested = True
-            self.ui.statusLabel.text = "Cancelling…"
-            self.logic.cancel()
+            self.logic.cancel()  # kills the worker process tree; the scene is left as it was
+            self._finish(wl.CANCELLED)
             return
         self.start()
 
@@ -209,7 +207,7 @@ class TumorSegmentationPanel:
             segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
             segmentation.CreateDefaultDisplayNodes()
             pn.outputSegmentation = segmentation
-        self._running, self._cancelRequested = True, False
+        self._running = True
         self._startTime, self._fraction, self._message = time.monotonic(), 0.0, "Starting"
         self.ui.progressBar.value = 0
         self.ui.progressBar.visible = True
@@ -217,7 +215,7 @@ class TumorSegmentationPanel:
         try:
             self.logic.process(inputs, pn.outputSegmentation, model=pn.model, device=pn.device,
                                waitForCompletion=False, progressCallback=self.onProgress,
-                               options=wl.quality_options(pn.quality))
+                               options=wl.quality_options(pn.quality), replaceExisting=True)
         except Exception as exc:
             logger.exception("Segmentation could not start")
             self._finish(wl.FAILED, str(exc))
@@ -236,15 +234,17 @@ class TumorSegmentationPanel:
 
     def onTimer(self) -> None:
         try:
-            self.logic.poll()
-        except Exception as exc:
-            state = wl.CANCELLED if self._cancelRequested else wl.FAILED
-            self._finish(state, str(exc))
+            stillRunning = self.logic.poll()
+        except Exception as exc:  # a bug, not a user error (those end as status "error")
+            logger.exception("Polling the segmentation failed")
+            self._finish(wl.FAILED, str(exc))
             return
-        if self.logic.isRunning:
+        if stillRunning:
             self._showStatus()
             return
-        self._finish(wl.CANCELLED if self._cancelRequested else wl.DONE)
+        # Logic.status: "done", "cancelled" or "error" (with Logic.lastError).
+        outcome = {"done": wl.DONE, "cancelled": wl.CANCELLED}.get(self.logic.status, wl.FAILED)
+        self._finish(outcome, "" if outcome != wl.FAILED else (self.logic.lastError or ""))
 
     def _finish(self, state, message="") -> None:
         self.timer.stop()
@@ -270,7 +270,7 @@ class TumorSegmentationPanel:
             segmentation.RemoveClosedSurfaceRepresentation()
 
     def cleanup(self) -> None:
+        """Module widget destroyed (application exit): stop the run and the worker process."""
         self.timer.stop()
-        if self._running:
-            self.logic.cancel()
-            self._running = False
+        self._running = False
+        self.logic.shutdown()

@@ -13,6 +13,7 @@ logger = logging.getLogger(__name__)
 
 # Training uses seeds below 100_000 (see tumorseg_core/data/models/default/README.md).
 DEMO_SEED = 424_242
+DEMO_LESION_RADIUS_MM = (5.0, 18.0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise TumorSegError(f"cannot create '{folder}': {error.strerror}; choose another folder") from error
-    phantom = make_phantom(args.seed, modality=args.modality, lesion_free=args.lesion_free)
+    # A typical demo case: lesions of 10-36 mm diameter (make_phantom defaults go down to 5 mm).
+    phantom = make_phantom(args.seed, modality=args.modality, lesion_free=args.lesion_free,
+                           lesion_radius_mm=DEMO_LESION_RADIUS_MM)
     segmenter = Segmenter(args.model, args.device)
     progress = TerminalProgress()
     try:
@@ -59,5 +62,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"Dice        {metrics.dice(pred, truth):.3f}")
     print(f"Sensitivity {metrics.sensitivity(pred, truth):.3f}")
     print(f"Specificity {metrics.specificity(pred, truth):.4f}")
-    print(f"Lesions     found {found['found']}, missed {found['missed']}, false positive {found['false_positive']}")
+    print(f"Lesions     found {found['lesions_found']}, missed {found['lesions_missed']}, "
+          f"false positive {found['lesions_fp']}")
     return 0

@@ -44,6 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--background", action="append", default=[], metavar="X,Y,Z",
                         help="a point that is not tumor, LPS mm (repeatable)")
     parser.add_argument("--no-postprocess", action="store_true", help="skip the model's postprocessing rules")
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "openvino"),
+                        help="inference engine (default auto: openvino > onnxruntime > torch on the CPU)")
+    parser.add_argument("--cascade", action=argparse.BooleanOptionalAction, default=None,
+                        help="coarse pass first, full resolution only around candidates "
+                             "(--no-cascade: every window; default: the engine's default)")
 
 
 def check_output_path(path: str) -> Path:
@@ -88,6 +93,7 @@ def _with_model(args: argparse.Namespace, seeds: list, background: list, progres
     labels = segmenter.segment(
         args.images, progress=progress, overlap=args.overlap, tta=args.tta, window_batch=args.window_batch,
         postprocess=not args.no_postprocess, seeds_lps=seeds, background_lps=background,
+        backend=args.backend, cascade=args.cascade,
     )
     return labels, segments_from_manifest(segmenter.manifest.to_dict())
 

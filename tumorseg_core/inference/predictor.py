@@ -5,8 +5,9 @@ windows, run every network (ensemble members, optional flip TTA) on a batch of
 windows, weight by a Gaussian and add into accumulators on the CPU, then argmax (softmax
 models) or threshold ordered regions (sigmoid models) at model resolution.
 
-Memory: the stitching accumulators live on the CPU in **float32** (K maps of the padded
-volume) plus one float32 weight map, so GPU memory depends only on the window batch,
+Memory: the stitching accumulators live on the CPU in **float32**: one map per
+foreground channel of the padded volume (softmax background is never stored: it is the
+weight minus the foreground sums) plus one float32 weight map, so GPU memory depends only on the window batch,
 never on the volume size. float16 would halve that, but the Gaussian weights reach
 ~1e-11 in window corners; float16 cannot hold probability x weight products that small
 and voxels near the volume's corners would come out as noise. Per-window outputs are
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -67,6 +69,10 @@ class Predictor:
         in_channels: expected input channels (default: read from the first conv layer).
         modalities: input names, used in the channel-count error message.
         size_divisor: the architecture's required window-size multiple, int or (z, y, x).
+        backend: ``"torch"`` (default), ``"onnxruntime"``, ``"openvino"`` or ``"auto"``
+            (see :mod:`tumorseg_core.inference.backends`); ``.backend`` is the one used.
+        export_identities: per network, a stable name for the export cache (default: a
+            hash of its weights).
     """
 
     def __init__(
@@ -85,6 +91,8 @@ class Predictor:
         in_channels: int | None = None,
         modalities: Sequence[str] | None = None,
         size_divisor: int | Sequence[int] = 1,
+        backend: str = "torch",
+        export_identities: Sequence[str] | None = None,
     ) -> None:
         if not networks:
             raise ModelPackageError("the model has no networks (weight files); reinstall the model package")
@@ -120,6 +128,12 @@ class Predictor:
         self.device = resolve_device(device)
         self.networks = [net.to(self.device).eval() for net in networks]
         self.in_channels = in_channels if in_channels is not None else _first_conv_in_channels(self.networks[0])
+        from tumorseg_core.inference.backends import prepare_backend
+
+        # Window runners: the modules themselves (torch) or cached exports (CPU backends).
+        self.backend, self.networks = prepare_backend(
+            self.networks, backend, self.device, self.patch_size_zyx, self.in_channels, export_identities
+        )
         # Settings the warm pipeline may change between calls (validated setters below).
         self.overlap = overlap
         self.window_batch = window_batch
@@ -139,7 +153,14 @@ class Predictor:
         for key, value in options.items():
             if value is not None:
                 settings[key] = value
-        torch_device = resolve_device(device)
+        from tumorseg_core.inference.backends import CPU_BACKENDS
+
+        # An exported (CPU-only) backend named explicitly makes "auto" mean the CPU.
+        cpu_only = str(settings.get("backend", "torch")).lower() in CPU_BACKENDS
+        torch_device = resolve_device("cpu" if cpu_only and str(device) == "auto" else device)
+        weight_files = getattr(package, "weight_files", None)
+        if weight_files and getattr(package, "sha256", None):
+            settings.setdefault("export_identities", [f"{package.sha256}:{Path(f).name}" for f in weight_files])
         networks = package.load_networks(torch_device)
         return cls(list(networks), device=torch_device, **settings)
 
@@ -182,27 +203,35 @@ class Predictor:
     # ------------------------------------------------------------------ public API
 
     def predict(
-        self, volume: np.ndarray, progress: ProgressFn | None = None, cancel: CancelFn | None = None
+        self, volume: np.ndarray, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+        region: np.ndarray | None = None,
     ) -> np.ndarray:
         """Label map (z, y, x) uint8 at model resolution for a (C, z, y, x) float32 volume.
 
         Softmax: argmax over classes (label value = channel index). Sigmoid: each region
         channel thresholded at 0.5 and painted with its value in channel order (later
-        regions overwrite earlier ones).
+        regions overwrite earlier ones). ``region`` (z, y, x) bool: only windows touching
+        it run and everything outside it is background (inside it the result equals the
+        exhaustive one, since every window covering a region voxel runs).
         """
-        acc, weight, undo = self._stitch(volume, progress, cancel)
+        acc, weight, undo = self._stitch(volume, progress, cancel, region)
         acc, weight = acc[undo], weight[undo]
         labels = np.zeros(weight.shape, dtype=np.uint8)
         # Dividing by the weight map is unnecessary: it is positive and shared by all
         # channels, so argmax(acc) == argmax(acc / w) and p > 0.5 <=> acc > 0.5 * w.
         for z0 in range(0, labels.shape[0], _LABEL_SLAB):
             zs = slice(z0, z0 + _LABEL_SLAB)
-            if self.output_type == "softmax":
-                labels[zs] = np.argmax(acc[:, zs], axis=0).astype(np.uint8)
+            if self.output_type == "softmax" and len(acc) == 1:  # 2 classes: no argmax temporaries
+                labels[zs] = acc[0, zs] > weight[zs] - acc[0, zs]
+            elif self.output_type == "softmax":
+                background = weight[zs] - acc[:, zs].sum(axis=0)  # sum of P(background) x weight
+                labels[zs] = np.argmax(np.concatenate([background[None], acc[:, zs]]), axis=0).astype(np.uint8)
             else:
                 half = 0.5 * weight[zs]
                 for channel, value in enumerate(self.region_values):
                     labels[zs][acc[channel, zs] > half] = value
+        if region is not None:
+            labels[~region] = 0
         return labels
 
     def predict_probabilities(
@@ -214,9 +243,7 @@ class Predictor:
         Sigmoid: K = num_outputs, channel k-1 is P(region k).
         """
         acc, weight, undo = self._stitch(volume, progress, cancel)
-        first = 1 if self.output_type == "softmax" else 0
-        probs = acc[(slice(first, None),) + tuple(undo[1:])]
-        return np.ascontiguousarray(probs / weight[undo][None])
+        return np.ascontiguousarray(acc[undo] / weight[undo][None])
 
     # ------------------------------------------------------------------ internals
 
@@ -237,23 +264,32 @@ class Predictor:
         return array
 
     def _stitch(
-        self, volume: np.ndarray, progress: ProgressFn | None, cancel: CancelFn | None
+        self, volume: np.ndarray, progress: ProgressFn | None, cancel: CancelFn | None,
+        region: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, tuple[object, ...]]:
-        """Run all windows; return (acc (K, Z, Y, X), weight (Z, Y, X), undo) on the padded grid.
+        """Run the windows; return (acc (K', Z, Y, X), weight (Z, Y, X), undo) on the padded grid.
 
-        ``acc`` holds sum(gaussian x probabilities) and ``weight`` sum(gaussian) per voxel.
+        ``acc`` holds sum(gaussian x probabilities) of the foreground channels (K' = K - 1
+        for softmax, K for sigmoid) and ``weight`` sum(gaussian) per voxel. With
+        ``region`` ((z, y, x) bool) only windows that touch it run.
         """
         array = self._check_volume(volume)
         padded, undo = pad_to_window(array, self.patch_size_zyx)
         spatial = padded.shape[1:]
         starts = window_starts(spatial, self.patch_size_zyx, self.overlap)
+        if region is not None:
+            if region.shape != array.shape[1:]:
+                raise ValueError(f"region shape {region.shape} differs from the volume's {array.shape[1:]}")
+            mask, _ = pad_to_window(np.asarray(region, dtype=bool)[None], self.patch_size_zyx)
+            p = self.patch_size_zyx
+            starts = [s for s in starts if mask[0, s[0] : s[0] + p[0], s[1] : s[1] + p[1], s[2] : s[2] + p[2]].any()]
         n = len(starts)
-        acc = np.zeros((self.num_outputs, *spatial), dtype=np.float32)
+        acc = np.zeros((self.num_outputs - (self.output_type == "softmax"), *spatial), dtype=np.float32)
         weight = np.zeros(spatial, dtype=np.float32)
         pz, py, px = self.patch_size_zyx
         logger.info(
-            "sliding window: %d windows of %s (z, y, x) on %s, batch %d, %d pass(es) x %d network(s)",
-            n, self.patch_size_zyx, self.device, self.window_batch, len(self._flips), len(self.networks),
+            "sliding window: %d windows of %s (z, y, x) on %s (%s), batch %d, %d pass(es) x %d network(s)",
+            n, self.patch_size_zyx, self.device, self.backend, self.window_batch, len(self._flips), len(self.networks),
         )
         gaussian = torch.from_numpy(self._gaussian).to(self.device)
         done = 0
@@ -288,6 +324,8 @@ class Predictor:
                 probs = predict_with_flips(lambda t, net=net: self._probabilities(net, t), x, self._flips)
                 total = probs if total is None else total + probs
             assert total is not None
+            if self.output_type == "softmax":
+                total = total[:, 1:]  # background is implied by the weight (see predict)
             result = (total / len(self.networks)) * gaussian
         return result.float().cpu().numpy()
 

@@ -44,24 +44,42 @@ def _body_semi_axes(grid: Grid, rng: np.random.Generator) -> np.ndarray:
     return a * float(np.min(0.85 * half / support))
 
 
+def _vessel_distance(c: np.ndarray, vessels: list[Tube]) -> float:
+    """Distance (mm) from point ``c`` to the surface of the nearest vessel."""
+    best = np.inf
+    for tube in vessels:
+        for a, b in tube.segments():
+            ab = b - a
+            t = float(np.clip((c - a) @ ab / max(float(ab @ ab), 1e-9), 0.0, 1.0))
+            best = min(best, float(np.linalg.norm(c - (a + t * ab))) - tube.radius)
+    return best
+
+
 def _place_lesions(rng: np.random.Generator, organ: RadialShape, n: int,
-                   radius_range: tuple[float, float]) -> list[Lesion3D]:
-    """Lobulated lesions inside the organ, not overlapping each other."""
+                   radius_range: tuple[float, float], vessels: list[Tube]) -> list[Lesion3D]:
+    """Lobulated lesions inside the organ parenchyma, apart from each other and from vessels.
+
+    Keeping lesions surrounded by organ makes the truth unambiguous (a lesion fused with a
+    same-intensity neighbour has no visible boundary).
+    """
     lo, hi = radius_range
     lesions: list[Lesion3D] = []
     a_min = float(organ.semi_axes.min())
     for _ in range(n):
         r = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))  # log-uniform: many small, some big
         placed = None
-        for attempt in range(400):
+        for attempt in range(480):
             if attempt and attempt % 80 == 0:
                 r = max(lo, r * 0.8)  # the organ may be too small for this lesion; shrink it
             q = rng.normal(size=3)
             q *= rng.uniform() ** (1 / 3) / np.linalg.norm(q)
             c = organ.center + organ.rotation @ (q * organ.semi_axes)
             depth = (1.0 - float(organ.normalized_radius(c.reshape(3, 1)).ravel()[0])) * a_min
-            if depth < 0.6 * r + 2.0:
-                continue  # keep most of the lesion inside the organ
+            relaxed = attempt >= 240  # a small organ: let the lesion bulge out and touch vessels
+            if depth < (0.5 if relaxed else 1.0) * r + 2.0:
+                continue  # keep the lesion (with its lobules) inside the organ
+            if not relaxed and _vessel_distance(c, vessels) < 1.4 * r + 2.0:
+                continue  # ...and off the vessels, so its boundary is visible all around
             if any(np.linalg.norm(c - o.main.center) < 1.4 * (r + o.radius_mm) + 3.0 for o in lesions):
                 continue
             placed = c
@@ -147,5 +165,5 @@ def build_scene(rng: np.random.Generator, grid: Grid, n_lesions: int,
             blobs.append((tissue, RadialShape.random(rng, c, axes, roughness=0.06, n_waves=3)))
             break
     vessels = [_make_vessel(rng, body, organ) for _ in range(int(rng.integers(1, 4)))]
-    lesions = _place_lesions(rng, organ, n_lesions, radius_range)
+    lesions = _place_lesions(rng, organ, n_lesions, radius_range, vessels)
     return Scene(body, fat_inner, organ, blobs, vessels, lesions)

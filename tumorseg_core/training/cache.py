@@ -196,7 +196,21 @@ def cache_cases(
     cache_dir: Path,
     progress: Callable[[float, str], None] | None = None,
 ) -> list[CachedCase]:
-    """:func:`cache_case` for every case, in order."""
+    """:func:`cache_case` for every case, in order (in parallel processes when there are many)."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    workers = min(len(cases), os.cpu_count() or 1)
+    if workers > 1 and len(cases) >= 8:
+        # Resampling is CPU-bound and cases are independent; each result lands in its own cache file.
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(cache_case, case, config, cache_dir) for case in cases]
+            out = []
+            for i, (case, future) in enumerate(zip(cases, futures)):
+                out.append(future.result())
+                if progress is not None:
+                    progress((i + 1) / len(cases), f"preprocessed {case.id}")
+            return out
     out = []
     for i, case in enumerate(cases):
         out.append(cache_case(case, config, cache_dir))

@@ -20,7 +20,7 @@ LOG_COLUMNS = ("epoch", "train_loss", "val_dice", "lr", "seconds")
 def write_log_csv(path: Path, history: list[dict[str, Any]]) -> None:
     """Rewrite ``log.csv`` from the checkpointed history (so a resumed run never duplicates rows)."""
     buf = io.StringIO()
-    writer = csv.writer(buf)
+    writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(LOG_COLUMNS)
     for row in history:
         writer.writerow(["" if row.get(c) is None else row.get(c) for c in LOG_COLUMNS])

@@ -15,8 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -91,10 +93,30 @@ def _call_make_phantom(kwargs: dict[str, Any]) -> Any:
         raise InputError(f"synthetic phantom option rejected ({exc}); fix the 'synthetic.phantom' settings") from exc
 
 
-def synthetic_cases(n: int, seed: int, options: dict[str, Any] | None, out_dir: Path | str) -> list[Case]:
-    """Generate ``n`` varied phantoms under ``out_dir`` (once; later calls reuse them) and return their cases."""
+def _write_case(job: tuple[int, dict[str, Any], str]) -> None:
+    """Generate phantom ``i`` and write its image and truth (runs in a worker process)."""
     import SimpleITK as sitk
 
+    i, kwargs, folder = job
+    phantom = _call_make_phantom(kwargs)
+    sitk.WriteImage(phantom.image, str(Path(folder) / "images" / f"syn_{i:03d}.nii.gz"), True)
+    sitk.WriteImage(phantom.truth, str(Path(folder) / "labels" / f"syn_{i:03d}.nii.gz"), True)
+
+
+def _generate(jobs: list[tuple[int, dict[str, Any], str]]) -> None:
+    # Phantoms are independent and CPU-bound: use every core (a GPU box has many).
+    workers = min(len(jobs), os.cpu_count() or 1)
+    if workers <= 1 or len(jobs) < 8:
+        for job in jobs:
+            _write_case(job)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for _ in pool.map(_write_case, jobs, chunksize=2):
+            pass
+
+
+def synthetic_cases(n: int, seed: int, options: dict[str, Any] | None, out_dir: Path | str) -> list[Case]:
+    """Generate ``n`` varied phantoms under ``out_dir`` (once; later calls reuse them) and return their cases."""
     opts = _options(options)
     key = hashlib.sha256(json.dumps({"v": _FORMAT, "n": n, "seed": seed, "options": opts},
                                     sort_keys=True).encode("utf-8")).hexdigest()[:16]
@@ -106,14 +128,8 @@ def synthetic_cases(n: int, seed: int, options: dict[str, Any] | None, out_dir: 
         try:
             (tmp / "images").mkdir()
             (tmp / "labels").mkdir()
-            records = []
-            for i in range(n):
-                kwargs = draw_case_options(i, seed, opts)
-                record = dict(kwargs)
-                phantom = _call_make_phantom(kwargs)
-                sitk.WriteImage(phantom.image, str(tmp / "images" / f"syn_{i:03d}.nii.gz"), True)
-                sitk.WriteImage(phantom.truth, str(tmp / "labels" / f"syn_{i:03d}.nii.gz"), True)
-                records.append(record)
+            records = [draw_case_options(i, seed, opts) for i in range(n)]
+            _generate([(i, dict(kwargs), str(tmp)) for i, kwargs in enumerate(records)])
             (tmp / "phantoms.json").write_text(json.dumps({"n": n, "seed": seed, "cases": records}, indent=1),
                                                encoding="utf-8")
             if root.exists():  # another process finished first; theirs is identical

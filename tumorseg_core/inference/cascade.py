@@ -1,0 +1,138 @@
+"""Coarse-to-fine ROI cascade: full-resolution windows only where a coarse pass sees tumor.
+
+1. The normalized model-grid volume (C, z, y, x) is average-pooled by ``coarse_factor``
+   (2-3x the model spacing) and the SAME model runs on it (same window shape, so the
+   same warm backend session); that pass costs about 1/factor^3 of the exhaustive one.
+2. Candidates: voxels whose foreground probability (max over foreground channels) is
+   above ``threshold`` (low, so faint or small lesions are kept), dilated by
+   ``margin_mm`` (exact Euclidean distance in mm on the coarse grid).
+3. The full-resolution pass runs only the windows that touch a candidate voxel
+   (:meth:`Predictor.predict` with ``region``); everything else is background. Inside
+   the candidate region the labels are *identical* to the exhaustive pass (every window
+   covering such a voxel runs), so the cascade can only lose foreground that the coarse
+   pass did not flag. No candidate at all returns an empty label map without any
+   full-resolution window.
+
+``cascade=False`` (API) / ``--no-cascade`` (CLI) is the exhaustive pass. The cascade is
+opt-in (:data:`DEFAULT_CASCADE` is False) until it is validated on the shipped model;
+see benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[float, str], None]
+CancelFn = Callable[[], bool]
+
+DEFAULT_CASCADE = False
+COARSE_FACTOR = 2.0
+THRESHOLD = 0.1
+MARGIN_MM = 10.0
+# Share of the progress bar given to the coarse pass.
+_COARSE_SHARE = 0.15
+
+
+def predict_labels(
+    predictor: Any,
+    volume: np.ndarray,
+    spacing_xyz: Sequence[float],
+    cascade: bool | None = None,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> np.ndarray:
+    """Labels (z, y, x) uint8 for a (C, z, y, x) volume: cascade or exhaustive windows.
+
+    ``cascade=None`` uses :data:`DEFAULT_CASCADE`. ``spacing_xyz`` is the model grid's
+    spacing in mm (x, y, z), used for the margin.
+    """
+    use = DEFAULT_CASCADE if cascade is None else bool(cascade)
+    if use:
+        return predict_cascade(predictor, volume, spacing_xyz, progress=progress, cancel=cancel)
+    return predictor.predict(volume, progress=progress, cancel=cancel)
+
+
+def coarse_shape(shape_zyx: Sequence[int], patch_zyx: Sequence[int], factor: float) -> tuple[int, int, int]:
+    """Coarse grid size: each axis divided by ``factor``; axes with a 1-voxel window kept."""
+    return tuple(  # type: ignore[return-value]
+        int(n) if p == 1 else max(1, int(round(n / factor))) for n, p in zip(shape_zyx, patch_zyx)
+    )
+
+
+def candidate_region(
+    probabilities: np.ndarray,
+    full_shape_zyx: Sequence[int],
+    coarse_spacing_xyz: Sequence[float],
+    threshold: float = THRESHOLD,
+    margin_mm: float = MARGIN_MM,
+) -> np.ndarray:
+    """Full-grid (z, y, x) bool mask of candidates from coarse (K, cz, cy, cx) probabilities.
+
+    Thresholds the max over channels, dilates by ``margin_mm`` on the coarse grid
+    (spacing ``coarse_spacing_xyz``, x-y-z mm) and maps it to ``full_shape_zyx`` by
+    nearest neighbour (full voxel j lies in coarse voxel floor(j * c / n)).
+    """
+    seeds = probabilities.max(axis=0) > threshold
+    if not seeds.any():
+        return np.zeros(tuple(full_shape_zyx), dtype=bool)
+    if margin_mm > 0:
+        image = sitk.GetImageFromArray(seeds.astype(np.uint8))
+        image.SetSpacing([float(s) for s in coarse_spacing_xyz])
+        distance = sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, squaredDistance=False,
+                                                useImageSpacing=True)
+        seeds = sitk.GetArrayViewFromImage(distance) <= margin_mm
+    index = [np.minimum(np.arange(n) * c // n, c - 1) for n, c in zip(full_shape_zyx, seeds.shape)]
+    return seeds[np.ix_(*index)]
+
+
+def predict_cascade(
+    predictor: Any,
+    volume: np.ndarray,
+    spacing_xyz: Sequence[float],
+    coarse_factor: float = COARSE_FACTOR,
+    threshold: float = THRESHOLD,
+    margin_mm: float = MARGIN_MM,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> np.ndarray:
+    """Labels (z, y, x) uint8 for a (C, z, y, x) float32 volume via the ROI cascade.
+
+    Args:
+        predictor: a :class:`~tumorseg_core.inference.predictor.Predictor`.
+        volume: normalized input on the model grid, (C, z, y, x).
+        spacing_xyz: model grid spacing, mm (x, y, z).
+        coarse_factor: coarse spacing / model spacing (> 1).
+        threshold: foreground probability that makes a coarse voxel a candidate.
+        margin_mm: dilation of the candidates, mm.
+    """
+    if coarse_factor <= 1:
+        raise ValueError(f"coarse_factor must be > 1, got {coarse_factor}")
+    full = tuple(int(n) for n in volume.shape[1:])
+    small = coarse_shape(full, predictor.patch_size_zyx, coarse_factor)
+    if small == full:
+        return predictor.predict(volume, progress=progress, cancel=cancel)
+    coarse = torch.nn.functional.interpolate(
+        torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None], size=small, mode="area"
+    )[0].numpy()
+    sub = None if progress is None else (lambda f, m: progress(_COARSE_SHARE * f, f"coarse pass: {m}"))
+    probabilities = predictor.predict_probabilities(coarse, progress=sub, cancel=cancel)
+    del coarse
+    coarse_spacing = [s * n / c for s, n, c in zip(spacing_xyz, full[::-1], small[::-1])]
+    region = candidate_region(probabilities, full, coarse_spacing, threshold, margin_mm)
+    fraction = float(region.mean())
+    logger.info("cascade: coarse grid %s, candidates cover %.1f%% of the volume", small, 100 * fraction)
+    if fraction == 0.0:
+        if progress is not None:
+            progress(1.0, "no candidate region: empty result")
+        return np.zeros(full, dtype=np.uint8)
+    fine = None if progress is None else (
+        lambda f, m: progress(_COARSE_SHARE + (1 - _COARSE_SHARE) * f, m))
+    return predictor.predict(volume, progress=fine, cancel=cancel, region=region)
