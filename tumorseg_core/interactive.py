@@ -33,7 +33,13 @@ from scipy import ndimage
 
 from tumorseg_core.errors import CancelledError, InputError
 from tumorseg_core.interactive_morph import component, fill_holes, open_mm
-from tumorseg_core.interactive_profile import Levels, analyse_profile, radial_profile, refine_levels
+from tumorseg_core.interactive_profile import (
+    Levels,
+    analyse_profile,
+    core_in_organ,
+    radial_profile,
+    refine_levels,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +48,11 @@ SEED_BALL_MM = 1.5  # neighbourhood of the seed's own level (lesions are at leas
 SMOOTH_MM = 1.0  # Gaussian sigma of the image the radial profile is taken on
 FINE_MM = (0.4, 0.6, 0.8, 1.0, 1.3)  # candidate sigmas of the image that is thresholded
 CNR_MIN = 6.0  # the fine image's noise: half the lesion's contrast is at least this many sigmas
+SPACING_DECIMALS = 6  # spacing is rounded to 1e-6 mm before any mm threshold
 OPEN_MM = 1.0  # opening radius that removes noise spurs and one-voxel bridges
+RIM_BEYOND_MAX = 0.3  # a rim's level in more of the shell just outside it: an organ, not a rim
+RIM_LEVEL = 0.55  # a rim is cut at this fraction of the way from the organ to its peak (blur spreads it)
+OPEN_FRACTION = 0.15  # ... or this fraction of the lesion's radius, when larger
 
 
 @dataclass
@@ -156,25 +166,44 @@ def _segment(roi: _Roi, lv: Levels, sm: np.ndarray, noise: float) -> np.ndarray:
     contrast = abs(lv.outer - lv.background)
     # Two-sided: up to half-way to the organ, and not much beyond the lesion's own level
     # (a much brighter vessel or a much darker fat touching a bright or dark lesion).
-    far_bound = lv.outer + sign * max(contrast, 5.0 * noise)
-    mask = (sign * (sm - 0.5 * (lv.outer + lv.background)) > 0) & (sign * (sm - far_bound) < 0) & inside
+    far_bound = lv.outer + sign * max(0.5 * contrast, 5.0 * noise)
+    level = lv.background + (RIM_LEVEL if lv.rim else 0.5) * (lv.outer - lv.background)
+    mask = (sign * (sm - level) > 0) & (sign * (sm - far_bound) < 0) & inside
     if lv.layered and abs(lv.core - lv.background) > 4.0 * noise:  # the core differs the other way
         sign_c = 1.0 if lv.core >= lv.background else -1.0
         mask |= (sign_c * (sm - 0.5 * (lv.core + lv.background)) > 0) & (roi.dist <= 0.7 * lv.radius)
-    near = roi.dist <= 1.6 * lv.radius + 3.0
+    # Beyond this a region is a leak unless it looks like the lesion; a lesion enclosed by
+    # a thin organ layer cannot reach far beyond its edge.
+    near = roi.dist <= (1.2 * lv.radius + 2.0 if lv.enclosed else 1.6 * lv.radius + 3.0)
     if lv.layered:  # the rim encloses the core: fill before looking for the seed's component
         mask = fill_holes(mask & near)
     region = component(mask, seed | (roi.dist <= 0.5 * lv.radius))
-    opened = component(open_mm(region, OPEN_MM, sp), seed)
-    if opened.sum() >= 0.5 * region.sum():
+    # Large lesions also lose what touches them through a contact thinner than 0.3 of their
+    # radius (a wall, a vessel), small ones only noise spurs.
+    opened = component(open_mm(region, max(OPEN_MM, OPEN_FRACTION * lv.radius), sp), seed)
+    lesion_ball = roi.dist <= lv.radius  # judge the opening by what it keeps of the lesion, not of a leak
+    if (opened & lesion_ball).sum() >= 0.5 * (region & lesion_ball).sum():
         region = opened
     far = region & ~near
     if far.any():
         level = float(np.median(sm[far]))
-        if lv.layered or abs(level - lv.outer) > 0.25 * abs(lv.outer - lv.background):
-            logger.debug("clipping %d voxels beyond %.1f mm (level %.4g)", int(far.sum()), 1.6 * lv.radius + 3, level)
+        if lv.layered or lv.enclosed or abs(level - lv.outer) > 0.25 * abs(lv.outer - lv.background):
+            logger.debug("clipping %d voxels (level %.4g)", int(far.sum()), level)
             region = component(open_mm(region & near, 1.5, sp), seed)
     return fill_holes(region)
+
+
+def _beyond_rim(roi: _Roi, lv: Levels) -> float:
+    """Fraction of the shell 1.5-4 mm outside a rim that still has the rim's level.
+
+    A rim is thin all around; an organ enclosing a lesion reaches farther on some sides,
+    which the shell median of the profile does not show.
+    """
+    shell = (roi.dist > lv.radius + 1.5) & (roi.dist < lv.radius + 4.0)
+    if not shell.any():
+        return 0.0
+    sign = 1.0 if lv.outer >= lv.background else -1.0
+    return float(np.mean(sign * (roi.smooth[shell] - 0.5 * (lv.outer + lv.background)) > 0))
 
 
 def _fallback(roi: _Roi, limit: float) -> np.ndarray:
@@ -211,6 +240,12 @@ def _one_seed(roi: _Roi, limit: float) -> tuple[np.ndarray, bool]:
     fine_img = ndimage.gaussian_filter(roi.crop, np.clip(FINE_MM[1] / roi.spacing_zyx, 0.0, 2.0), mode="nearest")
     fine = radial_profile(fine_img[near], roi.dist[near], 0.5 * roi.radius)
     lv = analyse_profile(prof, core, roi.noise, 0.5 * roi.radius, fine)
+    if lv is not None and lv.layered:
+        beyond = _beyond_rim(roi, lv)
+        logger.debug("rim level beyond the rim: %.2f of the shell", beyond)
+        if beyond > RIM_BEYOND_MAX:  # an organ around the lesion, not a rim
+            lv = core_in_organ(prof, lv)
+            logger.debug("the outer layer is an organ: lesion %s", lv)
     if lv is None:
         logger.debug("no lesion edge around the seed (level %.4g, noise %.3g)", core, roi.noise)
         return _fallback(roi, limit), True
@@ -252,7 +287,9 @@ def segment_from_seeds(image: sitk.Image, seeds_lps: Sequence[Point], background
     seeds = [_continuous_index(image, p, "seed") for p in seeds_lps]
     bgs = [_continuous_index(image, p, "background point") for p in background_lps]
     array = sitk.GetArrayViewFromImage(image)
-    spacing = np.asarray(image.GetSpacing(), dtype=np.float64)[::-1]
+    # 1-ulp spacing noise (1.5000000000000002 from a direction matrix's column norm) must not
+    # flip mm thresholds that are exact voxel multiples: compare on spacing rounded to 1e-6 mm.
+    spacing = np.round(np.asarray(image.GetSpacing(), dtype=np.float64), SPACING_DECIMALS)[::-1]
     radius = float(max_radius_mm)
     limit = radius / 4.0
     out = np.zeros(array.shape, dtype=np.uint8)

@@ -39,6 +39,8 @@ class Levels:
     outer: float  # level of the lesion's outer layer (the whole lesion for a plain one)
     core: float  # level at the seed (equals ``outer`` for a plain lesion)
     layered: bool  # a rim (layer) around a core of a different level
+    rim: bool = False  # the outer layer was found as a rim between two edges
+    enclosed: bool = False  # a lesion inside an organ that lies in a thin layer around it
 
 
 def radial_profile(values: np.ndarray, dist: np.ndarray, max_radius: float) -> np.ndarray:
@@ -217,7 +219,7 @@ def analyse_profile(prof: np.ndarray, core_level: float, noise: float, r_max: fl
             radius = _half_crossing(prof, first.radius, e.radius + 2.0, 0.5 * (peak + e.background), sign)
             logger.debug("layered lesion: core %.4g layer %.4g organ %.4g, r %.1f", core_level, peak,
                          e.background, radius)
-            return Levels(radius, e.background, peak, core_level, True)
+            return Levels(radius, e.background, peak, core_level, True, rim=True)
     sign = 1.0 if first.inner >= first.background else -1.0
     radius = _half_crossing(prof, 0.0, first.radius + 2.0, 0.5 * (first.inner + first.background), sign)
     outer = first.inner
@@ -244,4 +246,15 @@ def refine_levels(prof: np.ndarray, lv: Levels) -> Levels:
     if sign * (outer - bg) < 0.5 * abs(lv.outer - lv.background):
         return lv  # too noisy to re-measure
     radius = _half_crossing(prof, 0.0, r + 2.0, 0.5 * (outer + bg), sign)
-    return Levels(max(radius, MIN_RADIUS_MM), bg, outer, lv.core, lv.layered)
+    return Levels(max(radius, MIN_RADIUS_MM), bg, outer, lv.core, lv.layered, lv.rim, lv.enclosed)
+
+
+def core_in_organ(prof: np.ndarray, lv: Levels) -> Levels:
+    """Reinterpret layered levels whose "outer layer" is an organ: the lesion is the core.
+
+    Its edge is the outermost half-level crossing between the core and the organ inside
+    ``lv.radius``; the organ's level is ``lv.outer``.
+    """
+    sign = 1.0 if lv.core >= lv.outer else -1.0
+    radius = _half_crossing(prof, 0.0, lv.radius, 0.5 * (lv.core + lv.outer), sign)
+    return Levels(max(radius, MIN_RADIUS_MM), lv.outer, lv.core, lv.core, False, enclosed=True)

@@ -13,7 +13,7 @@ from tumorseg_core.commands.segment import parse_point
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tumorseg_core", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "tumorseg_core", *args], capture_output=True, encoding="utf-8",
                           cwd=cwd, timeout=300)
 
 

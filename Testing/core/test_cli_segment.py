@@ -13,7 +13,7 @@ from model_factory import make_tiny_package
 
 
 def tumorseg(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tumorseg_core", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "tumorseg_core", *args], capture_output=True, encoding="utf-8", timeout=300)
 
 
 @pytest.fixture(scope="module")

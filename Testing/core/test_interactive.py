@@ -38,7 +38,7 @@ def _lesion_dice(ph, les, labels: sitk.Image) -> float:
 # Known misses of the current seeded method (one lesion each, Dice 0.59-0.80): low-contrast
 # CT rim/hypo lesions and a 4 mm necrotic MRI lesion with a 1.5 mm rim. Strict xfail: the
 # day the method gets them right, these turn into failures and must be un-marked.
-KNOWN_MISSES = {1: "CT hypo r7.7 mm, ~18 HU contrast", 2: "MRI necrotic r4.3 mm, thin rim",
+KNOWN_MISSES = {2: "MRI necrotic r4.3 mm, thin rim",
                 3: "CT rim r4.0 mm, ~23 HU contrast", 9: "CT rim r10.3 mm on 3 mm slices"}
 
 

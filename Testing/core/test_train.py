@@ -213,7 +213,7 @@ def test_cli_trains_on_synthetic_phantoms_and_the_package_segments(tmp_path, dat
     result = subprocess.run(
         [sys.executable, "-m", "tumorseg_core", "segment", str(image), "-o", str(out),
          "--model", str(tmp_path / "pkg"), "--device", "cpu"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO, capture_output=True, encoding="utf-8", timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     seg, ref = sitk.ReadImage(str(out)), sitk.ReadImage(str(image))
@@ -238,7 +238,7 @@ def test_two_process_ddp_on_cpu_writes_one_package(data_dir, tmp_path):
            "--epochs", "2", "--iterations-per-epoch", "2", "--batch-size", "1", "--device", "cpu",
            "--val-fraction", "0.25"]
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=400, env=env)
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, encoding="utf-8", timeout=400, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rank 1 of 2 (gloo)" in result.stderr and "rank 0 of 2 (gloo)" in result.stderr
     assert result.stderr.count("wrote model package") == 2  # package.py + train.py lines, rank 0 only

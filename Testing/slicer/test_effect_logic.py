@@ -158,7 +158,7 @@ def test_cli_seed_gives_the_same_voxels(scene, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     seed = ",".join(f"{c:.6f}" for c in center)
     proc = subprocess.run([sys.executable, "-m", "tumorseg_core", "segment", str(image_path), f"--seed={seed}",
-                           "-o", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+                           "-o", str(out)], cwd=REPO, env=env, capture_output=True, encoding="utf-8", timeout=300)
     assert proc.returncode == 0, proc.stderr
     cli = sitk.ReadImage(str(out))
     assert np.allclose(gb.sitk_ijk_to_ras(cli), gb.volume_ijk_to_frame(source), atol=1e-4)

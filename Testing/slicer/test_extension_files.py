@@ -314,7 +314,7 @@ def test_cmake_copies_everything_into_the_scripted_module_folder(tmp_path):
     build = tmp_path / "build"
     script = tmp_path / "check.cmake"
     script.write_text(_CMAKE_STUBS.replace("@MODULE_DIR@", MODULE_DIR.as_posix()).replace("@BUILD_DIR@", build.as_posix()))
-    result = subprocess.run([cmake, "-P", str(script)], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([cmake, "-P", str(script)], capture_output=True, encoding="utf-8", timeout=60)
     assert result.returncode == 0, result.stderr
     copies = [line.split("|")[1:] for line in result.stderr.splitlines() if line.startswith("COPY|")]
     scripted = (build / "lib/Slicer-5.13/qt-scripted-modules").resolve()

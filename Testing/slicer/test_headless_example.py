@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
 
 def _run(*args, timeout=300):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, encoding="utf-8",
                           timeout=timeout, env=env, cwd=str(ROOT))
 
 

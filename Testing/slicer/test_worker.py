@@ -30,7 +30,7 @@ def _start(*args, **env):
     return subprocess.Popen(
         [sys.executable, "-m", "tumorseg_core.worker", *args],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_worker_env(**env),
-        text=True, cwd=str(ROOT),
+        encoding="utf-8", cwd=str(ROOT),
     )
 
 
@@ -97,7 +97,7 @@ def test_stray_output_goes_to_stderr():
         "os.write(1, b'raw fd write\\n')\n"
         "p.send('hello', n=1)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_worker_env(), timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", env=_worker_env(), timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == '{"event": "hello", "n": 1}\n'
     assert "stray print" in proc.stderr and "raw fd write" in proc.stderr
