@@ -20,6 +20,8 @@ logger = logging.getLogger("tumorseg_core")
 
 # Options whose value may start with '-' (negative LPS coordinates such as -48,43,6).
 _NEGATIVE_VALUE_OPTIONS = ("--seed", "--background")
+# Commands that run a network: they set torch's thread count once, here at the front door.
+_MODEL_COMMANDS = ("segment", "demo", "train", "evaluate")
 _NUMBER_LIST = re.compile(r"^-?\d*\.?\d+(,-?\d*\.?\d+)*$")
 
 
@@ -65,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineErrorParser(prog="tumorseg", description="TumorSeg: tumor segmentation for 3D medical images.")
     parser.add_argument("--version", action="version", version=f"tumorseg {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for the network (default: every core this process may use)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineErrorParser)
     sub.required = True
     for name, module in _commands().items():
@@ -82,6 +86,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
+        if args.command in _MODEL_COMMANDS:
+            from tumorseg_core.inference.devices import configure_threads
+
+            configure_threads(args.threads)
         return int(args._run(args) or 0)
     except CancelledError as error:
         sys.stderr.write(f"error: {error}\n")

@@ -199,6 +199,10 @@ class Worker:
             # Drop stale entries for the same model (edited on disk) before loading anew.
             for old in [k for k in self._segmenters if k[:2] == key[:2]]:
                 del self._segmenters[old]
+            if not self._segmenters:
+                from tumorseg_core.inference.devices import configure_threads
+
+                configure_threads()  # all usable cores, once, before the first model runs
             segmenter = Segmenter(model, device)
             self._segmenters[key] = segmenter
             while len(self._segmenters) > MAX_CACHED_SEGMENTERS:

@@ -127,7 +127,7 @@ def test_unloadable_export_with_matching_sidecar_is_rebuilt(package, cache: Path
     for folder in (cache / "exports").glob("onnx-*"):
         (folder / "model.onnx").write_bytes(b"garbage, not a model")
         sidecar = json.loads((folder / export_mod.SIDECAR).read_text())
-        sidecar["files"]["model.onnx"] = export_mod._sha256(folder / "model.onnx")
+        sidecar["files"]["model.onnx"] = export_mod.sha256_file(folder / "model.onnx")
         (folder / export_mod.SIDECAR).write_text(json.dumps(sidecar))
     predictor = Predictor.from_package(package, device="cpu", backend="onnxruntime")
     expected = Predictor.from_package(package, device="cpu", backend="torch").predict(v)

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from tumorseg_core.errors import TumorSegError
+from tumorseg_core.package_zip import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ CACHE_ENV = "TUMORSEG_CACHE"
 SIDECAR = "export.json"
 OPSET = 17
 _FORMAT = 1
-_CHUNK = 1 << 20
 
 R = TypeVar("R")
 
@@ -63,14 +63,6 @@ def cache_root() -> Path:
     """The cache folder: ``$TUMORSEG_CACHE`` if set, else ``~/.tumorseg/cache``."""
     env = os.environ.get(CACHE_ENV)
     return Path(env).expanduser() if env else Path.home() / ".tumorseg" / "cache"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def export_key(kind: str, spec: ExportSpec) -> dict[str, Any]:
@@ -106,7 +98,7 @@ def is_valid(folder: Path, key: dict[str, Any]) -> bool:
         if data.get("key") != key or not isinstance(files, dict) or not files:
             return False
         return all(
-            isinstance(name, str) and "/" not in name and (folder / name).is_file() and _sha256(folder / name) == digest
+            isinstance(name, str) and "/" not in name and (folder / name).is_file() and sha256_file(folder / name) == digest
             for name, digest in files.items()
         )
     except (OSError, ValueError, KeyError, TypeError):
@@ -132,7 +124,7 @@ def cached_build(folder: Path, key: dict[str, Any], build: Callable[[Path], None
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:
         build(tmp)
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / SIDECAR).write_text(json.dumps({"key": key, "files": files}, indent=1), encoding="utf-8")
         if folder.exists():
             aside = folder.with_name(f".{folder.name}.old-{os.getpid()}")
