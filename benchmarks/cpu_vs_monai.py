@@ -43,6 +43,20 @@ CASES = {
 }
 
 
+def make_case(name: str, work: Path) -> Path:
+    """Write the phantom of benchmark case ``name`` into ``work`` once; return its path."""
+    import SimpleITK as sitk
+
+    from tumorseg_core.synthetic import make_phantom
+
+    size, spacing, modality, seed = CASES[name]
+    image_path = work / f"{name}.nii.gz"
+    if not image_path.exists():
+        sitk.WriteImage(make_phantom(seed, size_xyz=size, spacing_xyz=spacing, modality=modality).image,
+                        str(image_path))
+    return image_path
+
+
 def random_package(folder: Path) -> Path:
     """A random-init unet3d (16, 32, 64, 128) package at 1.5 mm with a 96^3 window."""
     import torch
@@ -159,15 +173,8 @@ def dice(a_path: str, b_path: str) -> float:
 
 
 def bench_case(name: str, model: str, repeats: int, cascade: bool, work: Path) -> dict:
-    import SimpleITK as sitk
 
-    from tumorseg_core.synthetic import make_phantom
-
-    size, spacing, modality, seed = CASES[name]
-    image_path = work / f"{name}.nii.gz"
-    if not image_path.exists():
-        sitk.WriteImage(make_phantom(seed, size_xyz=size, spacing_xyz=spacing, modality=modality).image,
-                        str(image_path))
+    image_path = make_case(name, work)
     times: dict[str, list[float]] = {"baseline": [], "tumorseg": []}
     peaks: dict[str, list[float]] = {"baseline": [], "tumorseg": []}
     for r in range(repeats):
@@ -179,7 +186,7 @@ def bench_case(name: str, model: str, repeats: int, cascade: bool, work: Path) -
             peaks[side].append(res["peak_mb"])
     base, ours = statistics.median(times["baseline"]), statistics.median(times["tumorseg"])
     return {
-        "case": name, "size_xyz": list(size), "baseline_s": round(base, 2), "tumorseg_s": round(ours, 2),
+        "case": name, "size_xyz": list(CASES[name][0]), "baseline_s": round(base, 2), "tumorseg_s": round(ours, 2),
         "speedup": round(base / ours, 2),
         "dice_agreement": round(dice(str(work / f"{name}-baseline.nii.gz"), str(work / f"{name}-tumorseg.nii.gz")), 4),
         "baseline_peak_mb": round(max(peaks["baseline"])), "tumorseg_peak_mb": round(max(peaks["tumorseg"])),
