@@ -11,109 +11,36 @@ import logging
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer")
-import vtk  # noqa: E402
+
+from effect_helpers import (  # noqa: E402
+    GEOMETRIES,
+    REPO,
+    SET,
+    add_segment,
+    dice,
+    exported,
+    gb,
+    lesion_truth,
+    load_volume,
+    phantom_with_lesions,
+    ras,
+    ras_grid_points,
+    regions,
+    roi_node,
+    setup_effect,
+)
 
 from tumorseg_core.synthetic import make_phantom  # noqa: E402
 
 logger = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[2]
-SLICER_DIR = REPO / "TumorSegmentation"
-if str(SLICER_DIR) not in sys.path:
-    sys.path.insert(0, str(SLICER_DIR))
-
-from TumorSegmentationLib import effect_regions as regions  # noqa: E402
-from TumorSegmentationLib import geometry_bridge as gb  # noqa: E402
-from TumorSegmentationLib.effect_logic import SET, TumorEffectLogic  # noqa: E402
-
 SegNode = slicer.vtkMRMLSegmentationNode
 EditorNode = slicer.vtkMRMLSegmentEditorNode
-
-
-# ---------------------------------------------------------------------- helpers
-
-def load_volume(scene, image: sitk.Image, folder: Path, name: str, ext: str = ".nrrd"):
-    """Write ``image`` and load it the way Slicer loads files."""
-    path = folder / f"{name}{ext}"
-    sitk.WriteImage(image, str(path))
-    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
-    storage.SetFileName(str(path))
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
-    assert storage.ReadData(node)
-    node.SetAndObserveStorageNodeID(storage.GetID())
-    return node
-
-
-def exported(scene, seg, segment_id: str, source) -> np.ndarray:
-    """The segment as a boolean (z, y, x) array on the source volume's grid."""
-    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-    ids = vtk.vtkStringArray()
-    ids.InsertNextValue(segment_id)
-    assert slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(seg, ids, labelmap, source)
-    image, matrix = gb.volume_to_sitk(labelmap)
-    source_image, source_matrix = gb.volume_to_sitk(source)
-    assert np.allclose(matrix, source_matrix, atol=1e-4)
-    scene.RemoveNode(labelmap)
-    return sitk.GetArrayFromImage(image) > 0
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
-
-
-def ras(point_lps) -> tuple:
-    return (-point_lps[0], -point_lps[1], point_lps[2])
-
-
-def lesion_truth(phantom) -> np.ndarray:
-    """Truth of the phantom's first lesion (its connected component)."""
-    from scipy import ndimage
-
-    truth = sitk.GetArrayFromImage(phantom.truth) > 0
-    index = phantom.truth.TransformPhysicalPointToIndex(phantom.lesions[0].center_lps)
-    components, _ = ndimage.label(truth)
-    value = components[index[2], index[1], index[0]]
-    assert value, "the lesion centre must be inside its truth"
-    return components == value
-
-
-def phantom_with_lesions(seed: int, n_lesions: int = 1, **options):
-    """``make_phantom`` with exactly ``n_lesions`` placed (the generator drops lesions that do not fit)."""
-    for attempt in range(40):
-        phantom = make_phantom(seed + 1000 * attempt, n_lesions=n_lesions, **options)
-        if len(phantom.lesions) == n_lesions:
-            return phantom
-    raise AssertionError(f"no phantom with {n_lesions} lesion(s) near seed {seed}")
-
-
-def setup_effect(scene, source, name: str = "Tumor"):
-    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Segmentation")
-    effect = TumorEffectLogic(scene)
-    sid = effect.setup(seg, source)
-    return effect, seg, sid
-
-
-def add_segment(effect, seg, name: str, mask: np.ndarray) -> str:
-    """A second segment holding ``mask`` (reference grid), written by the editor logic itself."""
-    sid = seg.GetSegmentation().AddEmptySegment(name, name, (0.2, 0.5, 0.9))
-    reference = effect.backend.referenceGeometry()
-    effect.backend.logic.ModifySegmentByLabelmap(seg, sid, regions.mask_to_oriented(mask, reference), SET, True, True)
-    return sid
-
-
-OBLIQUE = np.array([[1.0, 0.0, 0.0], [0.0, np.cos(np.pi / 6), -np.sin(np.pi / 6)],
-                    [0.0, np.sin(np.pi / 6), np.cos(np.pi / 6)]])  # 30 degrees about x
-GEOMETRIES = {
-    "lps": {"size_xyz": (80, 80, 64), "spacing_xyz": (1.5, 1.5, 1.5)},
-    "oblique30": {"size_xyz": (80, 80, 64), "spacing_xyz": (1.5, 1.5, 1.5), "direction": OBLIQUE.ravel()},
-    "anisotropic": {"size_xyz": (128, 128, 40), "spacing_xyz": (0.9, 0.9, 3.0)},
-}
 
 
 @pytest.fixture
@@ -267,21 +194,6 @@ def test_masking_settings_are_honoured(lesion_case, scene, setting):
 
 # ---------------------------------------------------------------------- ROI
 
-def roi_node(scene, center_ras, size):
-    roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "ROI")
-    roi.SetXYZ(*center_ras)
-    roi.SetSize(*size)
-    return roi
-
-
-def ras_grid_points(source) -> np.ndarray:
-    """RAS centres of the source voxels, (z, y, x, 3)."""
-    matrix = gb.volume_ijk_to_frame(source)
-    dims = source.GetImageData().GetDimensions()
-    k, j, i = np.meshgrid(*(np.arange(n) for n in dims[::-1]), indexing="ij")
-    return np.einsum("rc,zyxc->zyxr", matrix[:3, :3], np.stack([i, j, k], -1)) + matrix[:3, 3]
-
-
 def test_roi_limits_the_seeded_result(lesion_case, scene):
     phantom, source, effect, seg, sid = lesion_case
     center = np.array(ras(phantom.lesions[0].center_lps))
@@ -339,124 +251,3 @@ def test_effect_writes_exactly_what_the_core_computes(scene, tmp_path, geometry)
     core = sitk.GetArrayFromImage(segment_from_seeds(phantom.image, [center]).labels) > 0
     assert core.sum() > 0
     assert np.array_equal(exported(scene, seg, sid, source), core)
-
-
-# ---------------------------------------------------------------------- Auto mode
-
-@pytest.fixture
-def auto_scene():
-    """A scene for the Auto tests that is not closed at teardown.
-
-    Closing a scene makes the shared Logic shut its worker down, and
-    ``WorkerRunner._reap`` can then block closing the pipes its reader threads are
-    still reading (reported); the Auto tests do not need the close, so they avoid it.
-    """
-    return slicer.vtkMRMLScene()
-
-
-@pytest.fixture
-def auto_case(auto_scene, helpers, threshold_package, logic):
-    scene = auto_scene
-    """A 30-degree oblique, anisotropic volume; segments Tumor (selected, empty) and Other."""
-    spacing = (1.0, 1.2, 2.0)
-    array = helpers.phantom((10, 18, 20))
-    matrix = helpers.ijk_to_ras(helpers.rotation("z", 30) @ helpers.rotation("x", 10), spacing, (5.0, -3.0, 2.0))
-    source = helpers.make_volume(scene, array, matrix, "T1c")
-    seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Segmentation")
-    effect = TumorEffectLogic(scene, segmentationLogic=logic)
-    sid = effect.setup(seg, source)
-    reference = effect.backend.referenceGeometry()
-    other_mask = np.zeros(array.shape, dtype=bool)
-    other_mask[3:7, 5:12, 4:15] = True  # overlaps the ball and its core
-    other = add_segment(effect, seg, "Other", other_mask)
-    effect.editorNode.SetSelectedSegmentID(sid)
-    assert reference.GetExtent() == (0, 19, 0, 17, 0, 9)
-    expected = helpers.expected_labels(array)
-    return effect, seg, sid, other, source, str(threshold_package(spacing)), expected
-
-
-def node_count(scene) -> int:
-    """Segmentations and scalar volumes in the scene (the effect's temporary nodes are of these kinds)."""
-    return sum(scene.GetNodesByClass(name).GetNumberOfItems()
-               for name in ("vtkMRMLSegmentationNode", "vtkMRMLScalarVolumeNode"))
-
-
-def test_auto_writes_only_the_selected_segment(auto_case, auto_scene):
-    scene = auto_scene
-    effect, seg, sid, other, source, package, expected = auto_case
-    effect.editorNode.SetOverwriteMode(EditorNode.OverwriteNone)
-    other_before = exported(scene, seg, other, source)
-    nodes_before, segments_before = node_count(scene), seg.GetSegmentation().GetNumberOfSegments()
-    result = effect.run_auto(package, "cpu", output_label="Enhancing tumor")
-    assert result.changed, result.message
-    assert np.array_equal(exported(scene, seg, sid, source), expected == 2)
-    assert np.array_equal(exported(scene, seg, other, source), other_before)
-    assert seg.GetSegmentation().GetNumberOfSegments() == segments_before
-    assert node_count(scene) == nodes_before  # the temporary result segmentation is gone
-    effect.undo()
-    assert not exported(scene, seg, sid, source).any()
-
-
-def test_auto_default_label_and_overwrite(auto_case, auto_scene):
-    scene = auto_scene
-    effect, seg, sid, other, source, package, expected = auto_case
-    other_before = exported(scene, seg, other, source)
-    effect.run_auto(package, "cpu")  # the first label of the model: "Edema"
-    tumor = exported(scene, seg, sid, source)
-    assert np.array_equal(tumor, expected == 1)
-    # Default editor setting "overwrite all segments": Other lost exactly the tumor voxels.
-    assert np.array_equal(exported(scene, seg, other, source), other_before & ~tumor)
-
-
-def test_auto_with_roi_changes_only_inside(auto_case, auto_scene):
-    scene = auto_scene
-    effect, seg, sid, other, source, package, expected = auto_case
-    reference = effect.backend.referenceGeometry()
-    points = ras_grid_points(source)
-    roi = roi_node(scene, points[5, 9, 10], (3.0, 40.0, 40.0))  # a slab, axis-aligned in RAS, oblique to the grid
-    inside = regions.roi_mask(reference, roi, seg)
-    box = (np.abs(points - points[5, 9, 10]) <= [1.5, 20.0, 20.0]).all(axis=-1)
-    assert np.array_equal(inside, box) and 0 < inside.sum() < inside.size
-    outside_content = ~inside
-    outside_content[:, 6:, :] = False  # some content outside the ROI, which must survive
-    assert outside_content.any() and (expected == 2)[~inside].any()
-    effect.backend.logic.ModifySegmentByLabelmap(seg, sid, regions.mask_to_oriented(outside_content, reference),
-                                                 SET, True, True)
-    effect.run_auto(package, "cpu", output_label=2, roi=roi)
-    tumor = exported(scene, seg, sid, source)
-    assert np.array_equal(tumor, ((expected == 2) & inside) | outside_content)
-
-
-def test_auto_async_poll_and_cancel(auto_case, auto_scene):
-    scene = auto_scene
-    effect, seg, sid, other, source, package, expected = auto_case
-    nodes_before = node_count(scene)
-    finished = []
-    assert effect.run_auto(package, "cpu", output_label=2, waitForCompletion=False,
-                           completionCallback=finished.append) is None
-    assert effect.isRunning
-    effect.cancel()
-    assert not effect.poll() and not effect.isRunning
-    assert finished and not finished[0].changed
-    assert not exported(scene, seg, sid, source).any() and node_count(scene) == nodes_before
-
-    progress = []
-    effect.run_auto(package, "cpu", output_label=2, waitForCompletion=False,
-                    progressCallback=lambda f, m: progress.append(f), completionCallback=finished.append)
-    import time
-
-    deadline = time.monotonic() + 240
-    while effect.poll():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    assert finished[-1].changed, finished[-1].message
-    assert np.array_equal(exported(scene, seg, sid, source), expected == 2)
-    assert node_count(scene) == nodes_before
-
-
-def test_auto_unknown_label_leaves_segment(auto_case, auto_scene):
-    scene = auto_scene
-    effect, seg, sid, other, source, package, expected = auto_case
-    result = effect.run_auto(package, "cpu", output_label="Necrosis")
-    assert not result.changed and "no output label 'Necrosis'" in result.message
-    assert not exported(scene, seg, sid, source).any()
