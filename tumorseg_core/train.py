@@ -107,6 +107,22 @@ def _restore(workdir: Path, model: torch.nn.Module, optimizer: Any, scheduler: A
     return state
 
 
+def _initialize_from_package(model: torch.nn.Module, spec: str) -> None:
+    """Fine-tuning: start from the (first) weights of a verified model package.
+
+    The package goes through the same sha256 and strict-safetensors checks as for
+    inference; its architecture must produce exactly the model's keys and shapes.
+    """
+    from tumorseg_core.package import load_state_dict_strict, open_package
+
+    package = open_package(spec)
+    if not package.weight_files:
+        raise InputError(f"init_weights {spec!r} holds no weights; give a model package with a .safetensors file")
+    source = package.load_networks("cpu")[0]
+    load_state_dict_strict(model, source.state_dict(), f"init_weights {spec!r}")
+    logger.info("initialized the network from %s (%s %s)", spec, package.manifest.name, package.manifest.version)
+
+
 def _train_epoch(run: RunData, model: torch.nn.Module, optimizer: Any, scheduler: Any, scaler: Any,
                  loss_fn: Any, epoch: int, device: torch.device, info: dist_utils.DistInfo,
                  progress: Progress | None, cancel: Callable[[], bool] | None) -> float:
@@ -215,6 +231,8 @@ def train(
                                  "config_hash": config_hash(config)}
         if ckpt.has_checkpoint(workdir):
             state = _restore(workdir, model, optimizer, scheduler, scaler, config)
+        elif config["init_weights"]:
+            _initialize_from_package(model, str(config["init_weights"]))
         net = model
         if info.enabled:
             from torch.nn.parallel import DistributedDataParallel

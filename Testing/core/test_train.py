@@ -170,6 +170,27 @@ def test_interrupted_run_resumes_exactly_where_it_stopped(full_run, data_dir, tm
     )
 
 
+def test_init_weights_fine_tunes_from_a_verified_package(full_run, data_dir, tmp_path):
+    from tumorseg_core.errors import ModelPackageError
+
+    package, _ = full_run
+    config = dict(TINY, data=str(data_dir), workdir=str(tmp_path / "work"), epochs=1, iterations_per_epoch=1,
+                  init_weights=str(package), lr=1e-12)
+    tuned = train(config, tmp_path / "tuned")
+    start = load_file(str(Path(package) / "fold0.safetensors"))
+    after = load_file(str(Path(tuned) / "fold0.safetensors"))
+    # With a vanishing learning rate the fine-tuned weights are the package's weights.
+    for key in start:
+        torch.testing.assert_close(after[key], start[key], rtol=1e-4, atol=1e-6, msg=key)
+    scratch = train(dict(config, init_weights=None, workdir=str(tmp_path / "w2")), tmp_path / "scratch")
+    first = next(iter(start))
+    assert not torch.allclose(load_file(str(Path(scratch) / "fold0.safetensors"))[first], start[first])
+    # Wrong architecture size: a one-line package error, nothing written.
+    with pytest.raises(ModelPackageError, match="do not match"):
+        train(dict(config, kwargs={"features": [8, 16]}, workdir=str(tmp_path / "w3")), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_configuration_errors_are_user_errors(data_dir, tmp_path):
     base = dict(TINY, data=str(data_dir), workdir=str(tmp_path / "work"))
     with pytest.raises(InputError, match="multiple"):

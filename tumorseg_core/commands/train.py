@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", help="checkpoints, cache and logs (default PACKAGE_DIR.work)")
     parser.add_argument("--num-workers", type=int, help="DataLoader worker processes (default 0)")
     parser.add_argument("--name", help="package name (default tumorseg-custom)")
+    parser.add_argument("--init-weights", metavar="MODEL",
+                        help="fine-tune: start from a model package's weights (default, an installed name, folder or zip)")
     resume = parser.add_mutually_exclusive_group()
     resume.add_argument("--resume", dest="resume", action="store_true", default=None,
                         help="require a checkpoint in --workdir (default: resume when there is one)")
@@ -100,6 +102,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "num_workers": args.num_workers,
         "name": args.name,
         "amp": args.amp,
+        "init_weights": args.init_weights,
     }
 
 

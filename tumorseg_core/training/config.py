@@ -56,6 +56,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "loss_options": {},
     "class_weights": None,
     "augment": {},
+    "init_weights": None,  # fine-tune from a model package ("default", an installed name, folder or zip)
     "val_fraction": 0.2,
     "folds": None,
     "fold": 0,
@@ -73,7 +74,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
 # Keys that define what is trained: resuming with any of them changed is refused.
 _IDENTITY_KEYS = ("data", "synthetic", "architecture", "kwargs", "inputs", "spacing", "orientation",
                   "patch_size", "output", "loss", "loss_options", "class_weights", "optimizer", "seed",
-                  "val_fraction", "folds", "fold", "augment", "batch_size", "iterations_per_epoch")
+                  "val_fraction", "folds", "fold", "augment", "batch_size", "iterations_per_epoch",
+                  "init_weights")
 
 
 def load_config(path: Path | str) -> dict[str, Any]:
