@@ -9,7 +9,7 @@ import torch
 from model_factory import make_tiny_package
 from torch import nn
 
-from tumorseg_core.inference import cascade
+from tumorseg_core.inference import cascade, roi_windows
 from tumorseg_core.inference.predictor import Predictor
 from tumorseg_core.inference.sliding_window import window_starts
 
@@ -63,6 +63,62 @@ def test_cascade_equals_exhaustive_on_lesion_phantom() -> None:
     np.testing.assert_array_equal(result, exhaustive)
     assert 0 < net.windows < exhaustive_windows  # coarse pass + only the windows near lesions
     assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+
+
+def spy_fine_windows(monkeypatch) -> list[tuple[np.ndarray, list]]:
+    """Record (candidate region, fine-pass window starts) of every cascade call."""
+    calls: list[tuple[np.ndarray, list]] = []
+    real = roi_windows.roi_window_starts
+
+    def spy(mask, patch, overlap):
+        starts = real(mask, patch, overlap)
+        calls.append((mask, starts))
+        return starts
+
+    monkeypatch.setattr(cascade, "roi_window_starts", spy)
+    return calls
+
+
+def test_fine_pass_runs_windows_placed_on_the_lesions(monkeypatch) -> None:
+    v = phantom()
+    net = MeanThresholdNet()
+    predictor = make_predictor(net)
+    calls = spy_fine_windows(monkeypatch)
+    result = cascade.predict_cascade(predictor, v, SPACING_XYZ)
+    (region, starts), = calls
+    small = cascade.coarse_shape(v.shape[1:], PATCH, cascade.COARSE_FACTOR)
+    coarse_windows = len(window_starts([max(n, p) for n, p in zip(small, PATCH)], PATCH, 0.5))
+    assert net.windows == coarse_windows + len(starts)
+    # three lesions, each box tiled 2 x 2 x 2 (boxes of 18-24 voxels, patch 16, overlap 0.5);
+    # the fixed grid ran every one of its windows that touches the candidates: 121
+    assert len(roi_windows.component_boxes(region)) == 3 and len(starts) == 24
+    assert len(roi_windows.grid_starts_touching(region, PATCH, 0.5)) == 121
+    assert not result[~region].any()
+
+
+class BoxMeanNet(MeanThresholdNet):
+    """Like MeanThresholdNet with a 5x5x5 mean: zero padding at window faces shifts it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv3d(1, 2, kernel_size=5, padding=2)
+        with torch.no_grad():
+            self.conv.weight.zero_()
+            self.conv.weight[1] = 8.0 / 125.0
+            self.conv.bias.copy_(torch.tensor([0.0, -8.0 * 0.4]))
+
+
+def test_cascade_matches_exhaustive_inside_the_candidates_for_a_context_network(monkeypatch) -> None:
+    v = phantom(radii=(7, 5, 6))
+    predictor = make_predictor(BoxMeanNet())
+    exhaustive = predictor.predict(v)
+    calls = spy_fine_windows(monkeypatch)
+    result = cascade.predict_cascade(predictor, v, SPACING_XYZ)
+    (region, _), = calls
+    assert exhaustive[region].sum() > 0.95 * exhaustive.sum() > 0  # the coarse pass found the lesions
+    # different windows see a voxel near their faces differently: allow a few such voxels
+    assert np.count_nonzero(result[region] != exhaustive[region]) <= 0.01 * exhaustive.sum()
+    assert not result[~region].any()
 
 
 def test_empty_candidates_give_empty_result_without_full_resolution_windows() -> None:

@@ -6,12 +6,16 @@
 2. Candidates: voxels whose foreground probability (max over foreground channels) is
    above ``threshold`` (low, so faint or small lesions are kept), dilated by
    ``margin_mm`` (exact Euclidean distance in mm on the coarse grid).
-3. The full-resolution pass runs only the windows that touch a candidate voxel
-   (:meth:`Predictor.predict` with ``region``); everything else is background. Inside
-   the candidate region the labels are *identical* to the exhaustive pass (every window
-   covering such a voxel runs), so the cascade can only lose foreground that the coarse
-   pass did not flag. No candidate at all returns an empty label map without any
-   full-resolution window.
+3. The full-resolution pass places its own windows on the candidates, nnU-Net style
+   (:func:`~tumorseg_core.inference.roi_windows.roi_window_starts`): per 26-connected
+   candidate component, its bounding box tiled with the fewest windows at the model's
+   overlap, usually ONE window per small lesion where the fixed grid would run the 4-8
+   grid windows the lesion straddles. They are stitched with the usual Gaussian; every
+   candidate voxel is covered, everything else is background. Inside the candidates
+   the labels match the exhaustive pass up to the small differences that come from
+   seeing a voxel in differently placed windows (identical for a network that looks at
+   one voxel at a time). The cascade can lose foreground the coarse pass did not flag.
+   No candidate at all returns an empty label map without any full-resolution window.
 
 ``cascade=False`` (API) / ``--no-cascade`` (CLI) is the exhaustive pass. The cascade is
 opt-in (:data:`DEFAULT_CASCADE` is False) until it is validated on the shipped model;
@@ -27,6 +31,8 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 import torch
+
+from tumorseg_core.inference.roi_windows import roi_window_starts
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +139,8 @@ def predict_cascade(
         if progress is not None:
             progress(1.0, "no candidate region: empty result")
         return np.zeros(full, dtype=np.uint8)
+    starts = roi_window_starts(region, predictor.patch_size_zyx, predictor.overlap)
+    logger.info("cascade: %d full-resolution window(s)", len(starts))
     fine = None if progress is None else (
         lambda f, m: progress(_COARSE_SHARE + (1 - _COARSE_SHARE) * f, m))
-    return predictor.predict(volume, progress=fine, cancel=cancel, region=region)
+    return predictor.predict(volume, progress=fine, cancel=cancel, region=region, starts=starts)

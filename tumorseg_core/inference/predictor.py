@@ -28,6 +28,7 @@ from torch import nn
 from tumorseg_core.errors import CancelledError, InputError, ModelPackageError, TumorSegError
 from tumorseg_core.inference.devices import resolve_device
 from tumorseg_core.inference.predictor_settings import _first_conv_in_channels, _settings_from_manifest
+from tumorseg_core.inference.roi_windows import grid_starts_touching
 from tumorseg_core.inference.sliding_window import gaussian_weights, pad_to_window, window_starts
 from tumorseg_core.inference.tta import flip_axes_combinations, predict_with_flips
 
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
+Starts = Sequence[tuple[int, int, int]]
 
 # Windows per batch on a GPU when the caller does not say; the OOM fallback halves it.
 _GPU_WINDOW_BATCH = 4
@@ -205,18 +207,24 @@ class Predictor:
 
     def predict(
         self, volume: np.ndarray, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
-        region: np.ndarray | None = None,
+        region: np.ndarray | None = None, starts: Starts | None = None,
     ) -> np.ndarray:
         """Label map (z, y, x) uint8 at model resolution for a (C, z, y, x) float32 volume.
 
         Softmax: argmax over classes (label value = channel index). Sigmoid: each region
         channel thresholded at 0.5 and painted with its value in channel order (later
-        regions overwrite earlier ones). ``region`` (z, y, x) bool: only windows touching
-        it run and everything outside it is background (inside it the result equals the
-        exhaustive one, since every window covering a region voxel runs).
+        regions overwrite earlier ones). ``region`` (z, y, x) bool: everything outside it
+        is background; without ``starts`` only the grid windows touching it run (inside
+        it the result equals the exhaustive one, since every window covering a region
+        voxel runs). ``starts``: explicit window corners (z, y, x) on the grid padded by
+        ``pad_to_window(volume, patch_size_zyx)``, e.g. from
+        :func:`~tumorseg_core.inference.roi_windows.roi_window_starts`; they must cover
+        every ``region`` voxel (ValueError otherwise).
         """
-        acc, weight, undo = self._stitch(volume, progress, cancel, region)
+        acc, weight, undo = self._stitch(volume, progress, cancel, region, starts)
         acc, weight = acc[undo], weight[undo]
+        if starts is not None and region is not None and not (weight[np.asarray(region, dtype=bool)] > 0).all():
+            raise ValueError("the given windows leave some region voxels uncovered")
         labels = np.zeros(weight.shape, dtype=np.uint8)
         # Dividing by the weight map is unnecessary: it is positive and shared by all
         # channels, so argmax(acc) == argmax(acc / w) and p > 0.5 <=> acc > 0.5 * w.
@@ -266,24 +274,30 @@ class Predictor:
 
     def _stitch(
         self, volume: np.ndarray, progress: ProgressFn | None, cancel: CancelFn | None,
-        region: np.ndarray | None = None,
+        region: np.ndarray | None = None, explicit: Starts | None = None,
     ) -> tuple[np.ndarray, np.ndarray, tuple[object, ...]]:
         """Run the windows; return (acc (K', Z, Y, X), weight (Z, Y, X), undo) on the padded grid.
 
         ``acc`` holds sum(gaussian x probabilities) of the foreground channels (K' = K - 1
-        for softmax, K for sigmoid) and ``weight`` sum(gaussian) per voxel. With
-        ``region`` ((z, y, x) bool) only windows that touch it run.
+        for softmax, K for sigmoid) and ``weight`` sum(gaussian) per voxel. Windows:
+        ``explicit`` starts (padded grid) if given, else the grid, restricted to the
+        windows touching ``region`` ((z, y, x) bool) if that is given.
         """
         array = self._check_volume(volume)
         padded, undo = pad_to_window(array, self.patch_size_zyx)
         spatial = padded.shape[1:]
-        starts = window_starts(spatial, self.patch_size_zyx, self.overlap)
-        if region is not None:
-            if region.shape != array.shape[1:]:
-                raise ValueError(f"region shape {region.shape} differs from the volume's {array.shape[1:]}")
+        if region is not None and region.shape != array.shape[1:]:
+            raise ValueError(f"region shape {region.shape} differs from the volume's {array.shape[1:]}")
+        if explicit is not None:
+            starts = [tuple(int(v) for v in s) for s in explicit]
+            if any(len(s) != 3 or not all(0 <= v <= d - p for v, d, p in zip(s, spatial, self.patch_size_zyx))
+                   for s in starts):
+                raise ValueError(f"window starts must be (z, y, x) within {spatial} minus the patch")
+        elif region is not None:
             mask, _ = pad_to_window(np.asarray(region, dtype=bool)[None], self.patch_size_zyx)
-            p = self.patch_size_zyx
-            starts = [s for s in starts if mask[0, s[0] : s[0] + p[0], s[1] : s[1] + p[1], s[2] : s[2] + p[2]].any()]
+            starts = grid_starts_touching(mask[0], self.patch_size_zyx, self.overlap)
+        else:
+            starts = window_starts(spatial, self.patch_size_zyx, self.overlap)
         n = len(starts)
         acc = np.zeros((self.num_outputs - (self.output_type == "softmax"), *spatial), dtype=np.float32)
         weight = np.zeros(spatial, dtype=np.float32)
