@@ -275,12 +275,26 @@ def write_package(
         manifest["files"] = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
         validated = Manifest(manifest)
         (tmp / MANIFEST_NAME).write_text(json.dumps(validated.to_dict(), indent=2) + "\n", encoding="utf-8")
+        _apply_umask(tmp)
         _replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     logger.info("wrote model package %s (%d weight file(s))", out, len(cleaned))
     return out
+
+
+def _apply_umask(folder: Path) -> None:
+    """Give ``folder`` and its files the permissions of a normal ``mkdir``/``open``.
+
+    ``mkdtemp`` (and safetensors) create owner-only entries; a package written into a
+    shared models folder must stay readable by the other users, as any file would be.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~umask)
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:

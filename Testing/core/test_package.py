@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -212,6 +213,18 @@ def test_write_package_refuses_existing_unless_overwrite(pkg_dir):
     pkg = open_package(pkg_dir)
     assert pkg.manifest.version == "0.2.0" and len(pkg.weight_files) == 1
     assert sorted(p.name for p in pkg_dir.parent.iterdir() if p.name.startswith(".")) == []
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_written_package_is_readable_by_others_like_any_new_file(tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = write_package(tmp_path / "shared", make_manifest(), [tiny_nets(1)[0].state_dict()], readme="hi")
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()} == {
+        "fold0.safetensors": 0o644, "README.md": 0o644, "manifest.json": 0o644}
 
 
 def _zip_folder(folder: Path, zip_path: Path, prefix: str = "") -> Path:
