@@ -138,30 +138,55 @@ def to_model_grid(
     """
     if interpolator not in _INTERPOLATORS:
         raise TumorSegError(f"interpolator {interpolator!r} is unknown; use one of {', '.join(_INTERPOLATORS)}")
-    oriented = reorient(image, orientation)
     if spacing_xyz is None:
+        oriented = reorient(image, orientation)
         return sitk.Cast(oriented, sitk.sitkFloat32) if interpolator != "nearest" else oriented
     new_spacing = np.asarray([float(s) for s in spacing_xyz], dtype=float)
     if new_spacing.shape != (3,) or not np.all(new_spacing > 0):
         raise TumorSegError(f"model spacing {list(spacing_xyz)} is invalid; give three positive numbers in mm (x, y, z)")
-    old_spacing = np.asarray(oriented.GetSpacing(), dtype=float)
-    old_size = np.asarray(oriented.GetSize(), dtype=float)
+    # The reoriented grid is computed, not built: reorienting (and casting) a 512x512x300
+    # CT first would hold two more full-size copies at the run's memory peak.
+    old_size, old_spacing, direction_flat = oriented_geometry(image, orientation)
     new_size = np.maximum(1, np.round(old_size * old_spacing / new_spacing)).astype(int)
-    direction = np.asarray(oriented.GetDirection(), dtype=float).reshape(3, 3)
+    direction = np.asarray(direction_flat, dtype=float).reshape(3, 3)
     # Keep the grid centres identical so rounding the size splits the difference evenly.
-    centre = np.asarray(oriented.TransformContinuousIndexToPhysicalPoint(tuple((old_size - 1) / 2.0)))
+    centre = np.asarray(image.TransformContinuousIndexToPhysicalPoint(
+        tuple((np.asarray(image.GetSize(), dtype=float) - 1) / 2.0)))
     new_origin = centre - direction @ ((new_size - 1) / 2.0 * new_spacing)
 
-    source = oriented if interpolator == "nearest" else sitk.Cast(oriented, sitk.sitkFloat32)
     resampler = sitk.ResampleImageFilter()
     resampler.SetSize([int(s) for s in new_size])
     resampler.SetOutputSpacing([float(s) for s in new_spacing])
     resampler.SetOutputOrigin([float(o) for o in new_origin])
-    resampler.SetOutputDirection(oriented.GetDirection())
+    resampler.SetOutputDirection(direction_flat)
     resampler.SetInterpolator(_INTERPOLATORS[interpolator])
     resampler.SetDefaultPixelValue(0)
-    resampler.SetOutputPixelType(source.GetPixelID())
-    return resampler.Execute(source)
+    if interpolator == "nearest":
+        resampler.SetOutputPixelType(image.GetPixelID())
+    elif image.GetNumberOfComponentsPerPixel() == 1:
+        resampler.SetOutputPixelType(sitk.sitkFloat32)  # interpolates any scalar type, no float copy
+    else:
+        image = sitk.Cast(image, sitk.sitkVectorFloat32)
+        resampler.SetOutputPixelType(sitk.sitkVectorFloat32)
+    return resampler.Execute(image)
+
+
+def oriented_geometry(image: sitk.Image, orientation: Optional[str]) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+    """(size, spacing, direction) that ``reorient(image, orientation)`` would have, without its voxels.
+
+    DICOMOrient only permutes and flips axes, so a 2x2x2 proxy with the same direction
+    and spacings 1, 2, 3 tells which input axis each output axis comes from.
+    """
+    size = np.asarray(image.GetSize(), dtype=float)
+    spacing = np.asarray(image.GetSpacing(), dtype=float)
+    if orientation is None:
+        return size, spacing, tuple(image.GetDirection())
+    proxy = sitk.Image([2] * image.GetDimension(), sitk.sitkUInt8)
+    proxy.SetSpacing([float(i + 1) for i in range(image.GetDimension())])
+    proxy.SetDirection(image.GetDirection())
+    turned = reorient(proxy, orientation)
+    source_axis = [int(round(s)) - 1 for s in turned.GetSpacing()]
+    return size[source_axis], spacing[source_axis], tuple(turned.GetDirection())
 
 
 def labels_to_reference(labels: sitk.Image, reference: sitk.Image) -> sitk.Image:

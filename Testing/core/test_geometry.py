@@ -99,6 +99,35 @@ def test_model_grid_keeps_extent_and_centre(make_image):
     assert same_grid(same, image)
 
 
+def _reoriented_then_resampled(image: sitk.Image, spacing, orientation: str) -> sitk.Image:
+    """The straightforward reference: reorient the voxels, cast to float32, then resample."""
+    oriented = sitk.Cast(reorient(image, orientation), sitk.sitkFloat32)
+    size = np.maximum(1, np.round(np.asarray(oriented.GetSize()) * np.asarray(oriented.GetSpacing())
+                                  / np.asarray(spacing))).astype(int)
+    d = np.asarray(oriented.GetDirection()).reshape(3, 3)
+    centre = np.asarray(oriented.TransformContinuousIndexToPhysicalPoint(tuple((np.asarray(oriented.GetSize()) - 1) / 2)))
+    origin = centre - d @ ((size - 1) / 2.0 * np.asarray(spacing))
+    return sitk.Resample(oriented, [int(v) for v in size], sitk.Transform(), sitk.sitkLinear, [float(o) for o in origin],
+                         [float(v) for v in spacing], oriented.GetDirection(), 0.0, sitk.sitkFloat32)
+
+
+@pytest.mark.parametrize("name", ["ras_like", "flip_z", "oblique30", "anisotropic"])
+@pytest.mark.parametrize("orientation", ["LPS", "RAS", "PIL"])
+def test_model_grid_without_reoriented_copy_matches_reorienting_first(name, orientation, make_sphere_image,
+                                                                      rotation_direction):
+    image = sitk.Cast(make_sphere_image(**_geometry(name, rotation_direction))[0] * 100, sitk.sitkInt16)
+    spacing = (1.5, 1.2, 2.0)
+    out = to_model_grid(image, spacing, orientation)
+    expected = _reoriented_then_resampled(image, spacing, orientation)
+    assert out.GetPixelID() == sitk.sitkFloat32  # an int16 CT is interpolated without a float copy
+    assert out.GetSize() == expected.GetSize()
+    assert np.allclose(out.GetOrigin(), expected.GetOrigin(), atol=1e-6)
+    assert np.allclose(out.GetDirection(), expected.GetDirection()) and out.GetSpacing() == expected.GetSpacing()
+    np.testing.assert_allclose(sitk.GetArrayViewFromImage(out), sitk.GetArrayViewFromImage(expected), atol=1e-3)
+    nearest = to_model_grid(image, spacing, orientation, "nearest")
+    assert nearest.GetPixelID() == sitk.sitkInt16 and nearest.GetSize() == expected.GetSize()
+
+
 def test_reorient_ras_to_lps_flips_axes(make_image):
     array = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
     image = make_image(array, direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1), origin=(10.0, 20.0, 0.0))
