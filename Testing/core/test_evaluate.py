@@ -170,6 +170,8 @@ def test_cli_exit_code_2_on_grid_mismatch(tmp_path, capsys):
     (["--pred", "p", "--truth", "t", "--tolerance-mm", "-1"], "tolerance"),
     (["--pred", "p", "--truth", "t", "--labels", '{"x": "Tumor"}'], "labels"),
     (["--pred", "p", "--truth", "t", "--labels", "{bad json"], "not valid JSON"),
+    (["--pred", "p", "--truth", "t", "--tta"], "--tta needs --model"),
+    (["--pred", "p", "--truth", "t", "--no-cascade"], "--cascade/--no-cascade needs --model"),
 ])
 def test_command_argument_errors(argv, match):
     with pytest.raises(TumorSegError, match=match):
@@ -211,3 +213,25 @@ def test_evaluate_model_on_paired_folders(tmp_path, monkeypatch):
     assert [(r["case"], r["name"]) for r in rows] == [("p1", "Tumor"), ("p2", "Tumor")]
     assert rows[0]["dice"] == 1.0 and rows[1]["dice"] == pytest.approx(0.5)
     assert sorted(p.name for p in save.iterdir()) == ["p1.nii.gz", "p2.nii.gz"]
+
+
+def test_command_passes_tta_and_cascade_to_the_segmenter(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data"
+    write_labels(data / "images" / "a.nii.gz", cube(2, 2, 2) * 50)
+    write_labels(data / "labels" / "a.nii.gz", cube(2, 2, 2))
+    seen = []
+
+    class FakeSegmenter:
+        def __init__(self, model, device="auto", **options):
+            seen.append(options)
+            self.manifest = SimpleNamespace(label_dicts=[{"value": 1, "name": "Tumor"}], num_inputs=1)
+
+        def segment(self, images, cancel=None):
+            return sitk.Cast(sitk.ReadImage(str(images[0])) > 0, sitk.sitkUInt8)
+
+    import tumorseg_core.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "Segmenter", FakeSegmenter)
+    assert evaluate_command.run(parse(["--model", "fake", "--data", str(data), "--tta", "--no-cascade"])) == 0
+    assert seen == [{"tta": True, "cascade": False}]
+    assert "1 case(s)" in capsys.readouterr().out

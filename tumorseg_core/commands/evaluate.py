@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                         help="device for --model (default auto)")
     parser.add_argument("--save-predictions", metavar="DIR", help="with --model: write each prediction here")
+    parser.add_argument("--tta", action="store_true", help="with --model: flip test-time augmentation")
+    parser.add_argument("--cascade", action=argparse.BooleanOptionalAction, default=None,
+                        help="with --model: coarse-to-fine ROI cascade on/off (default: the engine's default)")
 
 
 def parse_labels(text: Optional[str]) -> Optional[dict[int, str]]:
@@ -84,8 +87,10 @@ def _check_args(args: argparse.Namespace) -> str:
         raise TumorSegError("--model and --data go together; give both")
     if not folders and not model:
         raise TumorSegError("nothing to evaluate; give --pred DIR --truth DIR, or --model PACKAGE --data DIR")
-    if args.save_predictions and not model:
-        raise TumorSegError("--save-predictions needs --model and --data")
+    for flag, given in (("--save-predictions", args.save_predictions), ("--tta", args.tta),
+                        ("--cascade/--no-cascade", args.cascade is not None)):
+        if given and not model:
+            raise TumorSegError(f"{flag} needs --model and --data")
     if not math.isfinite(args.tolerance_mm) or args.tolerance_mm < 0:
         raise TumorSegError(f"--tolerance-mm must be a number >= 0, got {args.tolerance_mm}")
     if not 0.0 <= args.min_overlap <= 1.0:
@@ -111,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             rows = evaluate_model(args.model, args.data, labels=labels, tolerance_mm=args.tolerance_mm,
                                   min_overlap=args.min_overlap, device=args.device,
-                                  save_dir=args.save_predictions, progress=progress)
+                                  save_dir=args.save_predictions, progress=progress, tta=args.tta,
+                                  cascade=args.cascade)
     finally:
         progress.close()
     if args.csv:
