@@ -14,7 +14,7 @@ to the input grid). Only the network/stitching engine differs:
   and the default cascade setting, with a warm export cache (the one-time export/load
   is timed separately and reported as ``export_s``).
 
-Each run is its own subprocess (peak RSS from ``getrusage`` is then clean); runs are
+Each run is its own subprocess (peak RSS from ``VmHWM``, which restarts at exec); runs are
 interleaved (baseline/tumorseg, order alternating) and the median time is reported.
 Both sides use every usable core. The phantom of each case is written once and reused.
 
@@ -99,7 +99,20 @@ def random_package(folder: Path) -> Path:
 
 
 def peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    """Peak resident memory of this process, MB.
+
+    Linux: ``VmHWM`` from /proc/self/status, which starts afresh at ``exec``.
+    ``getrusage().ru_maxrss`` does NOT: a worker started by a parent that had just
+    generated a 512x512x300 phantom reported the parent's 6 GB peak as its own.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux, bytes on macOS
 
 
 def sync(device: str) -> None:

@@ -21,10 +21,11 @@ import numpy as np
 
 T = TypeVar("T")
 
-# Floor for the Gaussian weights. The exact Gaussian never reaches 0, but a small
-# sigma_scale can underflow float32 in a window's corner; a zero weight would make a
-# voxel covered only by corners divide 0 by 0.
-_MIN_WEIGHT = 1e-6
+# Floor for the Gaussian weights, as MONAI's compute_importance_map (1e-3): the exact
+# Gaussian never reaches 0, but a small sigma_scale underflows float32 in a window's
+# corner, and a zero weight would make a voxel covered only by corners divide 0 by 0.
+# The same floor as MONAI keeps our blended probabilities equal to MONAI's.
+_MIN_WEIGHT = 1e-3
 
 # Guards ceil() against float noise such as 2.0000000000000004 windows.
 _EPS = 1e-9
@@ -43,8 +44,11 @@ def _check_zyx(name: str, values: Sequence[int]) -> tuple[int, int, int]:
 def axis_starts(dim: int, window: int, overlap: float) -> list[int]:
     """Window start indices along one axis of length ``dim`` (requires ``dim >= window``).
 
-    ``n = ceil((dim - window) / step) + 1`` with ``step = window * (1 - overlap)``
-    (at least one voxel), then the starts are ``round(i * (dim - window) / (n - 1))``.
+    The same grid as MONAI's ``sliding_window_inference``: a whole-voxel step
+    ``int(window * (1 - overlap))`` (at least 1), starts ``0, step, 2 step, ...`` and the
+    last window moved back to end flush with the axis. Using MONAI's grid (rather than
+    spreading the starts evenly, as nnU-Net does; neither is more accurate) means a
+    model gives the same label map here as under MONAI, which users compare against.
     """
     if not 0.0 <= overlap < 1.0:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
@@ -54,11 +58,9 @@ def axis_starts(dim: int, window: int, overlap: float) -> list[int]:
         return [0]
     # A step below one voxel (window 1 with any overlap, e.g. 2D-style z windows)
     # would only repeat identical windows.
-    target_step = max(window * (1.0 - overlap), 1.0)
-    n = math.ceil((dim - window) / target_step - _EPS) + 1
-    actual_step = (dim - window) / (n - 1)
-    starts = sorted({int(round(i * actual_step)) for i in range(n)})
-    return starts
+    step = max(int(window * (1.0 - overlap) + _EPS), 1)
+    n = math.ceil((dim - window) / step) + 1
+    return [min(i * step, dim - window) for i in range(n)]
 
 
 def window_starts(
@@ -77,11 +79,12 @@ def window_starts(
 
 
 def gaussian_weights(window_zyx: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
-    """Blending weights of shape ``window_zyx`` (float32), 1 at the centre, all > 0.
+    """Blending weights of shape ``window_zyx`` (float32), largest at the centre, all >= 1e-3.
 
-    Separable Gaussian centred at ``(w - 1) / 2`` on each axis (symmetric for even
-    sizes too), sigma = ``sigma_scale * w``, scaled so the maximum is exactly 1 and
-    floored at 1e-6 so no voxel gets a zero weight. An axis of size 1 gets weight 1.
+    MONAI's ``compute_importance_map(mode="gaussian")``: a product of 1-D Gaussians
+    ``exp(-x^2 / (2 sigma^2))`` centred at ``(w - 1) / 2`` (symmetric for even sizes too;
+    the maximum is then slightly below 1), sigma = ``sigma_scale * w``, floored at 1e-3.
+    An axis of size 1 gets weight 1.
     """
     window = _check_zyx("window_zyx", window_zyx)
     if sigma_scale <= 0:
@@ -91,9 +94,8 @@ def gaussian_weights(window_zyx: Sequence[int], sigma_scale: float = 0.125) -> n
         coords = np.arange(w, dtype=np.float64) - (w - 1) / 2.0
         sigma = sigma_scale * w
         profile = np.exp(-0.5 * (coords / sigma) ** 2)
-        profiles.append(profile / profile.max())
+        profiles.append(profile)
     weights = profiles[0][:, None, None] * profiles[1][None, :, None] * profiles[2][None, None, :]
-    weights /= weights.max()
     return np.maximum(weights, _MIN_WEIGHT).astype(np.float32)
 
 
