@@ -64,7 +64,7 @@ def box_window_count(box: Box, patch_zyx: Sequence[int], overlap: float) -> int:
 def _axis_box_starts(lo: int, hi: int, window: int, dim: int, overlap: float) -> list[int]:
     """Starts along one axis covering [lo, hi) inside an axis of length ``dim >= window``."""
     if hi - lo > window:
-        # nnU-Net tiling of the box itself: evenly spread, first flush with lo, last with hi.
+        # The sliding-window grid of the box itself: first flush with lo, last with hi.
         return [lo + s for s in axis_starts(hi - lo, window, overlap)]
     # One window centred on the box; floor((lo + hi - window) / 2) <= lo and the window
     # still reaches hi, and clamping into [0, dim - window] keeps both true.
