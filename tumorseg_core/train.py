@@ -125,8 +125,8 @@ def _initialize_from_package(model: torch.nn.Module, spec: str) -> None:
 
 def _train_epoch(run: RunData, model: torch.nn.Module, optimizer: Any, scheduler: Any, scaler: Any,
                  loss_fn: Any, epoch: int, device: torch.device, info: dist_utils.DistInfo,
-                 progress: Progress | None, cancel: Callable[[], bool] | None) -> float:
-    """One epoch of ``iterations_per_epoch`` steps; returns the mean loss over ranks."""
+                 progress: Progress | None, cancel: Callable[[], bool] | None) -> tuple[float, float]:
+    """One epoch of ``iterations_per_epoch`` steps; returns (mean loss over ranks, seconds spent waiting for data)."""
     from torch.utils.data import DataLoader, DistributedSampler
 
     config = run.config
@@ -140,7 +140,10 @@ def _train_epoch(run: RunData, model: torch.nn.Module, optimizer: Any, scheduler
     model.train()
     losses = []
     n_iter = config["iterations_per_epoch"]
+    waited = 0.0
+    fetch_started = time.perf_counter()
     for it, batch in enumerate(loader):
+        waited += time.perf_counter() - fetch_started
         if cancel is not None and cancel():
             raise CancelledError(f"training cancelled in epoch {epoch + 1}; resume from the checkpoint of epoch {epoch}")
         image = batch["image"].to(device, non_blocking=True)
@@ -159,7 +162,8 @@ def _train_epoch(run: RunData, model: torch.nn.Module, optimizer: Any, scheduler
         if progress is not None and info.is_main:
             done = (epoch + (it + 1) / n_iter) / config["epochs"]
             progress(done, f"epoch {epoch + 1}/{config['epochs']} loss {np.mean(losses):.4f}")
-    return dist_utils.all_reduce_mean(info, float(np.mean(losses)), device)
+        fetch_started = time.perf_counter()
+    return dist_utils.all_reduce_mean(info, float(np.mean(losses)), device), waited
 
 
 def _validate(run: RunData, model: torch.nn.Module, device: torch.device,
@@ -248,14 +252,18 @@ def train(
                 np.random.seed(epoch_seed)
                 random.seed(epoch_seed)
                 started = time.perf_counter()
-                train_loss = _train_epoch(run, net, optimizer, scheduler, scaler, loss_fn, epoch, device,
-                                          info, progress, cancel)
+                train_loss, waited = _train_epoch(run, net, optimizer, scheduler, scaler, loss_fn, epoch, device,
+                                                  info, progress, cancel)
                 if info.is_main:
-                    val = _validate(run, model, device, cancel) if run.val_cases else {"dice": float("nan")}
+                    val_started = time.perf_counter()
+                    validate = run.val_cases and ((epoch + 1) % config["val_every"] == 0 or epoch + 1 == config["epochs"])
+                    val = _validate(run, model, device, cancel) if validate else {"dice": float("nan")}
                     row = {"epoch": epoch + 1, "train_loss": train_loss,
                            "val_dice": val["dice"] if math.isfinite(val["dice"]) else None,
                            "lr": optimizer.param_groups[0]["lr"],
                            "seconds": round(time.perf_counter() - started, 3),
+                           "data_seconds": round(waited, 3),
+                           "val_seconds": round(time.perf_counter() - val_started, 3) if validate else 0.0,
                            "per_label": val.get("per_label", {})}
                     # Without validation cases the latest weights count as the best.
                     score = row["val_dice"] if row["val_dice"] is not None else -1.0

@@ -191,6 +191,18 @@ def test_init_weights_fine_tunes_from_a_verified_package(full_run, data_dir, tmp
     assert not (tmp_path / "bad").exists()
 
 
+def test_val_every_skips_validation_but_always_validates_the_last_epoch(data_dir, tmp_path):
+    config = dict(TINY, data=str(data_dir), workdir=str(tmp_path / "work"), epochs=3, iterations_per_epoch=1,
+                  val_every=2)
+    train(config, tmp_path / "pkg")
+    rows = _log_rows(tmp_path / "work")
+    assert [r["val_dice"] != "" for r in rows] == [False, True, True]
+    assert [float(r["val_seconds"]) > 0 for r in rows] == [False, True, True]
+    assert all(0 <= float(r["data_seconds"]) <= float(r["seconds"]) for r in rows)
+    with pytest.raises(InputError, match="val_every"):
+        train(dict(config, val_every=0, workdir=str(tmp_path / "w0")), tmp_path / "bad")
+
+
 def test_configuration_errors_are_user_errors(data_dir, tmp_path):
     base = dict(TINY, data=str(data_dir), workdir=str(tmp_path / "work"))
     with pytest.raises(InputError, match="multiple"):

@@ -45,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", help="checkpoints, cache and logs (default PACKAGE_DIR.work)")
     parser.add_argument("--num-workers", type=int, help="DataLoader worker processes (default 0)")
     parser.add_argument("--name", help="package name (default tumorseg-custom)")
+    parser.add_argument("--val-every", type=int, metavar="N", help="validate every N epochs (default 1; always the last)")
     parser.add_argument("--init-weights", metavar="MODEL",
                         help="fine-tune: start from a model package's weights (default, an installed name, folder or zip)")
     resume = parser.add_mutually_exclusive_group()
@@ -103,6 +104,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "name": args.name,
         "amp": args.amp,
         "init_weights": args.init_weights,
+        "val_every": args.val_every,
     }
 
 

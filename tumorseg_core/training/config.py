@@ -68,6 +68,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "cache_dir": None,
     "val_overlap": 0.5,
     "val_sw_batch": 2,
+    "val_every": 1,  # validate every N epochs (and always after the last one)
     "grad_clip": 12.0,
 }
 
@@ -114,7 +115,7 @@ def check_config(config: dict[str, Any]) -> None:
     """Raise InputError for values that cannot work (before any data is read)."""
     if not config.get("data"):
         raise InputError("no training data given; pass a dataset folder, CSV, dataset.json or synthetic:N")
-    for key in ("epochs", "iterations_per_epoch", "batch_size"):
+    for key in ("epochs", "iterations_per_epoch", "batch_size", "val_every"):
         _positive_int(config, key)
     for key in ("spacing", "patch_size"):
         value = config[key]

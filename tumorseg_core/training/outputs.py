@@ -14,7 +14,10 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-LOG_COLUMNS = ("epoch", "train_loss", "val_dice", "lr", "seconds")
+# data_seconds: time the training loop waited for batches (a data-bound run shows it
+# close to seconds - val_seconds, which is where more loader workers or cheaper
+# augmentation pay off); val_seconds: validation time (0 on epochs without validation).
+LOG_COLUMNS = ("epoch", "train_loss", "val_dice", "lr", "seconds", "data_seconds", "val_seconds")
 
 
 def write_log_csv(path: Path, history: list[dict[str, Any]]) -> None:
