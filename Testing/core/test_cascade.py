@@ -49,7 +49,7 @@ def make_predictor(net: nn.Module) -> Predictor:
     return Predictor([net], PATCH, num_outputs=2, device="cpu", overlap=0.5, window_batch=1)
 
 
-def test_cascade_equals_exhaustive_on_lesion_phantom() -> None:
+def test_cascade_matches_exhaustive_on_lesion_phantom() -> None:
     v = phantom()
     net = MeanThresholdNet()
     predictor = make_predictor(net)
