@@ -7,8 +7,9 @@ The transforms take one preprocessed case::
 and return one training patch of the same layout with spatial size ``patch_size_zyx``.
 Order (nnU-Net style, so the expensive spatial resampling runs on a patch, not the case):
 
-1. pad the case to the (enlarged) crop size, then crop with foreground oversampling
-   (``RandCropByPosNegLabeld``, ``pos:neg`` = 2:1 by default);
+1. crop the (enlarged) crop size with foreground oversampling, padding short axes
+   (:class:`~tumorseg_core.augment_crop.RandForegroundCropd`, ``RandCropByPosNegLabeld``
+   semantics from precomputed foreground coordinates; ``pos:neg`` = 2:1 by default);
 2. spatial: rotation + scaling (``RandAffined``, which also centre-crops the enlarged
    crop to the patch so rotated corners are real data, not padding), optional elastic
    deformation, flips along each axis;
@@ -93,28 +94,25 @@ def build_train_transforms(patch_size_zyx: Sequence[int], config: dict[str, Any]
             the defaults.
 
     Returns:
-        ``monai.transforms.Compose`` mapping ``{"image": (C,z,y,x) float32, "label":
-        (1,z,y,x)}`` to a list with one dict of the same keys, spatial size
-        ``patch_size_zyx`` (image float32 tensor, label float tensor of integer values).
+        ``monai.transforms.Compose`` mapping ``{"image": (C,z,y,x) float32 numpy, "label":
+        (1,z,y,x) numpy[, "fg_coords": (N, 3) int]}`` to a dict with image and label of
+        spatial size ``patch_size_zyx`` (image float32 tensor, label float tensor of
+        integer values).
     """
     import monai.transforms as mt
     import numpy as np
+
+    from tumorseg_core.augment_crop import RandForegroundCropd
 
     cfg = augment_config(config)
     patch = [int(p) for p in patch_size_zyx]
     crop = _crop_size_zyx(patch, cfg)
     keys = ["image", "label"]
     chain: list[Any] = [
+        # Pad + foreground-oversampled crop in one cheap copy (RandCropByPosNegLabeld
+        # semantics without scanning the whole label per sample; see augment_crop.py).
+        RandForegroundCropd(keys, "label", crop, pos=float(cfg["pos"]), neg=float(cfg["neg"])),
         mt.EnsureTyped(keys=keys, data_type="tensor", track_meta=False),
-        mt.SpatialPadd(keys=keys, spatial_size=crop, mode="constant"),
-        mt.RandCropByPosNegLabeld(
-            keys=keys,
-            label_key="label",
-            spatial_size=crop,
-            pos=float(cfg["pos"]),
-            neg=float(cfg["neg"]),
-            num_samples=1,
-        ),
     ]
     rot = math.radians(float(cfg["rotation_degrees"])) if cfg["rotation_prob"] > 0 else 0.0
     lo, hi = (float(s) for s in cfg["scale_range"])

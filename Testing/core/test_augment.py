@@ -23,8 +23,8 @@ def _case(shape=(20, 40, 36), channels=2, seed=0):
 def _run(transforms, data, seed):
     transforms.set_random_state(seed=seed)
     out = transforms({k: v.copy() for k, v in data.items()})
-    assert isinstance(out, list) and len(out) == 1
-    return out[0]
+    assert isinstance(out, dict) and set(out) == {"image", "label"}
+    return out
 
 
 def test_output_shapes_and_labels_survive_all_augmentations():
@@ -43,7 +43,6 @@ def test_output_shapes_and_labels_survive_all_augmentations():
         assert np.isfinite(np.asarray(out["image"])).all()
 
 
-@pytest.mark.filterwarnings("ignore:Num foregrounds 0")
 def test_small_case_is_padded_to_the_patch():
     t = build_train_transforms((32, 32, 32), {"rotation_prob": 0.0, "scale_prob": 0.0})
     out = _run(t, _case(shape=(10, 12, 14)), 1)
@@ -71,6 +70,48 @@ def test_foreground_oversampling_centres_crops_on_the_lesion():
     t = build_train_transforms((8, 8, 8), cfg)
     hits = [np.asarray(_run(t, data, s)["label"]).any() for s in range(10)]
     assert not all(hits)
+
+
+def test_foreground_crop_matches_monai_pad_and_crop():
+    """RandForegroundCropd = SpatialPadd + RandCropByPosNegLabeld: padding is symmetric like
+    SpatialPad's, a crop lies inside the case and holds its centre voxel, and precomputed
+    coordinates give the same crops as scanning the label."""
+    import monai.transforms as mt
+
+    from tumorseg_core.augment_crop import COORDS_KEY, RandForegroundCropd, foreground_coordinates
+
+    data = _case(shape=(20, 40, 36))
+    crop = RandForegroundCropd(["image", "label"], "label", (33, 24, 24), pos=1.0, neg=0.0)
+    theirs = mt.SpatialPad((33, 40, 36))(data["image"])  # z is shorter than the crop: padded only
+    for seed in range(6):
+        crop.set_random_state(seed)
+        out = crop(dict(data))
+        assert out["label"].any()  # centred on a lesion voxel
+        z, y, x = crop.center
+        assert 0 <= y - crop_y(crop, 40, 24) < 24 and 0 <= x - crop_y(crop, 36, 24, axis=2) < 24
+        y0, x0 = crop_y(crop, 40, 24), crop_y(crop, 36, 24, axis=2)
+        np.testing.assert_array_equal(out["image"], np.asarray(theirs)[:, :, y0:y0 + 24, x0:x0 + 24])
+        crop.set_random_state(seed)
+        again = crop({**data, COORDS_KEY: foreground_coordinates(data["label"])})
+        assert COORDS_KEY not in again
+        np.testing.assert_array_equal(again["image"], out["image"])
+
+
+def crop_y(crop, dim: int, size: int, axis: int = 1) -> int:
+    from tumorseg_core.augment_crop import crop_start
+
+    return crop_start(crop.center[axis], dim, size)
+
+
+def test_foreground_coordinates_are_bounded_and_exact():
+    from tumorseg_core.augment_crop import MAX_COORDS, foreground_coordinates
+
+    label = np.zeros((1, 30, 30, 30), np.uint8)
+    label[0, 2:22, 2:22, 2:22] = 1  # 8000 voxels
+    coords = foreground_coordinates(label)
+    assert coords.shape == (MAX_COORDS, 3) and coords.dtype == np.int32
+    assert label[0][tuple(coords.T)].all()
+    assert foreground_coordinates(np.zeros((1, 5, 5, 5), np.uint8)).shape == (0, 3)
 
 
 def test_crop_is_enlarged_for_rotation_and_scaling_only():

@@ -9,13 +9,13 @@ resumed from a checkpoint.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from tumorseg_core.augment_crop import COORDS_KEY, foreground_coordinates
 from tumorseg_core.training.cache import CachedCase
 
 
@@ -50,6 +50,8 @@ class PatchDataset(Dataset):
         self.length = int(length)
         self.seed = int(seed)
         self.epoch = 0
+        # Found once here (workers inherit them), so no sample scans a whole label.
+        self.fg_coords = [foreground_coordinates(c.load(mmap=True)["label"], seed=i) for i, c in enumerate(self.cases)]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -59,14 +61,11 @@ class PatchDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-        case = self.cases[int(rng.integers(len(self.cases)))]
-        arrays = case.load(mmap=True)
-        # Copy out of the read-only memory map (MONAI writes into some inputs).
-        data = {"image": np.array(arrays["image"]), "label": np.array(arrays["label"])}
+        which = int(rng.integers(len(self.cases)))
+        arrays = self.cases[which].load(mmap=True)
+        # The crop copies what it needs out of the read-only memory map.
+        data = {"image": arrays["image"], "label": arrays["label"], COORDS_KEY: self.fg_coords[which]}
         self.transforms.set_random_state(seed=int(rng.integers(2**31 - 1)))
-        with warnings.catch_warnings():
-            # Lesion-free cases are expected (they teach "no tumour"); MONAI warns on each.
-            warnings.filterwarnings("ignore", message="Num foregrounds 0")
-            out = self.transforms(data)
+        out = self.transforms(data)
         sample = out[0] if isinstance(out, list) else out
         return {"image": torch.as_tensor(sample["image"]), "label": torch.as_tensor(sample["label"])}
