@@ -58,6 +58,26 @@ class ThresholdNet(nn.Module):
         return torch.cat([torch.zeros_like(x), x - self.threshold], dim=1)
 
 
+def test_stitching_memory_is_bounded_per_voxel() -> None:
+    """Two classes: the foreground sum (4 B), the labels (1 B) and slab temporaries only.
+
+    A full float32 weight map (4 B/voxel more, as before SlabWeights) fails this.
+    """
+    import tracemalloc
+
+    torch.manual_seed(0)
+    predictor = Predictor([nn.Conv3d(1, 2, 1)], (32, 32, 32), num_outputs=2, device="cpu", overlap=0.25)
+    volume = np.random.default_rng(0).normal(size=(1, 96, 160, 160)).astype(np.float32)
+    predictor.predict(volume[:, :32, :32, :32])  # warm: first-call allocations are not the stitching's
+    tracemalloc.start()
+    try:
+        predictor.predict(volume)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak / volume[0].size < 7.0, peak / volume[0].size
+
+
 @pytest.mark.parametrize("overlap,window_batch", [(0.0, 1), (0.25, 3), (0.5, 2)])
 def test_stitching_is_exact(overlap: float, window_batch: int) -> None:
     v = volume()

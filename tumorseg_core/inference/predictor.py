@@ -29,7 +29,7 @@ from tumorseg_core.errors import CancelledError, InputError, ModelPackageError, 
 from tumorseg_core.inference.devices import resolve_device
 from tumorseg_core.inference.predictor_settings import _first_conv_in_channels, _settings_from_manifest
 from tumorseg_core.inference.roi_windows import grid_starts_touching
-from tumorseg_core.inference.sliding_window import gaussian_weights, pad_to_window, window_starts
+from tumorseg_core.inference.sliding_window import SlabWeights, gaussian_weights, pad_to_window, window_starts
 from tumorseg_core.inference.tta import flip_axes_combinations, predict_with_flips
 
 logger = logging.getLogger(__name__)
@@ -221,22 +221,22 @@ class Predictor:
         :func:`~tumorseg_core.inference.roi_windows.roi_window_starts`; they must cover
         every ``region`` voxel (ValueError otherwise).
         """
-        acc, weight, undo = self._stitch(volume, progress, cancel, region, starts)
-        acc, weight = acc[undo], weight[undo]
-        if starts is not None and region is not None and not (weight[np.asarray(region, dtype=bool)] > 0).all():
-            raise ValueError("the given windows leave some region voxels uncovered")
-        labels = np.zeros(weight.shape, dtype=np.uint8)
+        acc, weights = self._stitch(volume, progress, cancel, region, starts)
+        labels = np.zeros(acc.shape[1:], dtype=np.uint8)
         # Dividing by the weight map is unnecessary: it is positive and shared by all
         # channels, so argmax(acc) == argmax(acc / w) and p > 0.5 <=> acc > 0.5 * w.
         for z0 in range(0, labels.shape[0], _LABEL_SLAB):
             zs = slice(z0, z0 + _LABEL_SLAB)
+            weight = weights.slab(z0, min(z0 + _LABEL_SLAB, labels.shape[0]))
+            if starts is not None and region is not None and not (weight[region[zs]] > 0).all():
+                raise ValueError("the given windows leave some region voxels uncovered")
             if self.output_type == "softmax" and len(acc) == 1:  # 2 classes: no argmax temporaries
-                labels[zs] = acc[0, zs] > weight[zs] - acc[0, zs]
+                labels[zs] = acc[0, zs] > weight - acc[0, zs]
             elif self.output_type == "softmax":
-                background = weight[zs] - acc[:, zs].sum(axis=0)  # sum of P(background) x weight
+                background = weight - acc[:, zs].sum(axis=0)  # sum of P(background) x weight
                 labels[zs] = np.argmax(np.concatenate([background[None], acc[:, zs]]), axis=0).astype(np.uint8)
             else:
-                half = 0.5 * weight[zs]
+                half = 0.5 * weight
                 for channel, value in enumerate(self.region_values):
                     labels[zs][acc[channel, zs] > half] = value
         if region is not None:
@@ -251,8 +251,12 @@ class Predictor:
         Softmax: K = num_outputs - 1, channel k-1 is P(label k) (background dropped).
         Sigmoid: K = num_outputs, channel k-1 is P(region k).
         """
-        acc, weight, undo = self._stitch(volume, progress, cancel)
-        return np.ascontiguousarray(acc[undo] / weight[undo][None])
+        acc, weights = self._stitch(volume, progress, cancel)
+        out = np.empty(acc.shape, dtype=np.float32)
+        for z0 in range(0, acc.shape[1], _LABEL_SLAB):
+            z1 = min(z0 + _LABEL_SLAB, acc.shape[1])
+            np.divide(acc[:, z0:z1], weights.slab(z0, z1)[None], out=out[:, z0:z1])
+        return out
 
     # ------------------------------------------------------------------ internals
 
@@ -275,11 +279,12 @@ class Predictor:
     def _stitch(
         self, volume: np.ndarray, progress: ProgressFn | None, cancel: CancelFn | None,
         region: np.ndarray | None = None, explicit: Starts | None = None,
-    ) -> tuple[np.ndarray, np.ndarray, tuple[object, ...]]:
-        """Run the windows; return (acc (K', Z, Y, X), weight (Z, Y, X), undo) on the padded grid.
+    ) -> tuple[np.ndarray, SlabWeights]:
+        """Run the windows; return (acc (K', z, y, x) on the volume's grid, the weights).
 
         ``acc`` holds sum(gaussian x probabilities) of the foreground channels (K' = K - 1
-        for softmax, K for sigmoid) and ``weight`` sum(gaussian) per voxel. Windows:
+        for softmax, K for sigmoid); the weights (sum of gaussians per voxel) are made
+        slab by slab on demand instead of held (4 bytes per voxel less). Windows:
         ``explicit`` starts (padded grid) if given, else the grid, restricted to the
         windows touching ``region`` ((z, y, x) bool) if that is given.
         """
@@ -300,7 +305,6 @@ class Predictor:
             starts = window_starts(spatial, self.patch_size_zyx, self.overlap)
         n = len(starts)
         acc = np.zeros((self.num_outputs - (self.output_type == "softmax"), *spatial), dtype=np.float32)
-        weight = np.zeros(spatial, dtype=np.float32)
         pz, py, px = self.patch_size_zyx
         logger.info(
             "sliding window: %d windows of %s (z, y, x) on %s (%s), batch %d, %d pass(es) x %d network(s)",
@@ -323,11 +327,10 @@ class Predictor:
                 continue  # retry the same windows with the smaller batch / new device
             for (z, y, x), window_out in zip(batch_starts, out):
                 acc[:, z : z + pz, y : y + py, x : x + px] += window_out
-                weight[z : z + pz, y : y + py, x : x + px] += self._gaussian
             done += len(batch_starts)
             if progress is not None:
                 progress(done / n, f"window {done}/{n}")
-        return acc, weight, undo
+        return acc[undo], SlabWeights(self._gaussian, starts, undo, spatial)
 
     def _run_batch(self, windows: torch.Tensor, gaussian: torch.Tensor) -> np.ndarray:
         """(B, C, z, y, x) windows -> Gaussian-weighted mean probabilities, (B, K, z, y, x) numpy."""

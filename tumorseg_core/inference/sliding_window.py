@@ -151,3 +151,37 @@ def batched(iterable: Iterable[T], n: int) -> Iterator[list[T]]:
         if not chunk:
             return
         yield chunk
+
+
+class SlabWeights:
+    """The stitching weight map (sum of the window Gaussians per voxel), made slab by slab.
+
+    Holding it as a full float32 (Z, Y, X) map cost 4 bytes per model-grid voxel for
+    numbers that follow from the window positions alone. :meth:`slab` adds the same
+    Gaussians in the same window order as stitching would, so the values are identical.
+
+    Args:
+        gaussian: (pz, py, px) window weights.
+        starts: window corners (z, y, x) on the padded grid, in stitching order.
+        undo: the ``pad_to_window`` undo tuple (``..., z slice, y slice, x slice``).
+        padded_shape: (Z, Y, X) of the padded grid.
+    """
+
+    def __init__(self, gaussian: np.ndarray, starts: Sequence[tuple[int, int, int]], undo: tuple[object, ...],
+                 padded_shape: Sequence[int]) -> None:
+        self.gaussian = gaussian
+        self.starts = list(starts)
+        self.crop = tuple(undo[1:])  # y and x slices are applied per slab, z via the offset
+        self.z_offset = int(self.crop[0].start or 0)  # type: ignore[union-attr]
+        self.padded_shape = tuple(int(n) for n in padded_shape)
+
+    def slab(self, z0: int, z1: int) -> np.ndarray:
+        """Weights (z1 - z0, y, x) float32 of unpadded slices z0:z1 (y, x unpadded too)."""
+        pz, py, px = self.gaussian.shape
+        lo, hi = z0 + self.z_offset, z1 + self.z_offset
+        out = np.zeros((hi - lo, *self.padded_shape[1:]), dtype=np.float32)
+        for z, y, x in self.starts:
+            a, b = max(z, lo), min(z + pz, hi)
+            if a < b:
+                out[a - lo : b - lo, y : y + py, x : x + px] += self.gaussian[a - z : b - z]
+        return out[(slice(None),) + self.crop[1:]]  # type: ignore[operator]
