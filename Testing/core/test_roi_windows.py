@@ -9,13 +9,14 @@ from torch import nn
 
 from tumorseg_core.inference.predictor import Predictor
 from tumorseg_core.inference.roi_windows import (
+    axis_window_count,
     box_window_count,
     component_boxes,
     grid_starts_touching,
     roi_window_starts,
     uncovered_voxels,
 )
-from tumorseg_core.inference.sliding_window import pad_to_window
+from tumorseg_core.inference.sliding_window import axis_starts, pad_to_window
 
 PATCH = (64, 64, 64)
 SHAPE = (107, 171, 171)
@@ -153,3 +154,11 @@ def test_explicit_windows_are_checked() -> None:
     with pytest.raises(ValueError, match="within"):
         predictor.predict(v, region=region, starts=[(5, 0, 0)])
     assert predictor.predict(v, region=region, starts=[(4, 4, 4)])[18, 18, 18] == (v[0, 18, 18, 18] > 0.5)
+
+
+@pytest.mark.parametrize("overlap", [0.0, 0.25, 0.5, 0.625, 0.75, 0.9])
+def test_window_counts_used_for_merging_match_the_placed_windows(overlap: float) -> None:
+    for window in (1, 2, 7, 16, 64):
+        for length in range(1, window * 4):
+            expected = 1 if length <= window else len(axis_starts(length, window, overlap))
+            assert axis_window_count(length, window, overlap) == expected, (length, window, overlap)

@@ -32,9 +32,6 @@ logger = logging.getLogger(__name__)
 Box = tuple[tuple[int, int, int], tuple[int, int, int]]  # (lo, hi), hi exclusive
 Start = tuple[int, int, int]
 
-# Same guard as sliding_window.axis_starts: ceil() of 2.0000000000000004 windows is 2.
-_EPS = 1e-9
-
 
 def component_boxes(mask: np.ndarray) -> list[Box]:
     """Bounding boxes (lo, hi) of the 26-connected components of a (z, y, x) bool mask."""
@@ -49,10 +46,8 @@ def component_boxes(mask: np.ndarray) -> list[Box]:
 
 def axis_window_count(length: int, window: int, overlap: float) -> int:
     """Windows needed along one axis to tile ``length`` voxels (1 when ``length <= window``)."""
-    if length <= window:
-        return 1
-    step = max(window * (1.0 - overlap), 1.0)  # as in axis_starts
-    return math.ceil((length - window) / step - _EPS) + 1
+    # Counted from axis_starts itself, so the merge decisions always match the placement.
+    return 1 if length <= window else len(axis_starts(length, window, overlap))
 
 
 def box_window_count(box: Box, patch_zyx: Sequence[int], overlap: float) -> int:
