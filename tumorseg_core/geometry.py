@@ -13,7 +13,8 @@ The pipeline's round trip is::
 from __future__ import annotations
 
 import logging
-from typing import Optional, Sequence
+from dataclasses import dataclass
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -30,6 +31,34 @@ _INTERPOLATORS = {
 
 # Which anatomical axis each orientation letter names (one letter per axis in a valid code).
 _AXIS_OF_LETTER = {"L": 0, "R": 0, "P": 1, "A": 1, "S": 2, "I": 2}
+
+
+@dataclass(frozen=True)
+class GridGeometry:
+    """An image grid without its pixels: size, spacing, origin, direction (ITK order).
+
+    Lets the pipeline free an input's voxels once they are on the model grid and still
+    put the labels back on that input's exact grid (values copied bit-exactly).
+    """
+
+    size: tuple[int, ...]
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> "GridGeometry":
+        return cls(tuple(image.GetSize()), tuple(image.GetSpacing()), tuple(image.GetOrigin()),
+                   tuple(image.GetDirection()))
+
+    def apply_to(self, image: sitk.Image) -> sitk.Image:
+        """Set ``image``'s spacing, origin and direction to this grid's (in place); returns it."""
+        if tuple(image.GetSize()) != self.size:
+            raise TumorSegError(f"image size {image.GetSize()} differs from the grid's {self.size}")
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
 
 
 def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
@@ -189,18 +218,20 @@ def oriented_geometry(image: sitk.Image, orientation: Optional[str]) -> tuple[np
     return size[source_axis], spacing[source_axis], tuple(turned.GetDirection())
 
 
-def labels_to_reference(labels: sitk.Image, reference: sitk.Image) -> sitk.Image:
+def labels_to_reference(labels: sitk.Image, reference: Union[sitk.Image, GridGeometry]) -> sitk.Image:
     """Resample a label map (nearest neighbour) onto ``reference``'s exact grid, as uint8.
 
-    The output has ``reference``'s size, spacing, origin and direction copied bit-exactly;
-    voxels outside the label map's extent are 0.
+    ``reference`` is an image or its :class:`GridGeometry` (no voxels needed). The output
+    has its size, spacing, origin and direction copied bit-exactly; voxels outside the
+    label map's extent are 0.
     """
     if labels.GetNumberOfComponentsPerPixel() != 1:
         raise TumorSegError("labels must be a scalar label map; check the prediction output")
     source = labels if labels.GetPixelID() == sitk.sitkUInt8 else sitk.Cast(labels, sitk.sitkUInt8)
-    out = sitk.Resample(source, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    out.CopyInformation(reference)  # guarantees bit-identical geometry
-    return out
+    grid = reference if isinstance(reference, GridGeometry) else GridGeometry.of(reference)
+    out = sitk.Resample(source, grid.size, sitk.Transform(), sitk.sitkNearestNeighbor, grid.origin, grid.spacing,
+                        grid.direction, 0, sitk.sitkUInt8)
+    return grid.apply_to(out)  # guarantees bit-identical geometry
 
 
 def bbox_to_slices(start_xyz: Sequence[int], size_xyz: Sequence[int]) -> tuple[slice, slice, slice]:

@@ -131,12 +131,15 @@ class Segmenter:
                 f"model '{manifest.name}' expects {manifest.num_inputs} input image(s) ({names}), "
                 f"got {len(inputs)}; pass one image per modality in that order"
             )
-        reference = inputs[0]
+        reference = geometry.GridGeometry.of(inputs[0])
         aligned = geometry.align_to_reference(inputs)
         _check_cancel(cancel)
         _report(progress, _READ, "resampling to the model grid")
 
         volume, model_grid = self._prepare(aligned)
+        # The inputs' voxels are not needed any more (only their grid): images this call
+        # read are freed here, before the model and the output's allocations.
+        del inputs, aligned
         _check_cancel(cancel)
         _report(progress, _PREPARE, "running the model")
 
@@ -151,8 +154,7 @@ class Segmenter:
 
         if options.postprocess and manifest.postprocessing:
             labels = postprocess.postprocess_labels(labels, manifest.spacing_xyz, manifest.postprocessing)
-        label_image = sitk.GetImageFromArray(labels.astype(np.uint8, copy=False))
-        label_image.CopyInformation(model_grid)
+        label_image = model_grid.apply_to(sitk.GetImageFromArray(labels.astype(np.uint8, copy=False)))
         result = geometry.labels_to_reference(label_image, reference)
         if options.seeds_lps or options.background_lps:
             from tumorseg_core.refine import keep_clicked_lesions
@@ -164,7 +166,7 @@ class Segmenter:
     def _prepare(self, aligned: list) -> tuple:
         """Resample and normalize every channel on the model grid.
 
-        Returns ``(volume (C, z, y, x) float32, model-grid image of channel 0)``.
+        Returns ``(volume (C, z, y, x) float32, the model grid (channel 0's))``.
         """
         manifest = self.manifest
         prep = manifest.preprocessing or {}
@@ -178,7 +180,7 @@ class Segmenter:
                 prep.get("interpolator", "linear"),
             )
             if model_grid is None:
-                model_grid = on_grid
+                model_grid = geometry.GridGeometry.of(on_grid)  # the grid only: its voxels are freed
             arrays.append(preprocess.normalize(sitk.GetArrayViewFromImage(on_grid), channel.get("normalization", {})))
         return np.stack(arrays).astype(np.float32, copy=False), model_grid
 

@@ -63,6 +63,17 @@ def hole_mask(mask: np.ndarray) -> np.ndarray:
     return is_hole[components]
 
 
+def mask_bbox(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest index box (slices) holding every True voxel of ``mask``; None if empty."""
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
+
+
 def _validate_rule(rule: dict, n: int) -> tuple[int, bool, float, bool]:
     if not isinstance(rule, dict) or "label" not in rule:
         raise ModelPackageError(f"postprocessing rule {n + 1} ({rule!r}) has no 'label'; fix the model manifest")
@@ -100,19 +111,26 @@ def postprocess_labels(labels: np.ndarray, spacing_xyz: Sequence[float], rules: 
     voxel_mm3 = float(np.prod([float(s) for s in spacing_xyz]))
     for n, rule in enumerate(rules or ()):
         label, keep_largest, min_volume, fill_holes = _validate_rule(rule, n)
-        mask = out == label
-        if not mask.any():
+        box = mask_bbox(out == label)
+        if box is None:
             continue
+        # Everything a rule changes lies in the label's bounding box: components of the
+        # label are inside it, and so is every hole (a background voxel outside the box
+        # reaches the array border without crossing the label, and a background
+        # component touching the box's faces continues outside it). Working on the box
+        # is exact and costs memory in proportion to the tumor, not to the volume.
+        crop = out[box]  # a view: the rule edits ``out`` in place
+        mask = crop == label
         kept = mask
         if min_volume > 0:
             kept = remove_small_components(kept, min_volume / voxel_mm3)
         if keep_largest and kept.any():
             kept = keep_largest_component(kept)
         removed = mask & ~kept
-        out[removed] = 0
+        crop[removed] = 0
         if fill_holes and kept.any():
-            filled = hole_mask(kept) & (out == 0)
-            out[filled] = label
+            filled = hole_mask(kept) & (crop == 0)
+            crop[filled] = label
         else:
             filled = np.zeros(0)
         logger.debug("label %d: removed %d voxels, filled %d", label, int(removed.sum()), int(filled.sum()))

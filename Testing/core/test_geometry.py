@@ -11,6 +11,7 @@ from tumorseg_core.geometry import (
     align_to_reference,
     bbox_to_slices,
     crop_image,
+    GridGeometry,
     labels_to_reference,
     reorient,
     same_grid,
@@ -180,6 +181,25 @@ def test_labels_to_reference_nearest_keeps_values(make_image):
     out = labels_to_reference(labels, ref)
     _assert_exact_grid(out, ref)
     assert set(np.unique(sitk.GetArrayViewFromImage(out))) == {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("direction", ["identity", "flipped", "oblique"])
+def test_labels_to_a_grid_geometry_equal_labels_to_the_image(make_image, rotation_direction, direction):
+    """The pipeline frees the input's voxels and keeps its GridGeometry: same labels, same grid."""
+    matrix = {"identity": np.eye(3), "flipped": np.diag([-1.0, 1.0, -1.0]),
+              "oblique": np.asarray(rotation_direction("x", 20.0)).reshape(3, 3) @ np.asarray(rotation_direction("z", 35.0)).reshape(3, 3)}[direction]
+    ref = make_image(size_xyz=(9, 7, 5), spacing=(0.7, 1.1, 3.0), origin=(-10.3, 4.1, 7.7),
+                     direction=tuple(matrix.ravel()))
+    rng = np.random.default_rng(1)
+    labels = make_image(rng.integers(0, 3, size=(4, 6, 6)).astype(np.uint8), spacing=(1.5, 1.5, 1.5),
+                        origin=(-11.0, 3.0, 6.0), pixel_type=sitk.sitkUInt8)
+    grid = GridGeometry.of(ref)
+    out = labels_to_reference(labels, grid)
+    _assert_exact_grid(out, ref)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(out),
+                                  sitk.GetArrayViewFromImage(labels_to_reference(labels, ref)))
+    with pytest.raises(TumorSegError, match="differs from the grid"):
+        grid.apply_to(sitk.Image([2, 2, 2], sitk.sitkUInt8))
 
 
 def test_crop_uncrop_image(make_image):

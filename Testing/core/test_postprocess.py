@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from tumorseg_core.errors import ModelPackageError
-from tumorseg_core.postprocess import connected_components, hole_mask, postprocess_labels
+from tumorseg_core.postprocess import (
+    connected_components,
+    hole_mask,
+    keep_largest_component,
+    mask_bbox,
+    postprocess_labels,
+    remove_small_components,
+)
 
 
 def _scene() -> np.ndarray:
@@ -82,3 +89,50 @@ def test_rules_apply_in_order_and_leave_other_labels():
 def test_bad_rules_raise(rule, match):
     with pytest.raises(ModelPackageError, match=match):
         postprocess_labels(_scene(), (1, 1, 1), [rule])
+
+
+def _full_volume_rules(labels, spacing_xyz, rules):
+    """The rules applied on the whole array (the reference the bounding-box version must equal)."""
+    out = labels.copy()
+    voxel = float(np.prod(spacing_xyz))
+    for rule in rules:
+        label = rule["label"]
+        mask = out == label
+        kept = remove_small_components(mask, rule.get("min_volume_mm3", 0) / voxel)
+        if rule.get("keep_largest") and kept.any():
+            kept = keep_largest_component(kept)
+        out[mask & ~kept] = 0
+        if rule.get("fill_holes") and kept.any():
+            out[hole_mask(kept) & (out == 0)] = label
+    return out
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_bounding_box_processing_equals_the_whole_volume(seed):
+    """Rules run on each label's bounding box; the result must be the whole-volume one,
+    also for labels touching the array border and for hollow shells (holes)."""
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(n) for n in rng.integers(12, 30, size=3))
+    labels = np.zeros(shape, dtype=np.uint8)
+    for _ in range(int(rng.integers(1, 6))):  # blobs of labels 1-2, some hollow, some at the border
+        lo = [int(rng.integers(-3, n - 3)) for n in shape]
+        size = [int(rng.integers(2, 9)) for _ in shape]
+        box = tuple(slice(max(0, a), max(0, a + b)) for a, b in zip(lo, size))
+        value = int(rng.integers(1, 3))
+        labels[box] = value
+        if rng.uniform() < 0.5 and min(b.stop - b.start for b in box) >= 3:
+            inner = tuple(slice(b.start + 1, b.stop - 1) for b in box)
+            labels[inner] = 0 if rng.uniform() < 0.7 else 3 - value
+    labels[rng.uniform(size=shape) < 0.01] = 1  # specks
+    rules = [{"label": 1, "min_volume_mm3": float(rng.integers(0, 20)), "fill_holes": True,
+              "keep_largest": bool(rng.uniform() < 0.3)},
+             {"label": 2, "min_volume_mm3": 4.0, "fill_holes": bool(rng.uniform() < 0.5)}]
+    spacing = (1.0, 0.5, 2.0)
+    np.testing.assert_array_equal(postprocess_labels(labels, spacing, rules), _full_volume_rules(labels, spacing, rules))
+
+
+def test_mask_bbox():
+    mask = np.zeros((5, 6, 7), dtype=bool)
+    assert mask_bbox(mask) is None
+    mask[1, 2, 3] = mask[3, 4, 6] = True
+    assert mask_bbox(mask) == (slice(1, 4), slice(2, 5), slice(3, 7))
