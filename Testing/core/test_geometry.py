@@ -8,10 +8,10 @@ import SimpleITK as sitk
 
 from tumorseg_core.errors import InputError, TumorSegError
 from tumorseg_core.geometry import (
+    GridGeometry,
     align_to_reference,
     bbox_to_slices,
     crop_image,
-    GridGeometry,
     labels_to_reference,
     reorient,
     same_grid,
@@ -196,8 +196,8 @@ def test_labels_to_a_grid_geometry_equal_labels_to_the_image(make_image, rotatio
     grid = GridGeometry.of(ref)
     out = labels_to_reference(labels, grid)
     _assert_exact_grid(out, ref)
-    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(out),
-                                  sitk.GetArrayViewFromImage(labels_to_reference(labels, ref)))
+    from_image = labels_to_reference(labels, ref)  # kept alive: an array view does not own the image
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(out), sitk.GetArrayViewFromImage(from_image))
     with pytest.raises(TumorSegError, match="differs from the grid"):
         grid.apply_to(sitk.Image([2, 2, 2], sitk.sitkUInt8))
 
