@@ -203,6 +203,35 @@ def test_val_every_skips_validation_but_always_validates_the_last_epoch(data_dir
         train(dict(config, val_every=0, workdir=str(tmp_path / "w0")), tmp_path / "bad")
 
 
+def test_separate_validation_set_trains_on_every_case_and_selects_on_it(data_dir, tmp_path, caplog):
+    """val_data: all of ``data`` trains, checkpoints are chosen on the separate set."""
+    val_dir = _make_volumes(tmp_path / "val", n=2)
+    config = dict(TINY, data=str(data_dir), val_data=str(val_dir), workdir=str(tmp_path / "work"), epochs=1,
+                  iterations_per_epoch=1)
+    with caplog.at_level("INFO", logger="tumorseg_core.training.setup"):
+        package = train(config, tmp_path / "pkg")
+    assert "4 training, 2 validation cases" in caplog.text
+    validation = json.loads((Path(package) / "manifest.json").read_text())["metrics"]["validation"]
+    assert validation["cases"] == 2
+    assert "validation:" in validation["data"]
+    # Synthetic validation phantoms are new ones (own seed), never the training phantoms.
+    synth = dict(TINY, data="synthetic:2", val_data="synthetic:2", workdir=str(tmp_path / "w-syn"), epochs=1,
+                 iterations_per_epoch=1, synthetic={"fov_mm": [40, 60], "max_size": 32},
+                 val_synthetic={"fov_mm": [40, 60], "max_size": 32},
+                 augment={"rotation_prob": 0.0, "scale_prob": 0.0})
+    train(synth, tmp_path / "pkg-syn")
+    folders = sorted((tmp_path / "w-syn" / "cache" / "synthetic").glob("phantoms-*"))
+    assert len(folders) == 2
+    first, second = (sitk.GetArrayFromImage(sitk.ReadImage(str(f / "images" / "syn_000.nii.gz"))) for f in folders)
+    assert first.shape != second.shape or not np.array_equal(first, second)
+    # Errors: the training cases themselves, or together with k-fold.
+    with pytest.raises(InputError, match="repeats training cases"):
+        train(dict(config, val_data=str(data_dir), workdir=str(tmp_path / "w2")), tmp_path / "bad")
+    with pytest.raises(InputError, match="exclude each other"):
+        train(dict(config, folds=2, workdir=str(tmp_path / "w3")), tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_configuration_errors_are_user_errors(data_dir, tmp_path):
     base = dict(TINY, data=str(data_dir), workdir=str(tmp_path / "work"))
     with pytest.raises(InputError, match="multiple"):

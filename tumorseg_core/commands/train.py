@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--schedule", choices=("poly", "cosine"))
     parser.add_argument("--loss", choices=("dice", "focal", "dice_ce", "dice_focal"))
     parser.add_argument("--val-fraction", type=float, help="fraction of cases held out (random split)")
+    parser.add_argument("--val-data", metavar="DATASET",
+                        help="separate validation set (folder, CSV, dataset.json or synthetic:N); all of SOURCE trains")
     parser.add_argument("--folds", type=int, help="k-fold cross-validation: number of folds")
     parser.add_argument("--fold", type=int, help="which fold to train (0..folds-1)")
     parser.add_argument("--seed", type=int)
@@ -95,6 +97,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "schedule": args.schedule,
         "loss": args.loss,
         "val_fraction": args.val_fraction,
+        "val_data": args.val_data,
         "folds": args.folds,
         "fold": args.fold,
         "seed": args.seed,

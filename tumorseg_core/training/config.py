@@ -58,6 +58,11 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "augment": {},
     "init_weights": None,  # fine-tune from a model package ("default", an installed name, folder or zip)
     "val_fraction": 0.2,
+    # A separate validation set (folder, CSV, dataset.json or "synthetic:N"); when given,
+    # every case of ``data`` trains and val_fraction/folds are not used. Choose it like
+    # the data the model will meet: checkpoints are selected on it.
+    "val_data": None,
+    "val_synthetic": {},  # options for val_data "synthetic:N" (own phantoms: seed + VAL_SEED_OFFSET)
     "folds": None,
     "fold": 0,
     "seed": 0,
@@ -76,7 +81,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
 _IDENTITY_KEYS = ("data", "synthetic", "architecture", "kwargs", "inputs", "spacing", "orientation",
                   "patch_size", "output", "loss", "loss_options", "class_weights", "optimizer", "seed",
                   "val_fraction", "folds", "fold", "augment", "batch_size", "iterations_per_epoch",
-                  "init_weights")
+                  "init_weights", "val_data", "val_synthetic")
+# Validation phantoms use seed + this, so they never repeat a training phantom.
+VAL_SEED_OFFSET = 1_000_003
 
 
 def load_config(path: Path | str) -> dict[str, Any]:
@@ -88,9 +95,10 @@ def load_config(path: Path | str) -> dict[str, Any]:
         raise InputError(f"could not read config {p} ({exc}); give a JSON object file") from exc
     if not isinstance(raw, dict):
         raise InputError(f"config {p} is not a JSON object; write {{\"data\": ..., ...}}")
-    data = raw.get("data")
-    if isinstance(data, str) and not data.startswith("synthetic:") and not Path(data).is_absolute():
-        raw["data"] = str((p.parent / data).resolve())
+    for key in ("data", "val_data"):
+        data = raw.get(key)
+        if isinstance(data, str) and not data.startswith("synthetic:") and not Path(data).is_absolute():
+            raw[key] = str((p.parent / data).resolve())
     return raw
 
 
@@ -133,6 +141,12 @@ def check_config(config: dict[str, Any]) -> None:
         raise InputError("training supports output type 'softmax' only; set output.type to softmax")
     if config["folds"] is not None and (not isinstance(config["folds"], int) or config["folds"] < 2):
         raise InputError(f"folds must be an integer >= 2 (or null for a random split), got {config['folds']!r}")
+    if config["val_data"] is not None and config["folds"] is not None:
+        raise InputError("val_data and folds exclude each other: k-fold validates on the data's own folds; drop one")
+    if config["val_data"] is not None and (not isinstance(config["val_data"], str) or not config["val_data"]):
+        raise InputError(f"val_data must be a dataset path or synthetic:N, got {config['val_data']!r}")
+    if not isinstance(config["val_synthetic"], dict):
+        raise InputError(f"val_synthetic must be an object of synthetic options, got {config['val_synthetic']!r}")
 
 
 def default_labels(names: dict[int, str] | None) -> list[dict[str, Any]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -12,7 +12,7 @@ from tumorseg_core.datasets import DatasetSource, kfold, load_dataset, split_cas
 from tumorseg_core.errors import InputError, ModelPackageError
 from tumorseg_core.training import distributed as dist_utils
 from tumorseg_core.training.cache import CachedCase, PreprocessConfig, cache_cases
-from tumorseg_core.training.config import default_inputs, default_labels
+from tumorseg_core.training.config import VAL_SEED_OFFSET, default_inputs, default_labels
 from tumorseg_core.training.patches import PatchDataset
 
 logger = logging.getLogger(__name__)
@@ -36,9 +36,9 @@ class RunData:
     description: str
 
 
-def resolve_source(config: dict[str, Any], cache_dir: Path) -> DatasetSource:
-    """The cases named by ``config["data"]`` (generating phantoms for ``synthetic:N``)."""
-    data = str(config["data"])
+def resolve_source(config: dict[str, Any], cache_dir: Path, validation: bool = False) -> DatasetSource:
+    """The cases named by ``config["data"]`` (or ``val_data``), generating phantoms for ``synthetic:N``."""
+    data = str(config["val_data" if validation else "data"])
     if data.startswith("synthetic:"):
         from tumorseg_core.training.synthetic_data import synthetic_source
 
@@ -46,10 +46,35 @@ def resolve_source(config: dict[str, Any], cache_dir: Path) -> DatasetSource:
             n = int(data.split(":", 1)[1])
         except ValueError:
             n = 0
-        if n < 2:
+        if n < (1 if validation else 2):
             raise InputError(f"'{data}' is not a valid synthetic source; write synthetic:N with N >= 2 cases")
+        if validation:
+            return synthetic_source(n, int(config["seed"]) + VAL_SEED_OFFSET, config["val_synthetic"],
+                                    cache_dir / "synthetic")
         return synthetic_source(n, int(config["seed"]), config["synthetic"], cache_dir / "synthetic")
     return load_dataset(Path(data).expanduser())
+
+
+def _split(config: dict[str, Any], source: DatasetSource, cache_dir: Path, info: dist_utils.DistInfo) -> tuple:
+    """(train cases, validation cases, description): a separate val_data set, k-fold or a random split."""
+    if config["val_data"]:
+        val_source = _main_first(info, lambda: resolve_source(config, cache_dir, validation=True))
+        if val_source.labels and source.labels and set(val_source.labels) - set(source.labels):
+            raise InputError(
+                f"val_data has label values {sorted(val_source.labels)} that the training data lacks "
+                f"({sorted(source.labels)}); validate on data labelled like the training data"
+            )
+        trained = {Path(case.label).resolve() for case in source.cases}
+        if any(Path(case.label).resolve() in trained for case in val_source.cases):
+            raise InputError("val_data repeats training cases; validate on cases the model does not train on")
+        ids = {case.id for case in source.cases}
+        val = [replace(case, id=f"val_{case.id}") if case.id in ids else case for case in val_source.cases]
+        return list(source.cases), val, f"{source.description}; validation: {val_source.description}"
+    if config["folds"]:
+        train, val = kfold(source.cases, int(config["folds"]), int(config["fold"]), int(config["seed"]))
+    else:
+        train, val = split_cases(source.cases, float(config["val_fraction"]), int(config["seed"]))
+    return train, val, source.description
 
 
 def _count_channels(source: DatasetSource) -> int:
@@ -98,7 +123,7 @@ def prepare_data(config: dict[str, Any], workdir: Path, info: dist_utils.DistInf
     config = copy.deepcopy(config)
     cache_dir = Path(config["cache_dir"] or workdir / "cache").expanduser().resolve()
     source = _main_first(info, lambda: resolve_source(config, cache_dir))
-    if len(source.cases) < 2 and (config["val_fraction"] > 0 or config["folds"]):
+    if len(source.cases) < 2 and not config["val_data"] and (config["val_fraction"] > 0 or config["folds"]):
         raise InputError(f"{len(source.cases)} case(s) are too few to validate; add cases or set val_fraction 0")
     if config["inputs"] is None:
         config["inputs"] = default_inputs(source.modalities, _count_channels(source))
@@ -108,10 +133,7 @@ def prepare_data(config: dict[str, Any], workdir: Path, info: dist_utils.DistInf
     kwargs = _network_kwargs(config, len(config["inputs"]), max(values) + 1)
     config["augment"] = augment_config(config["augment"])
 
-    if config["folds"]:
-        train, val = kfold(source.cases, int(config["folds"]), int(config["fold"]), int(config["seed"]))
-    else:
-        train, val = split_cases(source.cases, float(config["val_fraction"]), int(config["seed"]))
+    train, val, description = _split(config, source, cache_dir, info)
     pre = PreprocessConfig(
         spacing_xyz=tuple(float(s) for s in config["spacing"]),
         orientation=config["orientation"],
@@ -124,6 +146,5 @@ def prepare_data(config: dict[str, Any], workdir: Path, info: dist_utils.DistInf
     transforms = build_train_transforms(patch_zyx, config["augment"])
     length = config["iterations_per_epoch"] * config["batch_size"] * info.world_size
     patches = PatchDataset(train_cached, transforms, length, int(config["seed"]))
-    description = source.description
     logger.info("data: %s; %d training, %d validation cases", description, len(train), len(val))
     return RunData(config, kwargs, patches, train_cached, val_cached, patch_zyx, description)  # type: ignore[arg-type]
