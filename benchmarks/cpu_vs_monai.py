@@ -153,8 +153,7 @@ def run_baseline(source, model: str, out: str | None, device: str = "cpu", sw_ba
         labels = torch.argmax(probs[0], 0).to(torch.uint8).cpu().numpy()
     if manifest.postprocessing:
         labels = postprocess.postprocess_labels(labels, manifest.spacing_xyz, manifest.postprocessing)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(labels))
-    image.CopyInformation(grid)
+    image = grid.apply_to(sitk.GetImageFromArray(np.ascontiguousarray(labels)))
     result = geometry.labels_to_reference(image, inputs[0])
     sync(device)
     seconds = time.perf_counter() - started

@@ -23,13 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cpu_vs_monai import CASES, make_case  # noqa: E402
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", default="mri256", choices=sorted(CASES))
     parser.add_argument("--model", default="default")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--work", default=None, help="folder for the phantom and output (default: a temp folder)")
+    args = parser.parse_args(argv)
 
     from tumorseg_core import geometry, postprocess
     from tumorseg_core.inference.devices import configure_threads
@@ -37,7 +38,7 @@ def main() -> None:
     from tumorseg_core.pipeline import Segmenter, SegmentOptions
 
     configure_threads()
-    work = Path(tempfile.mkdtemp(prefix="tumorseg-breakdown-"))
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="tumorseg-breakdown-"))
     image_path = make_case(args.case, work)
     segmenter = Segmenter(args.model, "cpu", backend=args.backend)
     segmenter.segment(str(image_path))  # warm-up: export/load once, like a warm Slicer worker
@@ -58,12 +59,11 @@ def main() -> None:
     manifest = segmenter.manifest
     labels = timed("postprocess", postprocess.postprocess_labels, labels, manifest.spacing_xyz,
                    manifest.postprocessing)
-    label_image = sitk.GetImageFromArray(np.ascontiguousarray(labels))
-    label_image.CopyInformation(grid)
+    label_image = grid.apply_to(sitk.GetImageFromArray(np.ascontiguousarray(labels)))
     result = timed("labels to input grid", geometry.labels_to_reference, label_image, inputs[0])
     timed("write .seg.nrrd", write_labelmap, result, str(work / "out.seg.nrrd"))
     total = round(sum(stages.values()), 2)
-    report = {"case": args.case, "size_xyz": list(inputs[0].GetSize()), "model_grid_xyz": list(grid.GetSize()),
+    report = {"case": args.case, "size_xyz": list(inputs[0].GetSize()), "model_grid_xyz": list(grid.size),
               "backend": predictor.backend,
               "stages_s": stages, "total_s": total}
     if args.json:
