@@ -201,3 +201,37 @@ def test_softmax_accumulates_foreground_only_and_matches_direct_argmax(classes: 
         direct = torch.softmax(conv(torch.from_numpy(v)[None]), 1)[0]
     np.testing.assert_array_equal(predictor.predict(v), direct.argmax(0).numpy().astype(np.uint8))
     np.testing.assert_allclose(predictor.predict_probabilities(v), direct[1:].numpy(), atol=1e-5)
+
+
+def test_openvino_is_imported_without_its_usage_telemetry(tmp_path) -> None:
+    """``import openvino`` would report usage through a forked process (which hung forever in
+    the worker); TumorSeg binds the converter's no-op stub instead and forks nothing."""
+    pytest.importorskip("openvino")
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import multiprocessing, sys, time\n"
+        "from tumorseg_core.inference.backends.openvino_backend import import_openvino\n"
+        "ov = import_openvino()\n"
+        "from openvino.tools.ovc import telemetry_utils\n"
+        "time.sleep(0.5)\n"
+        "print(telemetry_utils.tm.__name__, 'openvino_telemetry' in sys.modules, len(multiprocessing.active_children()))\n"
+    )
+    # Outside CI, with no opt-out file: the situation of a user's machine.
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    env["HOME"] = str(tmp_path)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, encoding="utf-8", env=env,
+                          cwd=Path(__file__).resolve().parents[2], timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["openvino.tools.ovc.telemetry_stub", "False", "0"]
+
+
+def test_openvino_is_imported_only_through_import_openvino() -> None:
+    root = Path(__file__).resolve().parents[2]
+    offenders = [str(p.relative_to(root)) for p in (root / "tumorseg_core").rglob("*.py")
+                 if p.name != "openvino_backend.py"
+                 and any(line.strip().startswith(("import openvino", "from openvino"))
+                         for line in p.read_text(encoding="utf-8").splitlines())]
+    assert offenders == []

@@ -172,8 +172,9 @@ def ensure_openvino(spec: ExportSpec, root: Path | None = None) -> Path:
     folder = export_folder("openvino", spec, root)
 
     def build(tmp: Path) -> None:
-        import openvino as ov
+        from tumorseg_core.inference.backends.openvino_backend import import_openvino
 
+        ov = import_openvino()
         onnx_path = ensure_onnx(spec, root) / "model.onnx"
         logger.info("converting the ONNX export to OpenVINO IR; this happens once per model")
         # Core.read_model, not ov.convert_model: the converter's telemetry forks a process that

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -11,6 +13,29 @@ import torch
 from tumorseg_core.inference.devices import usable_cpu_count
 
 logger = logging.getLogger(__name__)
+
+
+def import_openvino() -> ModuleType:
+    """``import openvino`` without OpenVINO's usage telemetry.
+
+    ``import openvino`` imports its model converter, which sends a "general_import" event to
+    an analytics service through a process forked from a helper thread, unless the user
+    opted out. A medical imaging tool must not report its use, and the fork deadlocks in a
+    process that has other threads (TumorSeg's worker: its stdin reader holds stdin's lock,
+    so each forked sender hung forever holding a copy of the worker's memory). With the
+    telemetry package unimportable during the import, the converter binds its bundled
+    no-op stub instead; the package is importable again afterwards for anyone else.
+    """
+    if "openvino" not in sys.modules and "openvino_telemetry" not in sys.modules:
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # import -> ImportError
+        try:
+            import openvino
+        finally:
+            del sys.modules["openvino_telemetry"]
+        return openvino
+    import openvino
+
+    return openvino
 
 
 class OpenVinoRunner:
@@ -28,8 +53,7 @@ class OpenVinoRunner:
     name = "openvino"
 
     def __init__(self, folder: Path, threads: int | None = None) -> None:
-        import openvino as ov
-
+        ov = import_openvino()
         core = ov.Core()
         model = core.read_model(str(Path(folder) / "model.xml"))
         self.threads = int(threads or usable_cpu_count())
