@@ -33,6 +33,9 @@ from tumorseg_core.errors import InputError
 DEFAULT_AUGMENT: dict[str, Any] = {
     "pos": 2.0,  # foreground-centred crops per background-centred crop
     "neg": 1.0,
+    # Foreground crop centres: "voxel" (any foreground voxel, RandCropByPosNegLabeld) or
+    # "lesion" (a lesion drawn uniformly first: small lesions as often as big ones).
+    "fg_sampling": "voxel",
     "rotation_prob": 0.2,
     "rotation_degrees": 30.0,  # +/- around each axis
     "scale_prob": 0.2,
@@ -63,6 +66,8 @@ def augment_config(config: dict[str, Any] | None) -> dict[str, Any]:
                 f"unknown augmentation setting {key!r}; use one of: {', '.join(sorted(DEFAULT_AUGMENT))}"
             )
         merged[key] = value
+    if merged["fg_sampling"] not in ("voxel", "lesion"):
+        raise InputError(f"augmentation fg_sampling={merged['fg_sampling']!r} is unknown; use voxel or lesion")
     for key, value in merged.items():
         if key.endswith("_prob") and not 0.0 <= float(value) <= 1.0:
             raise InputError(f"augmentation {key}={value} is not a probability; use a value in 0..1")
@@ -111,7 +116,8 @@ def build_train_transforms(patch_size_zyx: Sequence[int], config: dict[str, Any]
     chain: list[Any] = [
         # Pad + foreground-oversampled crop in one cheap copy (RandCropByPosNegLabeld
         # semantics without scanning the whole label per sample; see augment_crop.py).
-        RandForegroundCropd(keys, "label", crop, pos=float(cfg["pos"]), neg=float(cfg["neg"])),
+        RandForegroundCropd(keys, "label", crop, pos=float(cfg["pos"]), neg=float(cfg["neg"]),
+                            per_lesion=cfg["fg_sampling"] == "lesion"),
         mt.EnsureTyped(keys=keys, data_type="tensor", track_meta=False),
     ]
     rot = math.radians(float(cfg["rotation_degrees"])) if cfg["rotation_prob"] > 0 else 0.0

@@ -126,3 +126,43 @@ def test_bad_settings_are_user_errors():
         augment_config({"rotate": 1})
     with pytest.raises(InputError, match="probability"):
         augment_config({"flip_prob": 2})
+
+
+def test_per_lesion_sampling_centres_small_lesions_as_often_as_big_ones():
+    """fg_sampling "lesion": every lesion keeps coordinates (a random 4096-voxel subset of
+    a 27000-voxel lesion would leave a 27-voxel one ~4 of them) and foreground crops pick
+    lesions uniformly; "voxel" keeps RandCropByPosNegLabeld's voxel-weighted draw."""
+    from tumorseg_core.augment_crop import MAX_COORDS, RandForegroundCropd, foreground_coordinates
+
+    label = np.zeros((1, 48, 48, 48), np.uint8)
+    label[0, 2:32, 2:32, 2:32] = 1  # big lesion: 27000 voxels
+    label[0, 40:43, 40:43, 40:43] = 1  # small lesion: 27 voxels
+    coords = foreground_coordinates(label, seed=0, per_lesion=True)
+    assert coords.shape[1] == 4 and len(coords) <= MAX_COORDS + 2
+    assert sorted(np.unique(coords[:, 3]).tolist()) == [1, 2]
+    small_id = int(coords[(coords[:, 0] == 40) & (coords[:, 1] == 40) & (coords[:, 2] == 40), 3][0])
+    assert np.sum(coords[:, 3] == small_id) == 27  # all of the small lesion is kept
+    assert all(label[0, z, y, x] for z, y, x in coords[:, :3])
+
+    def small_share(per_lesion: bool) -> float:
+        crop = RandForegroundCropd(["label"], "label", (8, 8, 8), pos=1.0, neg=0.0, per_lesion=per_lesion)
+        data = {"label": label}
+        hits = 0
+        for seed in range(400):
+            crop.set_random_state(seed)
+            crop(dict(data))
+            hits += min(crop.center) >= 40
+        return hits / 400
+
+    assert 0.4 < small_share(True) < 0.6
+    assert small_share(False) < 0.02
+    with pytest.raises(ValueError, match="per_lesion=True"):
+        bad = RandForegroundCropd(["label"], "label", (8, 8, 8), pos=1.0, neg=0.0, per_lesion=True)
+        bad({"label": label, "fg_coords": foreground_coordinates(label)})
+    assert foreground_coordinates(np.zeros((4, 4, 4)), per_lesion=True).shape == (0, 4)
+
+
+def test_fg_sampling_setting_is_checked():
+    with pytest.raises(InputError, match="fg_sampling"):
+        augment_config({"fg_sampling": "component"})
+    assert augment_config({"fg_sampling": "lesion"})["fg_sampling"] == "lesion"

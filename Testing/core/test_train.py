@@ -207,7 +207,7 @@ def test_separate_validation_set_trains_on_every_case_and_selects_on_it(data_dir
     """val_data: all of ``data`` trains, checkpoints are chosen on the separate set."""
     val_dir = _make_volumes(tmp_path / "val", n=2)
     config = dict(TINY, data=str(data_dir), val_data=str(val_dir), workdir=str(tmp_path / "work"), epochs=1,
-                  iterations_per_epoch=1)
+                  iterations_per_epoch=1, augment={"fg_sampling": "lesion"})
     with caplog.at_level("INFO", logger="tumorseg_core.training.setup"):
         package = train(config, tmp_path / "pkg")
     assert "4 training, 2 validation cases" in caplog.text
@@ -230,6 +230,20 @@ def test_separate_validation_set_trains_on_every_case_and_selects_on_it(data_dir
     with pytest.raises(InputError, match="exclude each other"):
         train(dict(config, folds=2, workdir=str(tmp_path / "w3")), tmp_path / "bad")
     assert not (tmp_path / "bad").exists()
+
+
+def test_settings_added_later_keep_older_checkpoints_resumable():
+    """val_data, val_synthetic and augment.fg_sampling enter the resume hash only when set."""
+    from tumorseg_core.augment import augment_config
+    from tumorseg_core.training.config import config_hash, merge_config
+
+    new = merge_config({"data": "synthetic:4"}, {})
+    new["augment"] = augment_config({})
+    old = {k: v for k, v in new.items() if k not in ("val_data", "val_synthetic")}
+    old["augment"] = {k: v for k, v in new["augment"].items() if k != "fg_sampling"}
+    assert config_hash(old) == config_hash(new)
+    assert config_hash({**new, "val_data": "synthetic:4"}) != config_hash(new)
+    assert config_hash({**new, "augment": {**new["augment"], "fg_sampling": "lesion"}}) != config_hash(new)
 
 
 def test_configuration_errors_are_user_errors(data_dir, tmp_path):

@@ -171,7 +171,17 @@ def default_inputs(modalities: list[str] | None, n_channels: int) -> list[dict[s
     return inputs
 
 
+# Settings added after checkpoints existed enter the hash only when they differ from these
+# values, so a run checkpointed before they existed still resumes.
+_LATER_DEFAULTS = {"val_data": None, "val_synthetic": {}}
+_LATER_AUGMENT_DEFAULTS = {"fg_sampling": "voxel"}
+
+
 def config_hash(config: dict[str, Any]) -> str:
     """Hash of the keys that define the training run (see ``_IDENTITY_KEYS``)."""
-    identity = {k: config.get(k) for k in _IDENTITY_KEYS}
+    identity = {k: config.get(k) for k in _IDENTITY_KEYS
+                if k not in _LATER_DEFAULTS or config.get(k, _LATER_DEFAULTS[k]) != _LATER_DEFAULTS[k]}
+    if isinstance(identity.get("augment"), dict):
+        identity["augment"] = {k: v for k, v in identity["augment"].items()
+                               if k not in _LATER_AUGMENT_DEFAULTS or v != _LATER_AUGMENT_DEFAULTS[k]}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode("utf-8")).hexdigest()[:16]

@@ -42,7 +42,8 @@ class PatchDataset(Dataset):
     rebuilt or non-persistent so workers see the new epoch).
     """
 
-    def __init__(self, cases: Sequence[CachedCase], transforms: Any, length: int, seed: int) -> None:
+    def __init__(self, cases: Sequence[CachedCase], transforms: Any, length: int, seed: int,
+                 per_lesion: bool = False) -> None:
         if not cases:
             raise ValueError("PatchDataset needs at least one case")
         self.cases = list(cases)
@@ -51,7 +52,8 @@ class PatchDataset(Dataset):
         self.seed = int(seed)
         self.epoch = 0
         # Found once here (workers inherit them), so no sample scans a whole label.
-        self.fg_coords = [foreground_coordinates(c.load(mmap=True)["label"], seed=i) for i, c in enumerate(self.cases)]
+        self.fg_coords = [foreground_coordinates(c.load(mmap=True)["label"], seed=i, per_lesion=per_lesion)
+                          for i, c in enumerate(self.cases)]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)

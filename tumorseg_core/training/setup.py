@@ -145,6 +145,7 @@ def prepare_data(config: dict[str, Any], workdir: Path, info: dist_utils.DistInf
     patch_zyx = tuple(int(p) for p in config["patch_size"][::-1])
     transforms = build_train_transforms(patch_zyx, config["augment"])
     length = config["iterations_per_epoch"] * config["batch_size"] * info.world_size
-    patches = PatchDataset(train_cached, transforms, length, int(config["seed"]))
+    patches = PatchDataset(train_cached, transforms, length, int(config["seed"]),
+                           per_lesion=config["augment"]["fg_sampling"] == "lesion")
     logger.info("data: %s; %d training, %d validation cases", description, len(train), len(val))
     return RunData(config, kwargs, patches, train_cached, val_cached, patch_zyx, description)  # type: ignore[arg-type]
