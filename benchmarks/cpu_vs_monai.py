@@ -30,7 +30,7 @@ the CPU. Also reported: peak GPU memory of the timed run
 (``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()``; the CUDA
 context itself is not included), the GPU name and the torch/MONAI versions. Usage::
 
-    python benchmarks/cpu_vs_monai.py [--json] [--device cpu|cuda] [--model PATH|default|random]
+    python benchmarks/cpu_vs_monai.py [--json] [--device cpu|cuda] [--model default|PATH|random]
         [--cases mri160 mri256 ct512] [--repeats 3] [--cascade]
 """
 
@@ -290,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="one JSON object per case")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where both sides run (default cpu)")
-    parser.add_argument("--model", default="random", help="package path, 'default', or 'random' (random-init unet3d)")
+    parser.add_argument("--model", default="default",
+                        help="package path, 'default' (the shipped model, the issue's setting) or 'random' (random-init unet3d)")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cascade", action="store_true", help="TumorSeg side with cascade=True")
