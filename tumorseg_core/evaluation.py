@@ -33,7 +33,9 @@ logger = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 LABEL_EXTENSIONS: tuple[str, ...] = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
-CSV_COLUMNS: tuple[str, ...] = ("case", "label", "name") + metrics.METRIC_KEYS + metrics.LESION_KEYS
+CSV_COLUMNS: tuple[str, ...] = (
+    ("case", "label", "name") + metrics.METRIC_KEYS + metrics.LESION_KEYS + metrics.LESION_SIZE_KEYS
+)
 # (data images folder, labels folder) layouts evaluate_model accepts, in the order tried.
 DATA_LAYOUTS: tuple[tuple[str, str], ...] = (("imagesTr", "labelsTr"), ("images", "labels"),
                                               ("imagesTs", "labelsTs"))
@@ -299,11 +301,12 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: PathLike) -> Path:
 def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, Any]]:
     """Per-label summary of rows.
 
-    Returns ``{label value: {"name", "cases", "metrics": {key: {"mean", "sd", "n",
-    "excluded"}}, "lesions_truth", "lesions_found", "lesions_missed", "lesions_fp"}}``:
-    NaN-aware mean and sample sd (NaN with fewer than two values) over the ``n`` cases
-    where the metric is defined; ``excluded`` counts the NaN (undefined) cases; lesion
-    counts are totals over cases.
+    Returns ``{label value: {"name", "cases", "metrics": {key: {"mean", "sd", "median",
+    "n", "excluded"}}, "lesions_truth", "lesions_found", "lesions_missed", "lesions_fp",
+    and the per-diameter lesion counts}}``: NaN-aware mean, sample sd (NaN with fewer
+    than two values) and median over the ``n`` cases where the metric is defined;
+    ``excluded`` counts the NaN (undefined) cases; lesion counts are totals over cases
+    (a row without per-diameter counts, e.g. from an older CSV, adds none).
     """
     summary: dict[int, dict[str, Any]] = {}
     for value in sorted({int(r["label"]) for r in rows}):
@@ -315,11 +318,14 @@ def summarize(rows: Sequence[Mapping[str, Any]]) -> dict[int, dict[str, Any]]:
             entry["metrics"][key] = {
                 "mean": float(defined.mean()) if defined.size else math.nan,
                 "sd": float(defined.std(ddof=1)) if defined.size > 1 else math.nan,
+                "median": float(np.median(defined)) if defined.size else math.nan,
                 "n": int(defined.size),
                 "excluded": int(values.size - defined.size),
             }
         for key in metrics.LESION_KEYS:
             entry[key] = int(sum(int(r[key]) for r in group))
+        for key in metrics.LESION_SIZE_KEYS:
+            entry[key] = int(sum(int(r[key]) for r in group if r.get(key, "") not in ("", None)))
         summary[value] = entry
     return summary
 
@@ -348,6 +354,19 @@ def _cell(stats: Mapping[str, Any], fmt: str) -> str:
     return text + (f" [{stats['excluded']} excl]" if stats["excluded"] else "")
 
 
+def _median_cell(stats: Mapping[str, Any]) -> str:
+    return "n/a" if stats["n"] == 0 else format(stats["median"], ".3f")
+
+
+def _diameter_names() -> list[str]:
+    return [key[len("lesions_truth_"):] for key in metrics.LESION_SIZE_KEYS if key.startswith("lesions_truth_")]
+
+
+def _diameter_titles() -> list[str]:
+    edges = [f"{b:g}" for b in metrics.DIAMETER_BINS_MM]
+    return [f"< {edges[0]} mm"] + [f"{a}-{b} mm" for a, b in zip(edges, edges[1:])] + [f">= {edges[-1]} mm"]
+
+
 def format_table(summary: Mapping[int, Mapping[str, Any]]) -> str:
     """Plain-text table of a :func:`summarize` result: one column per label, one row per metric."""
     if not summary:
@@ -356,7 +375,12 @@ def format_table(summary: Mapping[int, Mapping[str, Any]]) -> str:
     lines: list[list[str]] = [header, ["cases"] + [str(e["cases"]) for e in summary.values()]]
     for key, title, fmt in _TABLE_ROWS:
         lines.append([title] + [_cell(e["metrics"][key], fmt) for e in summary.values()])
+        if key == "dice":
+            lines.append(["Dice (median)"] + [_median_cell(e["metrics"][key]) for e in summary.values()])
     lines.append(["Lesions found/truth"] + [f"{e['lesions_found']}/{e['lesions_truth']}" for e in summary.values()])
+    for name, title in zip(_diameter_names(), _diameter_titles()):
+        lines.append([f"  found, diameter {title}"]
+                     + [f"{e[f'lesions_found_{name}']}/{e[f'lesions_truth_{name}']}" for e in summary.values()])
     lines.append(["Lesions missed"] + [str(e["lesions_missed"]) for e in summary.values()])
     lines.append(["False-positive lesions"] + [str(e["lesions_fp"]) for e in summary.values()])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]

@@ -75,6 +75,18 @@ METRIC_KEYS: tuple[str, ...] = (
     "volume_pred_mm3", "volume_truth_mm3", "volume_error_mm3", "volume_error_rel",
 )
 LESION_KEYS: tuple[str, ...] = ("lesions_truth", "lesions_found", "lesions_missed", "lesions_fp")
+# Truth lesions by equivalent-sphere diameter (mm): small lesions are the ones models miss.
+DIAMETER_BINS_MM: tuple[float, ...] = (10.0, 20.0)
+
+
+def _bin_names(bins_mm: Sequence[float]) -> list[str]:
+    edges = [f"{b:g}" for b in bins_mm]
+    return [f"lt{edges[0]}mm"] + [f"{a}to{b}mm" for a, b in zip(edges, edges[1:])] + [f"ge{edges[-1]}mm"]
+
+
+LESION_SIZE_KEYS: tuple[str, ...] = tuple(
+    f"lesions_{kind}_{name}" for name in _bin_names(DIAMETER_BINS_MM) for kind in ("truth", "found")
+)
 
 
 def _masks(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -236,6 +248,7 @@ def lesion_detection(
     min_overlap: float = 0.0,
     connectivity: int = 26,
     min_volume_mm3: float = 0.0,
+    by_diameter: bool = False,
 ) -> dict[str, int]:
     """Lesion-wise detection counts for masks (z, y, x).
 
@@ -244,9 +257,13 @@ def lesion_detection(
             it to count as found (0: any overlapping voxel).
         connectivity: 26 (default) or 6 neighbours define a connected lesion.
         min_volume_mm3: components smaller than this (pred and truth) are ignored.
+        by_diameter: also count truth and found lesions per diameter bin
+            (:data:`LESION_SIZE_KEYS`; diameter of the sphere of the lesion's volume,
+            bins :data:`DIAMETER_BINS_MM`).
 
     Returns:
-        ``{"lesions_truth", "lesions_found", "lesions_missed", "lesions_fp"}`` counts.
+        ``{"lesions_truth", "lesions_found", "lesions_missed", "lesions_fp"}`` counts
+        (plus the :data:`LESION_SIZE_KEYS` with ``by_diameter``).
     """
     pred, truth = _masks(pred, truth)
     spacing = _spacing_zyx(spacing_xyz, pred.ndim)
@@ -259,21 +276,27 @@ def lesion_detection(
     pred_labels, pred_ids = _components(pred, connectivity, min_voxels)
     pred_kept = np.isin(pred_labels, pred_ids)  # ignored specks neither detect nor count as FP
     truth_labels, truth_ids = _components(truth, connectivity, min_voxels)
-    found = 0
+    found_ids: list[int] = []
+    sizes = np.bincount(truth_labels.ravel()) if truth_ids else np.zeros(1, dtype=np.int64)
     if truth_ids:
-        sizes = np.bincount(truth_labels.ravel())
         covered = np.bincount(truth_labels[pred_kept], minlength=sizes.size)
-        for i in truth_ids:
-            if covered[i] > 0 and covered[i] >= min_overlap * sizes[i]:
-                found += 1
+        found_ids = [i for i in truth_ids if covered[i] > 0 and covered[i] >= min_overlap * sizes[i]]
     touching = set(np.unique(pred_labels[truth]).tolist())
     false_pos = sum(1 for i in pred_ids if i not in touching)
-    return {
+    counts = {
         "lesions_truth": len(truth_ids),
-        "lesions_found": found,
-        "lesions_missed": len(truth_ids) - found,
+        "lesions_found": len(found_ids),
+        "lesions_missed": len(truth_ids) - len(found_ids),
         "lesions_fp": false_pos,
     }
+    if by_diameter:
+        voxel_mm3 = float(np.prod(spacing))
+        diameters = {i: 2.0 * (3.0 * sizes[i] * voxel_mm3 / (4.0 * math.pi)) ** (1.0 / 3.0) for i in truth_ids}
+        which = {i: int(np.searchsorted(DIAMETER_BINS_MM, d, side="right")) for i, d in diameters.items()}
+        for b, name in enumerate(_bin_names(DIAMETER_BINS_MM)):
+            counts[f"lesions_truth_{name}"] = sum(1 for i in truth_ids if which[i] == b)
+            counts[f"lesions_found_{name}"] = sum(1 for i in found_ids if which[i] == b)
+    return counts
 
 
 def evaluate_case(
@@ -295,8 +318,9 @@ def evaluate_case(
         min_overlap: lesion detection threshold (see :func:`lesion_detection`).
 
     Returns:
-        One dict per label: ``label``, ``name``, every key of ``METRIC_KEYS`` and
-        ``LESION_KEYS`` (floats, NaN where undefined; lesion counts as ints).
+        One dict per label: ``label``, ``name``, every key of ``METRIC_KEYS``,
+        ``LESION_KEYS`` and ``LESION_SIZE_KEYS`` (floats, NaN where undefined; lesion
+        counts as ints).
     """
     pred_labels = np.asarray(pred_labels)
     truth_labels = np.asarray(truth_labels)
@@ -312,7 +336,7 @@ def evaluate_case(
         row: dict[str, Any] = {"label": int(value), "name": str(name)}
         row.update(_label_metrics(pred_labels == value, truth_labels == value, spacing, tolerance_mm))
         row.update(lesion_detection(pred_labels == value, truth_labels == value, spacing_xyz,
-                                    min_overlap=min_overlap))
+                                    min_overlap=min_overlap, by_diameter=True))
         rows.append(row)
     return rows
 

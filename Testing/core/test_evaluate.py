@@ -81,6 +81,12 @@ def test_evaluate_folders_rows_and_summary(folders):
     assert (tumor["lesions_truth"], tumor["lesions_found"], tumor["lesions_fp"]) == (2, 2, 0)
     table = evaluation.format_table(summary)
     assert "Tumor (1)" in table and "0.833 ± 0.289" in table and "[1 excl]" in table
+    # Median next to the mean (the bar is a median), lesions by diameter.
+    assert tumor["metrics"]["dice"]["median"] == pytest.approx(1.0)
+    assert "Dice (median)" in table and table.split("Dice (median)")[1].split()[0] == "1.000"
+    by_size = sum(tumor[f"lesions_truth_{b}"] for b in ("lt10mm", "10to20mm", "ge20mm"))
+    assert by_size == tumor["lesions_truth"] == 2
+    assert "found, diameter < 10 mm" in table
 
 
 def test_automatic_labels_fill_absent_ones(tmp_path):

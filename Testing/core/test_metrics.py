@@ -212,3 +212,24 @@ def test_input_errors():
 def test_metrics_module_does_not_import_torch():
     code = "import sys, tumorseg_core.metrics, tumorseg_core.losses; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_lesions_found_by_diameter_bins():
+    """Equivalent-sphere diameters, by hand: 4^3 voxels of 1 mm -> 4.96 mm, 12^3 -> 14.9 mm,
+    20^3 -> 24.8 mm; the prediction finds the smallest and the largest."""
+    truth = np.zeros((60, 60, 60), bool)
+    truth[1:5, 1:5, 1:5] = True
+    truth[10:22, 10:22, 10:22] = True
+    truth[30:50, 30:50, 30:50] = True
+    pred = np.zeros_like(truth)
+    pred[2, 2, 2] = pred[40, 40, 40] = True
+    counts = metrics.lesion_detection(pred, truth, (1.0, 1.0, 1.0), by_diameter=True)
+    assert {k: counts[k] for k in metrics.LESION_SIZE_KEYS} == {
+        "lesions_truth_lt10mm": 1, "lesions_found_lt10mm": 1,
+        "lesions_truth_10to20mm": 1, "lesions_found_10to20mm": 0,
+        "lesions_truth_ge20mm": 1, "lesions_found_ge20mm": 1,
+    }
+    # Spacing counts: the 4^3 lesion at 3 mm voxels is 14.9 mm across.
+    coarse = metrics.lesion_detection(pred, truth, (3.0, 3.0, 3.0), by_diameter=True)
+    assert coarse["lesions_truth_lt10mm"] == 0 and coarse["lesions_found_10to20mm"] == 1
+    assert set(metrics.lesion_detection(pred, truth, (1, 1, 1))) == set(metrics.LESION_KEYS)
