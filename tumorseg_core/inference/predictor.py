@@ -5,13 +5,13 @@ windows, run every network (ensemble members, optional flip TTA) on a batch of
 windows, weight by a Gaussian and add into accumulators on the CPU, then argmax (softmax
 models) or threshold ordered regions (sigmoid models) at model resolution.
 
-Memory: the stitching accumulators live on the CPU in **float32**: one map per
-foreground channel of the padded volume (softmax background is never stored: it is the
-weight minus the foreground sums) plus one float32 weight map, so GPU memory depends only on the window batch,
-never on the volume size. float16 would halve that, but the Gaussian weights reach
-~1e-11 in window corners; float16 cannot hold probability x weight products that small
-and voxels near the volume's corners would come out as noise. Per-window outputs are
-never kept.
+Memory: :meth:`Predictor.predict` streams the Gaussian-weighted sums through a band of
+``pz`` slices (:mod:`~tumorseg_core.inference.stitching`): slices that every window has
+reached become uint8 labels at once, so the only full-volume buffer is the label map,
+whatever the number of classes. Sums are float32 (the Gaussian floor is 1e-3, and float16
+could not hold probability x weight products that small); softmax background is never
+stored (it is the weight minus the foreground sums). GPU memory depends only on the
+window batch. Per-window outputs are never kept.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ from torch import nn
 from tumorseg_core.errors import CancelledError, InputError, ModelPackageError, TumorSegError
 from tumorseg_core.inference.devices import resolve_device
 from tumorseg_core.inference.predictor_settings import _first_conv_in_channels, _settings_from_manifest
-from tumorseg_core.inference.roi_windows import grid_starts_touching
-from tumorseg_core.inference.sliding_window import SlabWeights, gaussian_weights, pad_to_window, window_starts
+from tumorseg_core.inference.roi_windows import windows_to_run
+from tumorseg_core.inference.sliding_window import SlabWeights, gaussian_weights, pad_to_window
+from tumorseg_core.inference.stitching import LABEL_SLAB, BandStitcher
 from tumorseg_core.inference.tta import flip_axes_combinations, predict_with_flips
 
 logger = logging.getLogger(__name__)
@@ -40,9 +41,6 @@ Starts = Sequence[tuple[int, int, int]]
 
 # Windows per batch on a GPU when the caller does not say; the OOM fallback halves it.
 _GPU_WINDOW_BATCH = 4
-# z-slices per step when turning accumulators into labels, so argmax never builds a
-# full-volume int64 index array (8 bytes per voxel).
-_LABEL_SLAB = 16
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -221,24 +219,24 @@ class Predictor:
         :func:`~tumorseg_core.inference.roi_windows.roi_window_starts`; they must cover
         every ``region`` voxel (ValueError otherwise).
         """
-        acc, weights = self._stitch(volume, progress, cancel, region, starts)
-        labels = np.zeros(acc.shape[1:], dtype=np.uint8)
-        # Dividing by the weight map is unnecessary: it is positive and shared by all
-        # channels, so argmax(acc) == argmax(acc / w) and p > 0.5 <=> acc > 0.5 * w.
-        for z0 in range(0, labels.shape[0], _LABEL_SLAB):
-            zs = slice(z0, z0 + _LABEL_SLAB)
-            weight = weights.slab(z0, min(z0 + _LABEL_SLAB, labels.shape[0]))
-            if starts is not None and region is not None and not (weight[region[zs]] > 0).all():
-                raise ValueError("the given windows leave some region voxels uncovered")
-            if self.output_type == "softmax" and len(acc) == 1:  # 2 classes: no argmax temporaries
-                labels[zs] = acc[0, zs] > weight - acc[0, zs]
-            elif self.output_type == "softmax":
-                background = weight - acc[:, zs].sum(axis=0)  # sum of P(background) x weight
-                labels[zs] = np.argmax(np.concatenate([background[None], acc[:, zs]]), axis=0).astype(np.uint8)
-            else:
-                half = 0.5 * weight
-                for channel, value in enumerate(self.region_values):
-                    labels[zs][acc[channel, zs] > half] = value
+        array = self._check_volume(volume)
+        stitcher: BandStitcher | None = None
+
+        def begin(spatial: tuple[int, int, int], weights: SlabWeights) -> None:
+            nonlocal stitcher
+            stitcher = BandStitcher(spatial, self._sum_channels, self.patch_size_zyx, weights.padded,
+                                    self.output_type, self.region_values)
+
+        undo, weights = self._run_windows(array, progress, cancel, region, starts, begin,
+                                          lambda start, out: stitcher.add(start, out))  # type: ignore[union-attr]
+        assert stitcher is not None
+        labels = stitcher.result()[undo[1:]]
+        if starts is not None and region is not None:
+            for z0 in range(0, labels.shape[0], LABEL_SLAB):
+                z1 = min(z0 + LABEL_SLAB, labels.shape[0])
+                if not (weights.slab(z0, z1)[region[z0:z1]] > 0).all():
+                    raise ValueError("the given windows leave some region voxels uncovered")
+        labels = np.ascontiguousarray(labels)
         if region is not None:
             labels[~region] = 0
         return labels
@@ -253,8 +251,8 @@ class Predictor:
         """
         acc, weights = self._stitch(volume, progress, cancel)
         out = np.empty(acc.shape, dtype=np.float32)
-        for z0 in range(0, acc.shape[1], _LABEL_SLAB):
-            z1 = min(z0 + _LABEL_SLAB, acc.shape[1])
+        for z0 in range(0, acc.shape[1], LABEL_SLAB):
+            z1 = min(z0 + LABEL_SLAB, acc.shape[1])
             np.divide(acc[:, z0:z1], weights.slab(z0, z1)[None], out=out[:, z0:z1])
         return out
 
@@ -280,31 +278,53 @@ class Predictor:
         self, volume: np.ndarray, progress: ProgressFn | None, cancel: CancelFn | None,
         region: np.ndarray | None = None, explicit: Starts | None = None,
     ) -> tuple[np.ndarray, SlabWeights]:
-        """Run the windows; return (acc (K', z, y, x) on the volume's grid, the weights).
+        """Run the windows into full-volume sums; return (acc (K', z, y, x) on the volume's grid, the weights).
 
         ``acc`` holds sum(gaussian x probabilities) of the foreground channels (K' = K - 1
-        for softmax, K for sigmoid); the weights (sum of gaussians per voxel) are made
-        slab by slab on demand instead of held (4 bytes per voxel less). Windows:
-        ``explicit`` starts (padded grid) if given, else the grid, restricted to the
-        windows touching ``region`` ((z, y, x) bool) if that is given.
+        for softmax, K for sigmoid). Only :meth:`predict_probabilities` needs all of it;
+        :meth:`predict` streams the same sums through a band instead.
         """
         array = self._check_volume(volume)
+        acc: np.ndarray | None = None
+
+        def begin(spatial: tuple[int, int, int], weights: SlabWeights) -> None:
+            nonlocal acc
+            acc = np.zeros((self._sum_channels, *spatial), dtype=np.float32)
+
+        def add(start: tuple[int, int, int], out: np.ndarray) -> None:
+            z, y, x = start
+            acc[:, z : z + out.shape[1], y : y + out.shape[2], x : x + out.shape[3]] += out  # type: ignore[index]
+
+        undo, weights = self._run_windows(array, progress, cancel, region, explicit, begin, add)
+        assert acc is not None
+        return acc[undo], weights
+
+    @property
+    def _sum_channels(self) -> int:
+        """Channels stitched: softmax background is implied by the weights (never stored)."""
+        return self.num_outputs - (self.output_type == "softmax")
+
+    def _run_windows(
+        self, array: np.ndarray, progress: ProgressFn | None, cancel: CancelFn | None,
+        region: np.ndarray | None, explicit: Starts | None,
+        begin: Callable[[tuple[int, int, int], SlabWeights], None],
+        add: Callable[[tuple[int, int, int], np.ndarray], None],
+    ) -> tuple[tuple, SlabWeights]:
+        """Run the windows in z order and hand each weighted output to ``add``.
+
+        Windows: ``explicit`` starts (padded grid) if given, else the grid, restricted to
+        the windows touching ``region`` ((z, y, x) bool) if that is given. ``begin``
+        receives the padded shape and the weights first. Returns (``pad_to_window``'s
+        undo, the weights).
+        """
         padded, undo = pad_to_window(array, self.patch_size_zyx)
         spatial = padded.shape[1:]
         if region is not None and region.shape != array.shape[1:]:
             raise ValueError(f"region shape {region.shape} differs from the volume's {array.shape[1:]}")
-        if explicit is not None:
-            starts = [tuple(int(v) for v in s) for s in explicit]
-            if any(len(s) != 3 or not all(0 <= v <= d - p for v, d, p in zip(s, spatial, self.patch_size_zyx))
-                   for s in starts):
-                raise ValueError(f"window starts must be (z, y, x) within {spatial} minus the patch")
-        elif region is not None:
-            mask, _ = pad_to_window(np.asarray(region, dtype=bool)[None], self.patch_size_zyx)
-            starts = grid_starts_touching(mask[0], self.patch_size_zyx, self.overlap)
-        else:
-            starts = window_starts(spatial, self.patch_size_zyx, self.overlap)
+        starts = windows_to_run(spatial, self.patch_size_zyx, self.overlap, region, explicit)
+        weights = SlabWeights(self._gaussian, starts, undo, spatial)
+        begin(tuple(spatial), weights)  # type: ignore[arg-type]
         n = len(starts)
-        acc = np.zeros((self.num_outputs - (self.output_type == "softmax"), *spatial), dtype=np.float32)
         pz, py, px = self.patch_size_zyx
         logger.info(
             "sliding window: %d windows of %s (z, y, x) on %s (%s), batch %d, %d pass(es) x %d network(s)",
@@ -325,12 +345,12 @@ class Predictor:
                 self._recover_from_oom(exc)
                 gaussian = torch.from_numpy(self._gaussian).to(self.device)
                 continue  # retry the same windows with the smaller batch / new device
-            for (z, y, x), window_out in zip(batch_starts, out):
-                acc[:, z : z + pz, y : y + py, x : x + px] += window_out
+            for start, window_out in zip(batch_starts, out):
+                add(start, window_out)
             done += len(batch_starts)
             if progress is not None:
                 progress(done / n, f"window {done}/{n}")
-        return acc[undo], SlabWeights(self._gaussian, starts, undo, spatial)
+        return undo, weights
 
     def _run_batch(self, windows: torch.Tensor, gaussian: torch.Tensor) -> np.ndarray:
         """(B, C, z, y, x) windows -> Gaussian-weighted mean probabilities, (B, K, z, y, x) numpy."""

@@ -154,3 +154,22 @@ def roi_window_starts(mask: np.ndarray, patch_zyx: Sequence[int], overlap: float
     logger.info("ROI windows: %d component box(es) -> %d window(s) (grid touching the mask: %d)",
                 len(boxes), len(starts), len(grid))
     return starts
+
+
+def windows_to_run(padded_shape: Sequence[int], patch_zyx: Sequence[int], overlap: float,
+                   region: np.ndarray | None = None, explicit: Sequence[Sequence[int]] | None = None) -> list[Start]:
+    """The window starts of one prediction, in z order (what streaming stitching needs).
+
+    ``explicit`` starts (padded grid; checked to lie inside it) if given, else the grid
+    windows, restricted to those touching ``region`` ((z, y, x) bool, unpadded) if given.
+    """
+    if explicit is not None:
+        starts = sorted(tuple(int(v) for v in s) for s in explicit)
+        if any(len(s) != 3 or not all(0 <= v <= d - p for v, d, p in zip(s, padded_shape, patch_zyx))
+               for s in starts):
+            raise ValueError(f"window starts must be (z, y, x) within {tuple(padded_shape)} minus the patch")
+        return starts  # type: ignore[return-value]
+    if region is not None:
+        mask, _ = pad_to_window(np.asarray(region, dtype=bool)[None], patch_zyx)
+        return grid_starts_touching(mask[0], patch_zyx, overlap)
+    return window_starts(padded_shape, patch_zyx, overlap)

@@ -177,11 +177,15 @@ class SlabWeights:
 
     def slab(self, z0: int, z1: int) -> np.ndarray:
         """Weights (z1 - z0, y, x) float32 of unpadded slices z0:z1 (y, x unpadded too)."""
+        out = self.padded(z0 + self.z_offset, z1 + self.z_offset)
+        return out[(slice(None),) + self.crop[1:]]  # type: ignore[operator]
+
+    def padded(self, lo: int, hi: int) -> np.ndarray:
+        """Weights (hi - lo, Y, X) float32 of padded slices lo:hi, on the whole padded y, x."""
         pz, py, px = self.gaussian.shape
-        lo, hi = z0 + self.z_offset, z1 + self.z_offset
         out = np.zeros((hi - lo, *self.padded_shape[1:]), dtype=np.float32)
         for z, y, x in self.starts:
             a, b = max(z, lo), min(z + pz, hi)
             if a < b:
                 out[a - lo : b - lo, y : y + py, x : x + px] += self.gaussian[a - z : b - z]
-        return out[(slice(None),) + self.crop[1:]]  # type: ignore[operator]
+        return out
