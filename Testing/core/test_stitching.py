@@ -51,3 +51,11 @@ def test_band_stitcher_refuses_windows_out_of_z_order():
     stitcher.add((8, 0, 0), np.zeros((1, *patch), np.float32))
     with pytest.raises(ValueError, match="z order"):
         stitcher.add((0, 0, 0), np.zeros((1, *patch), np.float32))
+
+
+def test_softmax_labels_are_numpy_argmax_including_ties():
+    rng = np.random.default_rng(0)
+    sums = rng.integers(0, 3, size=(3, 5, 6, 7)).astype(np.float32)  # many exact ties
+    weight = sums.sum(axis=0) + rng.integers(0, 3, size=(5, 6, 7)).astype(np.float32)
+    expected = np.argmax(np.concatenate([(weight - sums.sum(axis=0))[None], sums]), axis=0)
+    np.testing.assert_array_equal(labels_from_sums(sums, weight, "softmax", [1, 2, 3]), expected)

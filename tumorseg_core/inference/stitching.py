@@ -38,8 +38,14 @@ def labels_from_sums(sums: np.ndarray, weight: np.ndarray, output_type: str,
     if output_type == "softmax" and len(sums) == 1:  # two classes: no argmax temporaries
         return (sums[0] > weight - sums[0]).astype(np.uint8)
     if output_type == "softmax":
-        background = weight - sums.sum(axis=0)
-        return np.argmax(np.concatenate([background[None], sums]), axis=0).astype(np.uint8)
+        # argmax over (background, channels...) as a running maximum: strict ">" keeps the
+        # first maximum like np.argmax, without a (K, ...) stack or an int64 index array.
+        best = weight - sums.sum(axis=0)
+        labels = np.zeros(weight.shape, dtype=np.uint8)
+        for channel in range(len(sums)):
+            labels[sums[channel] > best] = channel + 1
+            np.maximum(best, sums[channel], out=best)
+        return labels
     labels = np.zeros(weight.shape, dtype=np.uint8)
     half = 0.5 * weight
     for channel, value in enumerate(region_values):
@@ -99,7 +105,10 @@ class BandStitcher:
             band = self.sums[:, z0 - self.base : z1 - self.base]
             self.labels[z0:z1] = labels_from_sums(band, self.weights(z0, z1), self.output_type, self.region_values)
         kept = max(self.depth - done, 0)
-        if kept:
-            self.sums[:, :kept] = self.sums[:, done : done + kept]  # numpy copes with the overlap
+        # Slide the kept slices to the front in pieces no longer than the shift, so source
+        # and destination never overlap (an overlapping copy would allocate a band-sized temp).
+        for i in range(0, kept, done):
+            n = min(done, kept - i)
+            self.sums[:, i : i + n] = self.sums[:, done + i : done + i + n]
         self.sums[:, kept:] = 0.0
         self.base = z_end
