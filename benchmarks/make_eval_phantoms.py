@@ -9,7 +9,11 @@ Seeds start at 500000: training uses seeds below 100000 (per-case seeds are draw
 ``default_rng([0, i])``, i < 640) and ``tumorseg demo`` uses 424242 and small seeds, so
 these cases are new to the model. Lesions are 5-40 mm in diameter (radius 2.5-20 mm);
 modality alternates MRI / CT; the grid is the demo's 96x96x80 at 1.5 mm, every fourth case
-anisotropic (1.0 x 1.0 x 3.0 mm).
+anisotropic (1.0 x 1.0 x 3.0 mm). ``--size X Y Z --spacing X Y Z`` puts every case on one
+other grid instead, e.g. the benchmark's 256x256x160 at 1 mm (a 256 mm field of view, larger
+than the training phantoms' 70-150 mm)::
+
+    python benchmarks/make_eval_phantoms.py /tmp/big --first-seed 800000 -n 6 --size 256 256 160 --spacing 1 1 1
 """
 
 from __future__ import annotations
@@ -30,11 +34,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", type=Path)
     parser.add_argument("-n", type=int, default=20, help="number of phantoms (default 20)")
     parser.add_argument("--first-seed", type=int, default=FIRST_SEED)
+    parser.add_argument("--size", type=int, nargs=3, metavar=("X", "Y", "Z"), help="one grid for every case (voxels)")
+    parser.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="its spacing (mm)")
     args = parser.parse_args(argv)
+    if (args.size is None) != (args.spacing is None):
+        parser.error("--size and --spacing go together")
     for i in range(args.n):
         seed = args.first_seed + i
         anisotropic = i % 4 == 3
         grid = {"size_xyz": (144, 144, 40), "spacing_xyz": (1.0, 1.0, 3.0)} if anisotropic else {}
+        if args.size:
+            grid = {"size_xyz": tuple(args.size), "spacing_xyz": tuple(args.spacing)}
         phantom = make_phantom(seed, modality="mri" if i % 2 == 0 else "ct", lesion_radius_mm=(2.5, 20.0), **grid)
         paths = write_phantom(phantom, args.folder / "images", f"case_{i:02d}")
         (args.folder / "labels").mkdir(parents=True, exist_ok=True)

@@ -60,3 +60,16 @@ def test_stage_breakdown_reports_every_stage(tmp_path, monkeypatch, capsys):
     for stage in ("read", "resample+normalize", "network+stitching", "postprocess", "labels to input grid"):
         assert stage in report
     assert float(report.split('"total_s": ')[1].split("}")[0]) > 0
+
+
+def test_make_eval_phantoms_writes_pairs_on_the_requested_grid(tmp_path):
+    bench = _load("make_eval_phantoms")
+    assert bench.main([str(tmp_path), "-n", "2", "--first-seed", "7", "--size", "40", "36", "24",
+                       "--spacing", "2", "2", "3"]) == 0
+    for name in ("case_00", "case_01"):
+        image = sitk.ReadImage(str(tmp_path / "images" / f"{name}.nii.gz"))
+        truth = sitk.ReadImage(str(tmp_path / "labels" / f"{name}.nii.gz"))
+        assert image.GetSize() == truth.GetSize() == (40, 36, 24)
+        assert image.GetSpacing() == pytest.approx((2.0, 2.0, 3.0))
+    with pytest.raises(SystemExit):
+        bench.main([str(tmp_path / "x"), "--size", "40", "36", "24"])
