@@ -358,10 +358,6 @@ def _median_cell(stats: Mapping[str, Any]) -> str:
     return "n/a" if stats["n"] == 0 else format(stats["median"], ".3f")
 
 
-def _diameter_names() -> list[str]:
-    return [key[len("lesions_truth_"):] for key in metrics.LESION_SIZE_KEYS if key.startswith("lesions_truth_")]
-
-
 def _diameter_titles() -> list[str]:
     edges = [f"{b:g}" for b in metrics.DIAMETER_BINS_MM]
     return [f"< {edges[0]} mm"] + [f"{a}-{b} mm" for a, b in zip(edges, edges[1:])] + [f">= {edges[-1]} mm"]
@@ -378,7 +374,7 @@ def format_table(summary: Mapping[int, Mapping[str, Any]]) -> str:
         if key == "dice":
             lines.append(["Dice (median)"] + [_median_cell(e["metrics"][key]) for e in summary.values()])
     lines.append(["Lesions found/truth"] + [f"{e['lesions_found']}/{e['lesions_truth']}" for e in summary.values()])
-    for name, title in zip(_diameter_names(), _diameter_titles()):
+    for name, title in zip(metrics.diameter_bin_names(), _diameter_titles()):
         lines.append([f"  found, diameter {title}"]
                      + [f"{e[f'lesions_found_{name}']}/{e[f'lesions_truth_{name}']}" for e in summary.values()])
     lines.append(["Lesions missed"] + [str(e["lesions_missed"]) for e in summary.values()])

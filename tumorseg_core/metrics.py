@@ -79,13 +79,14 @@ LESION_KEYS: tuple[str, ...] = ("lesions_truth", "lesions_found", "lesions_misse
 DIAMETER_BINS_MM: tuple[float, ...] = (10.0, 20.0)
 
 
-def _bin_names(bins_mm: Sequence[float]) -> list[str]:
+def diameter_bin_names(bins_mm: Sequence[float] = DIAMETER_BINS_MM) -> list[str]:
+    """Names of the diameter bins in lesion keys: ``lt10mm``, ``10to20mm``, ``ge20mm``."""
     edges = [f"{b:g}" for b in bins_mm]
     return [f"lt{edges[0]}mm"] + [f"{a}to{b}mm" for a, b in zip(edges, edges[1:])] + [f"ge{edges[-1]}mm"]
 
 
 LESION_SIZE_KEYS: tuple[str, ...] = tuple(
-    f"lesions_{kind}_{name}" for name in _bin_names(DIAMETER_BINS_MM) for kind in ("truth", "found")
+    f"lesions_{kind}_{name}" for name in diameter_bin_names() for kind in ("truth", "found")
 )
 
 
@@ -293,7 +294,7 @@ def lesion_detection(
         voxel_mm3 = float(np.prod(spacing))
         diameters = {i: 2.0 * (3.0 * sizes[i] * voxel_mm3 / (4.0 * math.pi)) ** (1.0 / 3.0) for i in truth_ids}
         which = {i: int(np.searchsorted(DIAMETER_BINS_MM, d, side="right")) for i, d in diameters.items()}
-        for b, name in enumerate(_bin_names(DIAMETER_BINS_MM)):
+        for b, name in enumerate(diameter_bin_names()):
             counts[f"lesions_truth_{name}"] = sum(1 for i in truth_ids if which[i] == b)
             counts[f"lesions_found_{name}"] = sum(1 for i in found_ids if which[i] == b)
     return counts

@@ -48,10 +48,10 @@ def resolve_source(config: dict[str, Any], cache_dir: Path, validation: bool = F
             n = 0
         if n < (1 if validation else 2):
             raise InputError(f"'{data}' is not a valid synthetic source; write synthetic:N with N >= 2 cases")
+        seed, options = int(config["seed"]), config["synthetic"]
         if validation:
-            return synthetic_source(n, int(config["seed"]) + VAL_SEED_OFFSET, config["val_synthetic"],
-                                    cache_dir / "synthetic")
-        return synthetic_source(n, int(config["seed"]), config["synthetic"], cache_dir / "synthetic")
+            seed, options = seed + VAL_SEED_OFFSET, config["val_synthetic"]
+        return synthetic_source(n, seed, options, cache_dir / "synthetic")
     return load_dataset(Path(data).expanduser())
 
 
