@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
-import torch
 
 from tumorseg_core.inference.roi_windows import roi_window_starts
 
@@ -125,6 +124,8 @@ def predict_cascade(
     small = coarse_shape(full, predictor.patch_size_zyx, coarse_factor)
     if small == full:
         return predictor.predict(volume, progress=progress, cancel=cancel)
+    import torch  # the cascade is opt-in; the default exhaustive path stays torch-free
+
     coarse = torch.nn.functional.interpolate(
         torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None], size=small, mode="area"
     )[0].numpy()

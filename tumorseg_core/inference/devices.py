@@ -3,6 +3,10 @@
 "GPU not detected" is a top user complaint, so a device that was asked for but is not
 there is a one-line :class:`TumorSegError` that says what to use instead, never a
 silent fallback; ``"auto"`` is the only name that picks whatever is available.
+
+``import torch`` costs ~200 MB and ~1.5 s per process; a CPU run with an exported backend
+(OpenVINO, ONNX Runtime) does not need it, so :func:`device_name` decides "the CPU"
+without importing torch when no GPU driver is present.
 """
 
 from __future__ import annotations
@@ -11,11 +15,13 @@ import logging
 import os
 import platform
 import re
-from typing import Any
-
-import torch
+import sys
+from typing import TYPE_CHECKING, Any
 
 from tumorseg_core.errors import TumorSegError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +30,8 @@ DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"
 
 def _mps_available() -> bool:
     """True when Apple's Metal backend can run (torch built with it and a GPU present)."""
+    import torch
+
     mps = getattr(torch.backends, "mps", None)
     return bool(mps is not None and mps.is_available())
 
@@ -35,6 +43,8 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     ``"mps"`` must be available, otherwise a :class:`TumorSegError` says so. A
     ``torch.device`` is returned unchanged (for callers that already chose one).
     """
+    import torch
+
     if isinstance(name, torch.device):
         return name
     key = str(name).strip().lower()
@@ -66,6 +76,36 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     raise TumorSegError(f"unknown device '{name}'; use {DEVICE_NAMES}")
 
 
+# Device files a GPU driver creates on Linux: NVIDIA, AMD ROCm (torch.cuda too) and WSL's GPU.
+_LINUX_GPU_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+
+
+def gpu_may_be_present() -> bool:
+    """False only when it is certain, without importing torch, that torch would find no GPU.
+
+    With torch already imported it is asked directly. On Linux a GPU needs a driver whose
+    device files exist; elsewhere (macOS: MPS, Windows) only torch can tell, so True.
+    """
+    loaded = sys.modules.get("torch")
+    if loaded is not None:
+        return bool(loaded.cuda.is_available() or _mps_available())
+    if platform.system() == "Linux":
+        return any(os.path.exists(path) for path in _LINUX_GPU_FILES)
+    return True
+
+
+def device_name(name: Any = "auto") -> str:
+    """The device a name resolves to, as a string (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
+
+    Same rules and errors as :func:`resolve_device`, but ``"cpu"``, and ``"auto"`` on a
+    machine without a GPU driver, never import torch.
+    """
+    key = str(name).strip().lower()
+    if key == "cpu" or (key == "auto" and not gpu_may_be_present()):
+        return "cpu"
+    return str(resolve_device(name))
+
+
 def usable_cpu_count() -> int:
     """CPUs this process may run on (honours taskset/cgroup affinity where the OS says)."""
     if hasattr(os, "sched_getaffinity"):
@@ -73,21 +113,45 @@ def usable_cpu_count() -> int:
     return max(1, os.cpu_count() or 1)
 
 
+# The thread count a front door asked for (configure_threads); None: every usable core.
+_configured_threads: int | None = None
+
+
 def configure_threads(n: int | None = None) -> int:
-    """Set torch's intra-op CPU threads; default: every CPU this process may use.
+    """Set the CPU inference threads (torch and the exported backends); default: every usable core.
 
     nnU-Net v2.5 capped ``torch.set_num_threads`` at 8 globally, and users with more
     cores reported CPU inference several times slower (nnU-Net #2690). CPU inference
     is the slow path we care about, so by default we use all usable cores. This
     changes process-wide torch state, which is why the engine never calls it on its
     own: the front doors (CLI, worker) call it once at start-up. Returns the count set.
+    torch is not imported for it: :func:`import_torch` applies the count when torch is
+    first needed, and the exported backends read :func:`configured_threads` when they load.
     """
+    global _configured_threads
     count = usable_cpu_count() if n is None else int(n)
     if count < 1:
         raise TumorSegError(f"the thread count must be at least 1, got {count}; omit it to use all cores")
-    torch.set_num_threads(count)
-    logger.debug("torch uses %d CPU threads", count)
+    _configured_threads = count
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(count)
+    logger.debug("CPU inference uses %d threads", count)
     return count
+
+
+def configured_threads() -> int:
+    """Threads for CPU inference: the configured count, else every usable core."""
+    return _configured_threads if _configured_threads is not None else usable_cpu_count()
+
+
+def import_torch() -> Any:
+    """``import torch``, with the thread count of :func:`configure_threads` applied."""
+    import torch
+
+    if _configured_threads is not None and torch.get_num_threads() != _configured_threads:
+        torch.set_num_threads(_configured_threads)
+    return torch
 
 
 def device_report() -> dict[str, Any]:
@@ -97,6 +161,8 @@ def device_report() -> dict[str, Any]:
     ``cudnn_version``, ``gpus`` (list of ``{index, name, memory_gib, capability}``),
     ``mps_available``, ``cpu_count``, ``torch_threads``, ``auto_device``.
     """
+    import torch
+
     cuda_ok = torch.cuda.is_available()
     gpus: list[dict[str, Any]] = []
     if cuda_ok:

@@ -12,26 +12,33 @@ whatever the number of classes. Sums are float32 (the Gaussian floor is 1e-3, an
 could not hold probability x weight products that small); softmax background is never
 stored (it is the weight minus the foreground sums). GPU memory depends only on the
 window batch. Per-window outputs are never kept.
+
+torch is imported only for the torch backend (or to build a missing export): with an
+exported CPU backend the windows are numpy arrays end to end (``window_batch.py``).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from tumorseg_core.errors import CancelledError, InputError, ModelPackageError, TumorSegError
-from tumorseg_core.inference.devices import resolve_device
-from tumorseg_core.inference.predictor_settings import _first_conv_in_channels, _settings_from_manifest
+from tumorseg_core.inference.backends import LazyNetworks, prepare_backend
+from tumorseg_core.inference.devices import device_name
+from tumorseg_core.inference.predictor_settings import _first_conv_in_channels, package_settings
 from tumorseg_core.inference.roi_windows import windows_to_run
 from tumorseg_core.inference.sliding_window import SlabWeights, gaussian_weights, pad_to_window
 from tumorseg_core.inference.stitching import LABEL_SLAB, BandStitcher
-from tumorseg_core.inference.tta import flip_axes_combinations, predict_with_flips
+from tumorseg_core.inference.tta import flip_axes_combinations
+from tumorseg_core.inference.window_batch import run_batch_numpy, run_batch_torch
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
+    from torch import nn
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +52,8 @@ _GPU_WINDOW_BATCH = 4
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """True for CUDA/MPS out-of-memory errors (the type, or a RuntimeError saying so)."""
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
+    torch = sys.modules.get("torch")  # no torch loaded: no torch device to run out of memory on
+    if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
@@ -55,7 +63,9 @@ class Predictor:
 
     Args:
         networks: modules mapping (B, C, z, y, x) float32 to (B, num_outputs, z, y, x)
-            logits (a list/tuple output, as from deep supervision, uses its first item).
+            logits (a list/tuple output, as from deep supervision, uses its first item),
+            or :class:`~tumorseg_core.inference.backends.LazyNetworks` that load them
+            only if the backend needs the modules.
         patch_size_zyx: window size (z, y, x); z = 1 for 2D-style networks.
         num_outputs: network output channels. Softmax: classes including background
             (channel k = label value k). Sigmoid: regions (channel k-1 = region k).
@@ -78,7 +88,7 @@ class Predictor:
 
     def __init__(
         self,
-        networks: Sequence[nn.Module],
+        networks: Sequence[nn.Module] | LazyNetworks,
         patch_size_zyx: Sequence[int],
         num_outputs: int,
         output_type: str = "softmax",
@@ -95,7 +105,7 @@ class Predictor:
         backend: str = "torch",
         export_identities: Sequence[str] | None = None,
     ) -> None:
-        if not networks:
+        if not len(networks):
             raise ModelPackageError("the model has no networks (weight files); reinstall the model package")
         self.patch_size_zyx = tuple(int(p) for p in patch_size_zyx)
         if len(self.patch_size_zyx) != 3 or min(self.patch_size_zyx) < 1:
@@ -126,14 +136,12 @@ class Predictor:
         self.sigma_scale = float(sigma_scale)
         self.amp = bool(amp)
         self.modalities = tuple(modalities) if modalities else None
-        self.device = resolve_device(device)
-        self.networks = [net.to(self.device).eval() for net in networks]
-        self.in_channels = in_channels if in_channels is not None else _first_conv_in_channels(self.networks[0])
-        from tumorseg_core.inference.backends import prepare_backend
-
+        self._device_name = device_name(device)
+        lazy = networks if isinstance(networks, LazyNetworks) else LazyNetworks.of(list(networks))
+        self.in_channels = in_channels if in_channels is not None else _first_conv_in_channels(lazy.modules()[0])
         # Window runners: the modules themselves (torch) or cached exports (CPU backends).
         self.backend, self.networks = prepare_backend(
-            self.networks, backend, self.device, self.patch_size_zyx, self.in_channels, export_identities
+            lazy, backend, self._device_name, self.patch_size_zyx, self.in_channels, export_identities
         )
         # Settings the warm pipeline may change between calls (validated setters below).
         self.overlap = overlap
@@ -149,21 +157,20 @@ class Predictor:
         the manifest's ``inference`` defaults (``overlap``, ``tta``, ``window_batch``,
         ``amp``, ``sigma_scale``); ``None`` in ``options`` means "use the default".
         """
-        manifest = package.manifest
-        settings = _settings_from_manifest(manifest)
-        for key, value in options.items():
-            if value is not None:
-                settings[key] = value
-        from tumorseg_core.inference.backends import CPU_BACKENDS
+        networks, name, settings = package_settings(package, device, options)
+        return cls(networks, device=name, **settings)
 
-        # An exported (CPU-only) backend named explicitly makes "auto" mean the CPU.
-        cpu_only = str(settings.get("backend", "torch")).lower() in CPU_BACKENDS
-        torch_device = resolve_device("cpu" if cpu_only and str(device) == "auto" else device)
-        weight_files = getattr(package, "weight_files", None)
-        if weight_files and getattr(package, "sha256", None):
-            settings.setdefault("export_identities", [f"{package.sha256}:{Path(f).name}" for f in weight_files])
-        networks = package.load_networks(torch_device)
-        return cls(list(networks), device=torch_device, **settings)
+    @property
+    def device(self) -> torch.device:
+        """Where the windows run, as a ``torch.device`` (reading it imports torch)."""
+        from tumorseg_core.inference.devices import import_torch
+
+        return import_torch().device(self._device_name)
+
+    @property
+    def device_type(self) -> str:
+        """``cpu``, ``cuda`` or ``mps`` (no torch needed)."""
+        return self._device_name.split(":")[0]
 
     @property
     def overlap(self) -> float:
@@ -184,7 +191,7 @@ class Predictor:
     @window_batch.setter
     def window_batch(self, value: int | None) -> None:
         if value is None:
-            value = _GPU_WINDOW_BATCH if self.device.type == "cuda" else 1
+            value = _GPU_WINDOW_BATCH if self.device_type == "cuda" else 1
         if int(value) < 1:
             raise TumorSegError(f"window batch must be at least 1, got {value}")
         self._window_batch = int(value)
@@ -328,9 +335,9 @@ class Predictor:
         pz, py, px = self.patch_size_zyx
         logger.info(
             "sliding window: %d windows of %s (z, y, x) on %s (%s), batch %d, %d pass(es) x %d network(s)",
-            n, self.patch_size_zyx, self.device, self.backend, self.window_batch, len(self._flips), len(self.networks),
+            n, self.patch_size_zyx, self._device_name, self.backend, self.window_batch, len(self._flips), len(self.networks),
         )
-        gaussian = torch.from_numpy(self._gaussian).to(self.device)
+        gaussian = self._gaussian_for_backend()
         done = 0
         while done < n:
             if cancel is not None and cancel():
@@ -338,12 +345,12 @@ class Predictor:
             batch_starts = starts[done : done + self.window_batch]
             windows = np.stack([padded[:, z : z + pz, y : y + py, x : x + px] for z, y, x in batch_starts])
             try:
-                out = self._run_batch(torch.from_numpy(windows), gaussian)
+                out = self._run_batch(windows, gaussian)
             except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raised
                 if not is_out_of_memory(exc):
                     raise
                 self._recover_from_oom(exc)
-                gaussian = torch.from_numpy(self._gaussian).to(self.device)
+                gaussian = self._gaussian_for_backend()
                 continue  # retry the same windows with the smaller batch / new device
             for start, window_out in zip(batch_starts, out):
                 add(start, window_out)
@@ -352,46 +359,35 @@ class Predictor:
                 progress(done / n, f"window {done}/{n}")
         return undo, weights
 
-    def _run_batch(self, windows: torch.Tensor, gaussian: torch.Tensor) -> np.ndarray:
-        """(B, C, z, y, x) windows -> Gaussian-weighted mean probabilities, (B, K, z, y, x) numpy."""
-        x = windows.to(self.device)
-        use_amp = self.amp and self.device.type == "cuda"
-        total: torch.Tensor | None = None
-        with torch.inference_mode(), torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
-            for net in self.networks:
-                probs = predict_with_flips(lambda t, net=net: self._probabilities(net, t), x, self._flips)
-                total = probs if total is None else total + probs
-            assert total is not None
-            if self.output_type == "softmax":
-                total = total[:, 1:]  # background is implied by the weight (see predict)
-            result = (total / len(self.networks)) * gaussian
-        return result.float().cpu().numpy()
+    def _gaussian_for_backend(self) -> Any:
+        """The window weights where the runners need them: numpy, or a tensor on the device."""
+        if self.backend != "torch":
+            return self._gaussian
+        import torch
 
-    def _probabilities(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Run one network and turn its logits into float32 probabilities."""
-        out = net(x)
-        if isinstance(out, (list, tuple)):
-            out = out[0]
-        expected = (x.shape[0], self.num_outputs, *x.shape[2:])
-        if tuple(out.shape) != expected:
-            raise ModelPackageError(
-                f"network output has shape {tuple(out.shape)}, expected {expected}; "
-                "check out_channels and patch_size in the manifest"
-            )
-        logits = out.float()  # activations in float32 even under AMP
-        return torch.softmax(logits, dim=1) if self.output_type == "softmax" else torch.sigmoid(logits)
+        return torch.from_numpy(self._gaussian).to(self.device)
+
+    def _run_batch(self, windows: np.ndarray, gaussian: Any) -> np.ndarray:
+        """(B, C, z, y, x) windows -> Gaussian-weighted mean probabilities, (B, K', z, y, x) numpy."""
+        if self.backend != "torch":
+            return run_batch_numpy(self.networks, windows, gaussian, self._flips, self.output_type, self.num_outputs)
+        return run_batch_torch(self.networks, windows, gaussian, self.device, self._flips, self.output_type,
+                               self.num_outputs, self.amp)
 
     def _recover_from_oom(self, exc: BaseException) -> None:
         """Halve the window batch; at batch 1 move to the CPU; on the CPU give up."""
-        if self.device.type == "cuda":
+        if self.device_type == "cuda":
+            import torch
+
             torch.cuda.empty_cache()
         if self.window_batch > 1:
             self.window_batch = max(1, self.window_batch // 2)
             logger.warning("out of memory on %s; retrying with %d window(s) per batch", self.device, self.window_batch)
             return
-        if self.device.type != "cpu":
-            logger.warning("out of memory on %s even with 1 window per batch; continuing on the CPU (slower)", self.device)
-            self.device = torch.device("cpu")
+        if self.device_type != "cpu":
+            logger.warning("out of memory on %s even with 1 window per batch; continuing on the CPU (slower)",
+                           self._device_name)
+            self._device_name = "cpu"
             self.networks = [net.to(self.device) for net in self.networks]
             return
         raise TumorSegError(

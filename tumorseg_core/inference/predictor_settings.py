@@ -7,15 +7,16 @@ a manifest (dict-like or attribute style), not about running windows.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
-
-from torch import nn
 
 from tumorseg_core.errors import ModelPackageError
 
 
-def _first_conv_in_channels(net: nn.Module) -> int | None:
-    """Input channels of the first convolution in ``net``, or None if it has none."""
+def _first_conv_in_channels(net: Any) -> int | None:
+    """Input channels of the first convolution in the ``nn.Module`` ``net``, or None if it has none."""
+    from torch import nn
+
     for module in net.modules():
         if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             return int(module.in_channels)
@@ -90,3 +91,29 @@ def _size_divisor(architecture: Any, kwargs: Mapping[str, Any]) -> tuple[int, in
     if architecture not in registry.ARCHITECTURES:
         return (1, 1, 1)  # the package loader already refuses unknown names
     return tuple(int(d) for d in registry.size_divisor(architecture, dict(kwargs)))  # type: ignore[return-value]
+
+
+def package_settings(package: Any, device: Any, options: Mapping[str, Any]) -> tuple[Any, str, dict[str, Any]]:
+    """``(networks, device name, Predictor keyword arguments)`` for an opened ``ModelPackage``.
+
+    Manifest settings first, then ``options`` on top (``None`` means "use the default").
+    The networks are :class:`~tumorseg_core.inference.backends.LazyNetworks`: the weights
+    are loaded (and torch imported) only if the backend needs the modules.
+    """
+    from tumorseg_core.inference.backends import CPU_BACKENDS, LazyNetworks
+    from tumorseg_core.inference.devices import device_name, import_torch
+
+    settings = _settings_from_manifest(package.manifest)
+    settings.update({key: value for key, value in options.items() if value is not None})
+    # An exported (CPU-only) backend named explicitly makes "auto" mean the CPU.
+    cpu_only = str(settings.get("backend", "torch")).lower() in CPU_BACKENDS
+    name = device_name("cpu" if cpu_only and str(device) == "auto" else device)
+    weight_files = getattr(package, "weight_files", None)
+    if weight_files and getattr(package, "sha256", None):
+        settings.setdefault("export_identities", [f"{package.sha256}:{Path(f).name}" for f in weight_files])
+
+    def load() -> list:
+        return list(package.load_networks(import_torch().device(name)))
+
+    networks = LazyNetworks(load, len(weight_files)) if weight_files else LazyNetworks.of(load())
+    return networks, name, settings

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
-import torch
+import numpy as np
+
+# A numpy array or a torch tensor: the flips work on both without importing torch.
+Batch = TypeVar("Batch", bound=Any)
 
 
 def flip_axes_combinations(
@@ -33,26 +37,39 @@ def flip_axes_combinations(
 
 
 def predict_with_flips(
-    fn: Callable[[torch.Tensor], torch.Tensor],
-    batch: torch.Tensor,
+    fn: Callable[[Batch], Batch],
+    batch: Batch,
     combinations: Sequence[tuple[int, ...]] | None = None,
-) -> torch.Tensor:
+) -> Batch:
     """Mean of ``flip(fn(flip(batch)))`` over the flip combinations.
 
     ``batch`` is (B, C, z, y, x); ``fn`` maps it to (B, K, z, y, x) probabilities (apply
     the softmax/sigmoid inside ``fn``: averaging logits is not the same). The default
-    combinations are all flips of axes 2, 3, 4. Returns float32 (B, K, z, y, x).
+    combinations are all flips of axes 2, 3, 4. Returns float32 (B, K, z, y, x), of
+    the input's kind (numpy array or torch tensor).
     """
+    flip = _numpy_flip if isinstance(batch, np.ndarray) else _torch_flip
     combos = flip_axes_combinations() if combinations is None else list(combinations)
     if not combos:
         raise ValueError("at least one flip combination (e.g. the identity ()) is needed")
-    total: torch.Tensor | None = None
+    total = None
     for axes in combos:
-        flipped = torch.flip(batch, axes) if axes else batch
-        out = fn(flipped).float()
+        flipped = flip(batch, axes) if axes else batch
+        out = fn(flipped)
+        out = out.astype(np.float32, copy=False) if isinstance(out, np.ndarray) else out.float()
         if axes:
-            out = torch.flip(out, axes)
+            out = flip(out, axes)
         # Summing one pass at a time keeps memory at two outputs, not one per flip.
         total = out if total is None else total + out
     assert total is not None
     return total / len(combos)
+
+
+def _numpy_flip(array: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    return np.flip(array, axes)
+
+
+def _torch_flip(tensor: Any, axes: tuple[int, ...]) -> Any:
+    import torch
+
+    return torch.flip(tensor, axes)

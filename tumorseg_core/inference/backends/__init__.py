@@ -1,10 +1,10 @@
 """Window runners: the one network call the sliding-window Predictor makes, per backend.
 
-A :class:`WindowRunner` maps a float32 batch of windows ``(B, C, z, y, x)`` (a CPU or
-device ``torch.Tensor``) to logits ``(B, K, z, y, x)`` for ONE fixed window shape (the
-model's patch size). Three backends implement it:
+A window runner maps a float32 batch of windows ``(B, C, z, y, x)`` to logits
+``(B, K, z, y, x)`` for ONE fixed window shape (the model's patch size). Three backends
+implement it:
 
-- ``torch``: the network module itself (eager PyTorch; CPU, CUDA or MPS).
+- ``torch``: the network module itself (eager PyTorch; CPU, CUDA or MPS; torch tensors).
 - ``onnxruntime``: the network exported to ONNX once (cached), run by ONNX Runtime's CPU
   execution provider with one intra-op thread per usable core.
 - ``openvino``: the ONNX export converted to OpenVINO IR once (cached), compiled for
@@ -14,6 +14,10 @@ model's patch size). Three backends implement it:
 openvino > onnxruntime > torch; on CUDA/MPS always torch. An ``auto`` choice whose
 export or load fails falls back to the next candidate with a warning; a backend named
 explicitly fails loudly instead (never a silent switch).
+
+The exported runners take and return numpy arrays, and their networks come as
+:class:`LazyNetworks`: when every network's cached export is valid, the weights are never
+loaded and torch is never imported (~200 MB and ~1.5 s less per process).
 """
 
 from __future__ import annotations
@@ -21,13 +25,14 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import logging
-from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
-
-import torch
-from torch import nn
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from tumorseg_core.errors import TumorSegError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from torch import nn
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +43,47 @@ _DISTRIBUTIONS = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "o
 _PIP_HINT = "pip install tumorseg-core[fast] (or onnx onnxruntime openvino)"
 
 
-@runtime_checkable
-class WindowRunner(Protocol):
-    """Callable ``(B, C, z, y, x) float32 tensor -> (B, K, z, y, x) logits`` for a fixed window."""
+# A window runner: an ``nn.Module`` (torch tensors) or an exported runner (numpy arrays).
+WindowRunner = Callable[[Any], Any]
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:  # pragma: no cover - protocol
-        ...
+
+class LazyNetworks:
+    """A model's networks, built (importing torch) only when something needs the modules.
+
+    Args:
+        load: returns the eval-mode modules, (B, C, z, y, x) -> (B, K, z, y, x) logits.
+        count: how many ``load`` returns (known from the package without loading).
+    """
+
+    def __init__(self, load: Callable[[], Sequence["nn.Module"]], count: int) -> None:
+        self._load = load
+        self._count = int(count)
+        self._modules: list[nn.Module] | None = None
+
+    @classmethod
+    def of(cls, modules: Sequence["nn.Module"]) -> "LazyNetworks":
+        """Already-built modules."""
+        lazy = cls(lambda: list(modules), len(modules))
+        lazy._modules = list(modules)
+        return lazy
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def loaded(self) -> bool:
+        return self._modules is not None
+
+    def modules(self) -> list["nn.Module"]:
+        """The modules (loaded on the first call, with the configured CPU threads)."""
+        if self._modules is None:
+            from tumorseg_core.inference.devices import import_torch
+
+            import_torch()
+            self._modules = list(self._load())
+            if len(self._modules) != self._count:
+                raise TumorSegError(f"the model loaded {len(self._modules)} networks, expected {self._count}")
+        return self._modules
 
 
 def backend_installed(name: str) -> bool:
@@ -58,29 +98,32 @@ def backend_installed(name: str) -> bool:
 def backend_version(name: str) -> str:
     """Installed version of a backend's package (part of the export cache key)."""
     if name == "torch":
-        return torch.__version__
+        loaded = sys.modules.get("torch")
+        if loaded is not None:
+            return str(loaded.__version__)
     try:
         return importlib.metadata.version(_DISTRIBUTIONS[name])
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
 
 
-def backend_candidates(name: str, device: torch.device) -> list[str]:
+def backend_candidates(name: str, device: Any) -> list[str]:
     """Backends to try, best first, for a requested ``name`` on ``device``.
 
     ``auto`` on the CPU: the installed ones of openvino, onnxruntime, then torch; on
     any other device: torch. An explicit name must be known, installed and (for the
     exported backends) paired with the CPU, else :class:`TumorSegError`.
     """
+    device_type = str(getattr(device, "type", device)).split(":")[0]
     key = str(name).strip().lower()
     if key not in BACKENDS:
         raise TumorSegError(f"unknown backend '{name}'; use one of {', '.join(BACKENDS)}")
     if key == "auto":
-        if device.type != "cpu":
+        if device_type != "cpu":
             return ["torch"]
         return [b for b in CPU_BACKENDS if backend_installed(b)] + ["torch"]
     if key in CPU_BACKENDS:
-        if device.type != "cpu":
+        if device_type != "cpu":
             raise TumorSegError(f"the {key} backend runs on the CPU only; use --device cpu or --backend torch")
         if not backend_installed(key):
             raise TumorSegError(f"the {key} backend is not installed; {_PIP_HINT}, or use --backend torch")
@@ -88,9 +131,9 @@ def backend_candidates(name: str, device: torch.device) -> list[str]:
 
 
 def prepare_backend(
-    networks: Sequence[nn.Module],
+    networks: "LazyNetworks | Sequence[nn.Module]",
     backend: str,
-    device: torch.device,
+    device: Any,
     window_zyx: Sequence[int],
     in_channels: int | None,
     identities: Sequence[str] | None = None,
@@ -98,27 +141,30 @@ def prepare_backend(
     """Turn loaded networks into window runners: ``(backend used, one runner per network)``.
 
     Args:
-        networks: eval-mode modules on ``device``, (B, C, z, y, x) -> (B, K, z, y, x).
+        networks: eval-mode modules, (B, C, z, y, x) -> (B, K, z, y, x), or
+            :class:`LazyNetworks` (loaded only for torch or to build a missing export).
         backend: ``auto``, ``torch``, ``onnxruntime`` or ``openvino``.
-        device: where the Predictor runs (exported backends need the CPU).
+        device: where the Predictor runs, a name or ``torch.device`` (exported backends
+            need the CPU).
         window_zyx: the fixed window (patch) shape the exports are made for.
         in_channels: input channels C (needed to export; None allows torch only).
         identities: one stable string per network for the export cache key (e.g.
             ``"<package sha256>:fold0.safetensors"``); None hashes each network's weights.
     """
+    lazy = networks if isinstance(networks, LazyNetworks) else LazyNetworks.of(networks)
     candidates = backend_candidates(backend, device)
     explicit = str(backend).strip().lower() != "auto"
     for name in candidates:
         if name == "torch":
             from tumorseg_core.inference.backends.torch_backend import torch_runners
 
-            return "torch", torch_runners(networks, device)
+            return "torch", torch_runners(lazy.modules(), device)
         if in_channels is None:
             if explicit:
                 raise TumorSegError(f"cannot export this network for {name}: its input channel count is unknown")
             continue
         try:
-            return name, _exported_runners(name, networks, window_zyx, in_channels, identities)
+            return name, _exported_runners(name, lazy, window_zyx, in_channels, identities)
         except Exception as exc:  # noqa: BLE001 - auto falls back to the next backend
             if explicit:
                 if isinstance(exc, TumorSegError):
@@ -130,21 +176,24 @@ def prepare_backend(
 
 def _exported_runners(
     name: str,
-    networks: Sequence[nn.Module],
+    networks: LazyNetworks,
     window_zyx: Sequence[int],
     in_channels: int,
     identities: Sequence[str] | None,
 ) -> list[WindowRunner]:
     """Export (or reuse the cached export of) every network and load one runner each."""
     from tumorseg_core.inference.backends.export import ExportSpec, load_or_rebuild
-    from tumorseg_core.inference.backends.torch_backend import weights_digest
 
     if identities is not None and len(identities) != len(networks):
         raise ValueError(f"{len(identities)} identities for {len(networks)} networks")
+    if identities is None:  # no package to name them: hash the weights (this loads them)
+        from tumorseg_core.inference.backends.torch_backend import weights_digest
+
+        identities = [weights_digest(net) for net in networks.modules()]
     runners: list[WindowRunner] = []
-    for index, net in enumerate(networks):
-        identity = identities[index] if identities is not None else weights_digest(net)
-        spec = ExportSpec(net, identity, tuple(int(w) for w in window_zyx), int(in_channels))
+    for index, identity in enumerate(identities):
+        spec = ExportSpec(lambda index=index: networks.modules()[index], identity,
+                          tuple(int(w) for w in window_zyx), int(in_channels))
         if name == "onnxruntime":
             from tumorseg_core.inference.backends.onnxruntime_backend import OnnxRuntimeRunner as Runner
         else:

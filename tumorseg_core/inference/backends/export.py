@@ -31,10 +31,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tumorseg_core.errors import TumorSegError
 from tumorseg_core.package_zip import sha256_file
@@ -48,15 +45,29 @@ _FORMAT = 1
 
 R = TypeVar("R")
 
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from torch import nn
+
 
 @dataclass(frozen=True)
 class ExportSpec:
-    """What to export: ``network`` maps (B, in_channels, *window_zyx) to (B, K, *window_zyx)."""
+    """What to export: a network mapping (B, in_channels, *window_zyx) to (B, K, *window_zyx).
 
-    network: nn.Module
+    ``network`` is the module, or a function returning it: with a valid cached export the
+    network is never needed, so a package's weights are loaded (and torch imported) only
+    when an export has to be built.
+    """
+
+    network: "nn.Module | Callable[[], nn.Module]"
     identity: str
     window_zyx: tuple[int, int, int]
     in_channels: int
+
+    def module(self) -> "nn.Module":
+        """The network itself (calls the loader if ``network`` is one)."""
+        from torch import nn
+
+        return self.network if isinstance(self.network, nn.Module) else self.network()
 
 
 def cache_root() -> Path:
@@ -67,18 +78,18 @@ def cache_root() -> Path:
 
 def export_key(kind: str, spec: ExportSpec) -> dict[str, Any]:
     """The cache key fields of an artifact (``kind``: ``onnx`` or ``openvino``)."""
+    from tumorseg_core.inference.backends import backend_version
+
     key: dict[str, Any] = {
         "format": _FORMAT,
         "kind": kind,
         "identity": spec.identity,
         "window_zyx": list(spec.window_zyx),
         "in_channels": spec.in_channels,
-        "torch": torch.__version__,
+        "torch": backend_version("torch"),
         "opset": OPSET,
     }
     if kind == "openvino":
-        from tumorseg_core.inference.backends import backend_version
-
         key["openvino"] = backend_version("openvino")
     return key
 
@@ -143,7 +154,9 @@ def cached_build(folder: Path, key: dict[str, Any], build: Callable[[Path], None
 
 def _export_onnx(spec: ExportSpec, path: Path) -> None:
     """torch.onnx.export with a fixed window and a dynamic batch axis (TorchScript exporter)."""
-    net = spec.network
+    import torch
+
+    net = spec.module()
     param = next(iter(net.parameters()), None)
     if param is not None and param.device.type != "cpu":
         raise TumorSegError("exported backends run on the CPU; load the networks on the CPU")

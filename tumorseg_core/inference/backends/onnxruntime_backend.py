@@ -6,19 +6,20 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from tumorseg_core.inference.devices import usable_cpu_count
+from tumorseg_core.inference.devices import configured_threads
 
 logger = logging.getLogger(__name__)
 
 
 class OnnxRuntimeRunner:
-    """Window runner: (B, C, z, y, x) float32 tensor -> (B, K, z, y, x) float32 logits (CPU).
+    """Window runner: (B, C, z, y, x) float32 array -> (B, K, z, y, x) float32 logits (CPU).
+
+    numpy in and out: a run on this backend never imports torch.
 
     Args:
         folder: an export folder holding ``model.onnx`` (fixed window, dynamic batch).
-        threads: intra-op threads (default: every usable core).
+        threads: intra-op threads (default: ``devices.configured_threads()``).
     """
 
     name = "onnxruntime"
@@ -27,7 +28,7 @@ class OnnxRuntimeRunner:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads or usable_cpu_count())
+        options.intra_op_num_threads = int(threads or configured_threads())
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -37,8 +38,8 @@ class OnnxRuntimeRunner:
         self.input_name = self.session.get_inputs()[0].name
         self.threads = options.intra_op_num_threads
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Logits for a batch of windows; the input may be non-contiguous (flipped)."""
-        x = np.ascontiguousarray(batch.detach().to("cpu", torch.float32).numpy())
+        x = np.ascontiguousarray(batch, dtype=np.float32)
         (logits,) = self.session.run(None, {self.input_name: x})
-        return torch.from_numpy(logits)
+        return np.asarray(logits, dtype=np.float32)

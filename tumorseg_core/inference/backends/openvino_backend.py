@@ -8,9 +8,8 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
-import torch
 
-from tumorseg_core.inference.devices import usable_cpu_count
+from tumorseg_core.inference.devices import configured_threads
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +38,9 @@ def import_openvino() -> ModuleType:
 
 
 class OpenVinoRunner:
-    """Window runner: (B, C, z, y, x) float32 tensor -> (B, K, z, y, x) float32 logits (CPU).
+    """Window runner: (B, C, z, y, x) float32 array -> (B, K, z, y, x) float32 logits (CPU).
+
+    numpy in and out: a run on this backend never imports torch.
 
     The IR has a static batch of 1; a batch is run window by window with one infer
     request (all cores work on each window). Precision is pinned to float32 so results
@@ -47,7 +48,7 @@ class OpenVinoRunner:
 
     Args:
         folder: an export folder holding ``model.xml`` / ``model.bin``.
-        threads: inference threads (default: every usable core).
+        threads: inference threads (default: ``devices.configured_threads()``).
     """
 
     name = "openvino"
@@ -56,7 +57,7 @@ class OpenVinoRunner:
         ov = import_openvino()
         core = ov.Core()
         model = core.read_model(str(Path(folder) / "model.xml"))
-        self.threads = int(threads or usable_cpu_count())
+        self.threads = int(threads or configured_threads())
         config = {
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": self.threads,
@@ -65,12 +66,12 @@ class OpenVinoRunner:
         self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Logits for a batch of windows; the input may be non-contiguous (flipped)."""
-        x = np.ascontiguousarray(batch.detach().to("cpu", torch.float32).numpy())
+        x = np.ascontiguousarray(batch, dtype=np.float32)
         outputs = []
         for item in x:
             self.request.infer({0: item[None]})
             # The request reuses its output buffer: copy before the next window.
             outputs.append(np.array(self.request.get_output_tensor(0).data, dtype=np.float32, copy=True))
-        return torch.from_numpy(np.concatenate(outputs, axis=0))
+        return np.concatenate(outputs, axis=0)
