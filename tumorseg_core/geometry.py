@@ -170,24 +170,13 @@ def to_model_grid(
     if spacing_xyz is None:
         oriented = reorient(image, orientation)
         return sitk.Cast(oriented, sitk.sitkFloat32) if interpolator != "nearest" else oriented
-    new_spacing = np.asarray([float(s) for s in spacing_xyz], dtype=float)
-    if new_spacing.shape != (3,) or not np.all(new_spacing > 0):
-        raise TumorSegError(f"model spacing {list(spacing_xyz)} is invalid; give three positive numbers in mm (x, y, z)")
-    # The reoriented grid is computed, not built: reorienting (and casting) a 512x512x300
-    # CT first would hold two more full-size copies at the run's memory peak.
-    old_size, old_spacing, direction_flat = oriented_geometry(image, orientation)
-    new_size = np.maximum(1, np.round(old_size * old_spacing / new_spacing)).astype(int)
-    direction = np.asarray(direction_flat, dtype=float).reshape(3, 3)
-    # Keep the grid centres identical so rounding the size splits the difference evenly.
-    centre = np.asarray(image.TransformContinuousIndexToPhysicalPoint(
-        tuple((np.asarray(image.GetSize(), dtype=float) - 1) / 2.0)))
-    new_origin = centre - direction @ ((new_size - 1) / 2.0 * new_spacing)
+    grid = model_grid(image, spacing_xyz, orientation)
 
     resampler = sitk.ResampleImageFilter()
-    resampler.SetSize([int(s) for s in new_size])
-    resampler.SetOutputSpacing([float(s) for s in new_spacing])
-    resampler.SetOutputOrigin([float(o) for o in new_origin])
-    resampler.SetOutputDirection(direction_flat)
+    resampler.SetSize(list(grid.size))
+    resampler.SetOutputSpacing(grid.spacing)
+    resampler.SetOutputOrigin(grid.origin)
+    resampler.SetOutputDirection(grid.direction)
     resampler.SetInterpolator(_INTERPOLATORS[interpolator])
     resampler.SetDefaultPixelValue(0)
     if interpolator == "nearest":
@@ -200,19 +189,58 @@ def to_model_grid(
     return resampler.Execute(image)
 
 
-def oriented_geometry(image: sitk.Image, orientation: Optional[str]) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
+def model_grid(
+    reference: Union[sitk.Image, GridGeometry], spacing_xyz: Sequence[float], orientation: Optional[str] = None
+) -> GridGeometry:
+    """The grid :func:`to_model_grid` resamples ``reference`` onto, from its geometry alone.
+
+    ``reference`` is an image or its :class:`GridGeometry`: no voxels are needed, so a file's
+    header (``ImageFileReader.ReadImageInformation``) is enough (see ``stream_resample``).
+    Both paths share this one definition, so their grids are bit-identical.
+    """
+    new_spacing = np.asarray([float(s) for s in spacing_xyz], dtype=float)
+    if new_spacing.shape != (3,) or not np.all(new_spacing > 0):
+        raise TumorSegError(f"model spacing {list(spacing_xyz)} is invalid; give three positive numbers in mm (x, y, z)")
+    # The reoriented grid is computed, not built: reorienting (and casting) a 512x512x300
+    # CT first would hold two more full-size copies at the run's memory peak.
+    old_size, old_spacing, direction_flat = oriented_geometry(reference, orientation)
+    new_size = np.maximum(1, np.round(old_size * old_spacing / new_spacing)).astype(int)
+    direction = np.asarray(direction_flat, dtype=float).reshape(3, 3)
+    # Keep the grid centres identical so rounding the size splits the difference evenly.
+    # ITK computes the centre (same arithmetic as the image itself): a 1x1x1 proxy with the
+    # reference's spacing, origin and direction stands in for a GridGeometry.
+    if isinstance(reference, GridGeometry):
+        located = sitk.Image([1] * len(reference.size), sitk.sitkUInt8)
+        located.SetSpacing(reference.spacing)
+        located.SetOrigin(reference.origin)
+        located.SetDirection(reference.direction)
+        size = reference.size
+    else:
+        located, size = reference, reference.GetSize()
+    centre = np.asarray(located.TransformContinuousIndexToPhysicalPoint(
+        tuple((np.asarray(size, dtype=float) - 1) / 2.0)))
+    new_origin = centre - direction @ ((new_size - 1) / 2.0 * new_spacing)
+    return GridGeometry(tuple(int(s) for s in new_size), tuple(float(s) for s in new_spacing),
+                        tuple(float(o) for o in new_origin), tuple(float(d) for d in direction_flat))
+
+
+def oriented_geometry(
+    image: Union[sitk.Image, GridGeometry], orientation: Optional[str]
+) -> tuple[np.ndarray, np.ndarray, tuple[float, ...]]:
     """(size, spacing, direction) that ``reorient(image, orientation)`` would have, without its voxels.
 
-    DICOMOrient only permutes and flips axes, so a 2x2x2 proxy with the same direction
-    and spacings 1, 2, 3 tells which input axis each output axis comes from.
+    ``image`` may be a :class:`GridGeometry`. DICOMOrient only permutes and flips axes, so a
+    2x2x2 proxy with the same direction and spacings 1, 2, 3 tells which input axis each
+    output axis comes from.
     """
-    size = np.asarray(image.GetSize(), dtype=float)
-    spacing = np.asarray(image.GetSpacing(), dtype=float)
+    grid = image if isinstance(image, GridGeometry) else GridGeometry.of(image)
+    size = np.asarray(grid.size, dtype=float)
+    spacing = np.asarray(grid.spacing, dtype=float)
     if orientation is None:
-        return size, spacing, tuple(image.GetDirection())
-    proxy = sitk.Image([2] * image.GetDimension(), sitk.sitkUInt8)
-    proxy.SetSpacing([float(i + 1) for i in range(image.GetDimension())])
-    proxy.SetDirection(image.GetDirection())
+        return size, spacing, tuple(grid.direction)
+    proxy = sitk.Image([2] * len(grid.size), sitk.sitkUInt8)
+    proxy.SetSpacing([float(i + 1) for i in range(len(grid.size))])
+    proxy.SetDirection(grid.direction)
     turned = reorient(proxy, orientation)
     source_axis = [int(round(s)) - 1 for s in turned.GetSpacing()]
     return size[source_axis], spacing[source_axis], tuple(turned.GetDirection())

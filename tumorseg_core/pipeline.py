@@ -3,11 +3,15 @@
 read → align inputs onto the first grid → (denoise) → to the model grid → normalize
 → Predictor (argmax at model resolution) → postprocess → labels back to the first
 input's exact grid (nearest neighbour, uint8; never float logits per class).
+
+Image files on one grid (NIfTI, MetaImage) are read straight onto the model grid slab by
+slab (``stream_resample.py``): the whole input is never in memory, with the same voxels.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
@@ -15,7 +19,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
-from tumorseg_core import geometry, postprocess, preprocess
+from tumorseg_core import geometry, postprocess, preprocess, stream_resample
 from tumorseg_core.errors import CancelledError, InputError
 from tumorseg_core.io import read_images
 
@@ -124,22 +128,26 @@ class Segmenter:
         started = time.perf_counter()
         manifest = self.manifest
         _report(progress, 0.0, "reading images")
-        inputs = read_images(_as_list(images))
-        if len(inputs) != manifest.num_inputs:
-            names = ", ".join(manifest.input_modalities)
-            raise InputError(
-                f"model '{manifest.name}' expects {manifest.num_inputs} input image(s) ({names}), "
-                f"got {len(inputs)}; pass one image per modality in that order"
-            )
-        reference = geometry.GridGeometry.of(inputs[0])
-        aligned = geometry.align_to_reference(inputs)
-        _check_cancel(cancel)
-        _report(progress, _READ, "resampling to the model grid")
-
-        volume, model_grid = self._prepare(aligned)
-        # The inputs' voxels are not needed any more (only their grid): images this call
-        # read are freed here, before the model and the output's allocations.
-        del inputs, aligned
+        items = _as_list(images)
+        streamed = self._read_streaming(items, cancel)
+        if streamed is not None:
+            volume, model_grid, reference = streamed
+        else:
+            inputs = read_images(items)
+            if len(inputs) != manifest.num_inputs:
+                names = ", ".join(manifest.input_modalities)
+                raise InputError(
+                    f"model '{manifest.name}' expects {manifest.num_inputs} input image(s) ({names}), "
+                    f"got {len(inputs)}; pass one image per modality in that order"
+                )
+            reference = geometry.GridGeometry.of(inputs[0])
+            aligned = geometry.align_to_reference(inputs)
+            _check_cancel(cancel)
+            _report(progress, _READ, "resampling to the model grid")
+            volume, model_grid = self._prepare(aligned)
+            # The inputs' voxels are not needed any more (only their grid): images this call
+            # read are freed here, before the model and the output's allocations.
+            del inputs, aligned
         _check_cancel(cancel)
         _report(progress, _PREPARE, "running the model")
 
@@ -162,6 +170,34 @@ class Segmenter:
             result = keep_clicked_lesions(result, options.seeds_lps, options.background_lps)
         _report(progress, 1.0, f"done in {time.perf_counter() - started:.1f} s")
         return result
+
+    def _read_streaming(self, items: list, cancel: Optional[CancelFn]) -> Optional[tuple]:
+        """``(volume, model grid, input grid)`` read slab by slab, or None where that would differ.
+
+        Streams only what gives the whole-image path's voxels exactly: image files a slab
+        reader can read (NIfTI, MetaImage), one per model input, all on the first file's
+        exact grid (channels on other grids are aligned first, which needs them whole), no
+        denoising (it filters the whole input grid).
+        """
+        manifest = self.manifest
+        prep = manifest.preprocessing or {}
+        if prep.get("denoise") or len(items) != manifest.num_inputs:
+            return None
+        if not all(isinstance(item, (str, os.PathLike)) for item in items):
+            return None
+        grids = [stream_resample.file_grid(item) for item in items]
+        if grids[0] is None or any(grid != grids[0] for grid in grids):
+            return None
+        arrays = []
+        model_grid = None
+        for item, channel in zip(items, manifest.inputs):
+            _check_cancel(cancel)
+            array, model_grid, _ = stream_resample.read_to_model_grid(
+                item, manifest.spacing_xyz, manifest.orientation, prep.get("interpolator", "linear"))
+            arrays.append(preprocess.normalize(array, channel.get("normalization", {})))
+            del array
+        volume = arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
+        return volume.astype(np.float32, copy=False), model_grid, grids[0]
 
     def _prepare(self, aligned: list) -> tuple:
         """Resample and normalize every channel on the model grid.

@@ -97,3 +97,62 @@ def test_nan_input_is_refused(tiny_package, make_image):
     array[3, 4, 5] = np.nan
     with pytest.raises(InputError, match="NaN"):
         segment(make_image(array), model=str(tiny_package), device="cpu")
+
+
+@pytest.mark.parametrize("name", ["lps_flipped_xy", "flipped_z", "oblique_30", "anisotropic"])
+@pytest.mark.parametrize("ext", [".nii.gz", ".mha"])
+def test_image_files_are_streamed_onto_the_model_grid_with_the_same_result(
+        name, ext, tiny_package, make_sphere_image, rotation_direction, tmp_path, monkeypatch):
+    """A file is read slab by slab (never whole) and segments like the same image in memory."""
+    from tumorseg_core import pipeline, stream_resample
+
+    geometry = dict(GEOMETRIES[name])
+    if geometry.get("direction") == "oblique":
+        geometry["direction"] = rotation_direction("z", 30.0)
+    image, _ = make_sphere_image(radius_mm=9.0, inside=100.0, outside=0.0, noise=5.0, **geometry)
+    path = tmp_path / f"image{ext}"
+    sitk.WriteImage(image, str(path))
+    image = sitk.ReadImage(str(path))  # as stored (NIfTI keeps float32 geometry)
+    segmenter = Segmenter(tiny_package, device="cpu")
+    expected = segmenter.segment(image)
+
+    real = stream_resample.read_to_model_grid
+    slabbed = []
+    monkeypatch.setattr(stream_resample, "read_to_model_grid",
+                        lambda *a, **k: slabbed.append(a[0]) or real(*a, **{**k, "slab_voxels": 3 * 40 * 40}))
+    monkeypatch.setattr(pipeline, "read_images", lambda items: pytest.fail("the whole image was read"))
+    result = segmenter.segment(str(path))
+    assert slabbed == [str(path)]
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(result), sitk.GetArrayFromImage(expected))
+    for get in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):
+        assert getattr(result, get)() == getattr(image, get)()
+
+
+def test_files_on_different_grids_and_unstreamable_files_take_the_whole_image_path(
+        tmp_path, make_sphere_image, rotation_direction, monkeypatch):
+    from tumorseg_core import pipeline
+
+    package = make_tiny_package(tmp_path / "two", modalities=("CT", "PET"))
+    first, _ = make_sphere_image(size_xyz=(32, 32, 24), spacing=(1.0, 1.0, 1.5))
+    second, _ = make_sphere_image(size_xyz=(20, 22, 18), spacing=(2.0, 1.8, 2.0), direction=rotation_direction("x", 20))
+    paths = [tmp_path / "ct.nii.gz", tmp_path / "pet.nii.gz", tmp_path / "ct.nrrd"]
+    for image, path in zip((first, second, first), paths):
+        sitk.WriteImage(image, str(path))
+    whole = []
+    real = pipeline.read_images
+    monkeypatch.setattr(pipeline, "read_images", lambda items: whole.append(len(items)) or real(items))
+    segmenter = Segmenter(package, device="cpu")
+    assert segmenter.segment([str(paths[0]), str(paths[1])]).GetSize() == first.GetSize()
+    assert segmenter.segment([str(paths[2]), str(paths[0])]).GetSize() == first.GetSize()  # NRRD: no slabs
+    assert whole == [2, 2]
+    segmenter.segment([str(paths[0]), str(paths[0])])  # one grid: streamed
+    assert whole == [2, 2]
+
+
+def test_nan_in_a_streamed_file_is_refused_without_output(tiny_package, tmp_path):
+    array = np.ones((20, 20, 20), np.float32)
+    array[13, 4, 5] = np.nan
+    path = tmp_path / "nan.mha"  # ITK's NIfTI reader turns NaN into 0 on its own; MetaImage keeps it
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    with pytest.raises(InputError, match="1 NaN and 0 Inf"):
+        segment(str(path), model=str(tiny_package), device="cpu")

@@ -1,0 +1,129 @@
+"""Read a gzip-compressed NIfTI-1 file's voxels slab by slab, decompressing it once.
+
+ITK's NIfTI reader can read a region of a ``.nii.gz`` (``ImageFileReader.SetExtractIndex``),
+but gzip cannot seek, so every region decompresses the file from its start: reading a
+600-slice CT in 10 slabs took 6.2 s instead of 1.6 s for the whole image. Here one gzip
+stream is read forward while the slabs advance (``stream_resample`` asks for them in
+increasing z), keeping only the slices the next slab may need again.
+
+Only the voxel bytes are read here; the grid (size, spacing, origin, direction) always
+comes from ITK's header reading, so there is one definition of a NIfTI file's geometry.
+The values equal ITK's: no scaling is applied, so files with a ``scl_slope``/``scl_inter``
+that ITK would apply are not handled here (:func:`open_slabs` returns None), and NaN/Inf
+become 0 as ITK's NIfTI reader makes them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import SimpleITK as sitk
+
+# NIfTI-1 datatype codes -> numpy type names, for the scalar types ITK reads as they are.
+_DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8", 1280: "u8"}
+_HEADER_BYTES = 348
+_NATIVE = "<" if sys.byteorder == "little" else ">"
+
+
+class GzipNiftiSlabs:
+    """Slices z0..z1-1 of a ``.nii.gz`` as numpy (z, y, x) arrays, for increasing z0 and z1.
+
+    Args:
+        path: the file.
+        size_xyz: the image size ITK reports (checked against the header).
+        dtype: the header's voxel type (with its byte order).
+        offset: byte offset of the voxels in the decompressed stream (``vox_offset``).
+    """
+
+    def __init__(self, path: Path, size_xyz: tuple[int, int, int], dtype: np.dtype, offset: int) -> None:
+        self.path = Path(path)
+        self.size_xyz = size_xyz
+        self.dtype = dtype
+        self._stream = gzip.open(self.path, "rb")
+        self._stream.seek(offset)  # forward seek of a fresh stream: decompresses the header only
+        self._next = 0  # the next slice the stream will deliver
+        self._kept = np.empty((0, size_xyz[1], size_xyz[0]), dtype=dtype.newbyteorder("="))
+        self._kept_start = 0
+
+    def slab(self, z0: int, z1: int) -> np.ndarray:
+        """Slices z0..z1-1 (native byte order); z0 may not move back past an earlier slab's start."""
+        if z0 < self._kept_start or z1 < z0 or z1 > self.size_xyz[2]:
+            raise ValueError(f"slab {z0}..{z1} is not ahead of the stream (at {self._kept_start}..{self._next})")
+        # Drop what no later slab can ask for (they start at z0 or later), skip a gap if any.
+        self._kept = self._kept[max(0, z0 - self._kept_start):]
+        if z0 > self._next:
+            self._read_slices(z0 - self._next)
+            self._next = z0
+        self._kept_start = z0
+        if z1 > self._next:
+            kept, count = len(self._kept), z1 - self._next
+            nx, ny, _ = self.size_xyz
+            # One new array: the kept slices, then the fresh ones inflated straight into it.
+            grown = np.empty((kept + count, ny, nx), dtype=self._kept.dtype)
+            grown[:kept] = self._kept
+            self._read_into(grown[kept:])
+            self._kept, self._next = grown, z1
+        return self._kept[: z1 - z0]
+
+    def _read_slices(self, count: int) -> None:
+        """Read and drop ``count`` slices (a gap between slabs)."""
+        nx, ny, _ = self.size_xyz
+        for _ in range(count):
+            self._read_into(np.empty((1, ny, nx), dtype=self._kept.dtype))
+
+    def _read_into(self, out: np.ndarray) -> None:
+        """Fill ``out`` (native order, C-contiguous) with the stream's next voxels, as ITK reads them."""
+        view = memoryview(out).cast("B")
+        done = 0
+        while done < len(view):
+            n = self._stream.readinto(view[done:])
+            if not n:
+                raise OSError(f"{self.path} ends {len(view) - done} bytes early (truncated file?)")
+            done += n
+        if self.dtype.byteorder not in ("=", "|") and self.dtype.byteorder != _NATIVE:
+            out.byteswap(inplace=True)
+        if out.dtype.kind == "f":
+            out[~np.isfinite(out)] = 0  # as ITK's NIfTI reader does
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+def open_slabs(path: Path, reader: sitk.ImageFileReader) -> Optional[GzipNiftiSlabs]:
+    """A slab reader for a gzip NIfTI-1 file whose values ITK reads unscaled, else None.
+
+    ``reader`` has read the file's information; the header must agree with it (3D, or 4D
+    with one volume, the same size and a voxel type of the same kind).
+    """
+    if not str(path).lower().endswith(".nii.gz"):
+        return None
+    try:
+        with gzip.open(path, "rb") as stream:
+            header = stream.read(_HEADER_BYTES)
+    except (OSError, EOFError):
+        return None
+    if len(header) != _HEADER_BYTES:
+        return None
+    for order in ("<", ">"):
+        if struct.unpack(order + "i", header[:4])[0] == _HEADER_BYTES:
+            break
+    else:
+        return None  # NIfTI-2 or not NIfTI: ITK's reader handles it
+    dims = struct.unpack(order + "8h", header[40:56])
+    datatype = struct.unpack(order + "h", header[70:72])[0]
+    vox_offset = struct.unpack(order + "f", header[108:112])[0]
+    slope, inter = struct.unpack(order + "2f", header[112:120])
+    if datatype not in _DTYPES or not (slope in (0.0, 1.0) and inter == 0.0):
+        return None  # scaled or unusual voxels: ITK's reader converts them
+    if dims[0] not in (3, 4) or (dims[0] == 4 and dims[4] != 1) or tuple(dims[1:4]) != tuple(reader.GetSize()):
+        return None
+    dtype = np.dtype(order + _DTYPES[datatype])
+    itk_dtype = sitk.GetArrayViewFromImage(sitk.Image([1, 1, 1], reader.GetPixelID())).dtype
+    if dtype.newbyteorder("=") != itk_dtype:
+        return None
+    return GzipNiftiSlabs(Path(path), tuple(int(d) for d in dims[1:4]), dtype, int(vox_offset))
