@@ -1,0 +1,90 @@
+"""nifti_slabs: a .nii.gz inflated once, forward, gives ITK's voxels slab by slab."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from tumorseg_core import nifti_slabs, stream_resample
+from tumorseg_core.errors import InputError
+from tumorseg_core.geometry import to_model_grid
+from tumorseg_core.io import read_image
+
+
+def _header_reader(path: Path) -> sitk.ImageFileReader:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return reader
+
+
+def _write_nii(tmp_path: Path, array: np.ndarray, name: str = "image.nii.gz") -> Path:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.8, 0.9, 2.0))
+    image.SetDirection((0, 1, 0, -1, 0, 0, 0, 0, 1))
+    path = tmp_path / name
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64])
+def test_slabs_equal_itk_for_every_voxel_type(dtype, tmp_path) -> None:
+    array = (np.random.default_rng(0).normal(size=(17, 9, 11)) * 40 + 60).astype(dtype)
+    path = _write_nii(tmp_path, array)
+    slabs = nifti_slabs.open_slabs(path, _header_reader(path))
+    assert slabs is not None
+    full = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    # overlapping, repeated, empty and gapped slabs, always moving forward
+    for z0, z1 in [(0, 4), (2, 7), (2, 5), (7, 7), (9, 13), (15, 17)]:
+        np.testing.assert_array_equal(slabs.slab(z0, z1), full[z0:z1])
+    with pytest.raises(ValueError, match="not ahead"):
+        slabs.slab(3, 6)
+    slabs.close()
+
+
+def test_non_finite_values_become_zero_as_itk_reads_them(tmp_path) -> None:
+    array = np.ones((6, 5, 4), np.float32)
+    array[1, 2, 3], array[4, 0, 0] = np.nan, -np.inf
+    path = _write_nii(tmp_path, array)
+    slabs = nifti_slabs.open_slabs(path, _header_reader(path))
+    np.testing.assert_array_equal(slabs.slab(0, 6), sitk.GetArrayFromImage(sitk.ReadImage(str(path))))
+    assert slabs.slab(0, 6)[1, 2, 3] == 0
+
+
+def _rewrite(path: Path, edit) -> Path:
+    """Decompress, let ``edit`` change the raw bytes, compress again."""
+    raw = bytearray(gzip.decompress(path.read_bytes()))
+    path.write_bytes(gzip.compress(bytes(edit(raw))))
+    return path
+
+
+def test_scaled_and_other_files_are_left_to_itk(tmp_path) -> None:
+    array = (np.random.default_rng(1).normal(size=(12, 10, 8)) * 100).astype(np.int16)
+    path = _write_nii(tmp_path, array)
+
+    def scale(raw: bytearray) -> bytearray:
+        raw[112:120] = struct.pack("<2f", 2.0, 5.0)  # scl_slope, scl_inter
+        return raw
+
+    _rewrite(path, scale)
+    assert nifti_slabs.open_slabs(path, _header_reader(path)) is None
+    whole = sitk.GetArrayFromImage(to_model_grid(read_image(path), (1.5, 1.5, 1.5)))
+    streamed = stream_resample.read_to_model_grid(path, (1.5, 1.5, 1.5), slab_voxels=8 * 10 * 2)[0]
+    np.testing.assert_allclose(streamed, whole, rtol=1e-6, atol=1e-4)  # ITK's region reader, scaled values
+    mha = tmp_path / "image.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(mha))
+    assert nifti_slabs.open_slabs(mha, _header_reader(mha)) is None
+
+
+def test_a_truncated_file_is_a_one_line_input_error(tmp_path) -> None:
+    array = (np.random.default_rng(2).normal(size=(30, 20, 20)) * 100).astype(np.float32)
+    path = _write_nii(tmp_path, array)
+    _rewrite(path, lambda raw: raw[: len(raw) // 2])
+    with pytest.raises(InputError, match="truncated") as info:
+        stream_resample.read_to_model_grid(path, (2.0, 2.0, 2.0), slab_voxels=20 * 20 * 4)
+    assert "\n" not in str(info.value)
