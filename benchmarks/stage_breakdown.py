@@ -51,19 +51,27 @@ def main(argv: list[str] | None = None) -> None:
         stages[name] = round(time.perf_counter() - started, 2)
         return out
 
-    inputs = timed("read", read_images, [str(image_path)])
-    aligned = geometry.align_to_reference(inputs)
-    volume, grid = timed("resample+normalize", segmenter._prepare, aligned)
+    # The pipeline's own read: slab by slab onto the model grid where the file allows it.
+    streamed = timed("read+resample+normalize", segmenter._read_streaming, [str(image_path)], None)
+    if streamed is not None:
+        volume, grid, reference = streamed
+    else:
+        del stages["read+resample+normalize"]
+        inputs = timed("read", read_images, [str(image_path)])
+        aligned = geometry.align_to_reference(inputs)
+        volume, grid = timed("resample+normalize", segmenter._prepare, aligned)
+        reference = geometry.GridGeometry.of(inputs[0])
+        del inputs, aligned
     predictor = segmenter.predictor(SegmentOptions(backend=args.backend))
     labels = timed("network+stitching", predictor.predict, volume)
     manifest = segmenter.manifest
     labels = timed("postprocess", postprocess.postprocess_labels, labels, manifest.spacing_xyz,
                    manifest.postprocessing)
     label_image = grid.apply_to(sitk.GetImageFromArray(np.ascontiguousarray(labels)))
-    result = timed("labels to input grid", geometry.labels_to_reference, label_image, inputs[0])
+    result = timed("labels to input grid", geometry.labels_to_reference, label_image, reference)
     timed("write .seg.nrrd", write_labelmap, result, str(work / "out.seg.nrrd"))
     total = round(sum(stages.values()), 2)
-    report = {"case": args.case, "size_xyz": list(inputs[0].GetSize()), "model_grid_xyz": list(grid.size),
+    report = {"case": args.case, "size_xyz": list(reference.size), "model_grid_xyz": list(grid.size),
               "backend": predictor.backend,
               "stages_s": stages, "total_s": total}
     if args.json:

@@ -123,11 +123,12 @@ def test_process_keeps_input_grid(case, scene, logic, threshold_package, helpers
         assert np.array_equal(exported, expected)
 
 
+@pytest.mark.parametrize("ext", [".mha", ".nrrd"])
 @pytest.mark.parametrize("case", ["lps_identity", "oblique", "transformed"])
-def test_written_file_is_lps(case, scene, helpers, tmp_path):
+def test_written_file_is_lps(case, ext, scene, helpers, tmp_path):
     """The one RAS->LPS conversion: each voxel of the written file sits at the LPS point of its RAS position."""
     volume, world, _ = _geometry_case(case, helpers, scene)
-    path = tmp_path / "v.nrrd"
+    path = tmp_path / f"v{ext}"
     matrix = geometry_bridge.write_volume(volume, path)  # frame = world
     assert np.allclose(matrix, world)
     image = sitk.ReadImage(str(path))
@@ -136,6 +137,13 @@ def test_written_file_is_lps(case, scene, helpers, tmp_path):
         lps = np.array(image.TransformIndexToPhysicalPoint(ijk))
         assert np.allclose(lps, [-ras[0], -ras[1], ras[2]], atol=1e-4)
     assert np.array_equal(sitk.GetArrayFromImage(image), helpers.phantom())
+    if ext == ".mha":  # what the logic writes for the worker: exact geometry, read in slabs
+        from tumorseg_core import stream_resample
+        from tumorseg_core.geometry import GridGeometry
+
+        expected = geometry_bridge.volume_to_sitk(volume)[0]
+        assert GridGeometry.of(image) == GridGeometry.of(expected)
+        assert stream_resample.file_grid(path) == GridGeometry.of(expected)
 
 
 def test_terminology_context_loads_in_slicer():

@@ -136,8 +136,11 @@ def volume_to_sitk(volume_node: Any, frame_node: Any = None) -> tuple:
 def write_volume(volume_node: Any, path: Union[str, Path], frame_node: Any = None) -> np.ndarray:
     """Write a scalar volume node (geometry in ``frame_node``'s frame) to ``path``; returns the matrix.
 
-    ``path`` should end in ``.nrrd`` (any direction matrix, including shear, is kept);
-    it is written uncompressed because it is read once, right away, by the worker.
+    ``path`` should end in ``.mha`` (the logic's choice: spacing, origin and any direction
+    matrix, shear included, round-trip bit-exactly, and the engine reads an uncompressed
+    MetaImage slab by slab) or ``.nrrd`` (NRRD folds them into "space directions" and can
+    come back one ulp off). It is written uncompressed because it is read once, right away,
+    by the worker.
     """
     image, matrix = volume_to_sitk(volume_node, frame_node)
     writer = sitk.ImageFileWriter()

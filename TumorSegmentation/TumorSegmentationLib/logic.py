@@ -152,7 +152,7 @@ class TumorSegmentationLogic(_LogicBase):  # type: ignore[misc, valid-type]
         try:
             paths, matrices = [], []
             for i, volume in enumerate(volumes):
-                path = temp_dir / f"input{i}.nrrd"
+                path = temp_dir / f"input{i}.mha"  # raw MetaImage: exact geometry, and the worker reads it in slabs
                 matrices.append(geometry_bridge.write_volume(volume, path, frame_node=outputSegmentationNode))
                 paths.append(str(path))
             # The worker opens exactly the package whose manifest was checked here (its cwd differs).

@@ -60,14 +60,7 @@ def run_batch_numpy(
         check_output_shape(logits.shape, x.shape, num_outputs)
         return softmax_numpy(logits) if output_type == "softmax" else expit(logits)
 
-    total: np.ndarray | None = None
-    for runner in runners:
-        probs = predict_with_flips(lambda t, runner=runner: probabilities(runner, t), windows, flips)
-        total = probs if total is None else total + probs
-    assert total is not None
-    if output_type == "softmax":
-        total = total[:, 1:]
-    return ((total / np.float32(len(runners))) * gaussian).astype(np.float32, copy=False)
+    return _weighted_mean(runners, windows, probabilities, flips, output_type, gaussian).astype(np.float32, copy=False)
 
 
 def run_batch_torch(
@@ -98,13 +91,22 @@ def run_batch_torch(
         logits = out.float()  # activations in float32 even under AMP
         return torch.softmax(logits, dim=1) if output_type == "softmax" else torch.sigmoid(logits)
 
-    total = None
     with torch.inference_mode(), torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
-        for net in modules:
-            probs = predict_with_flips(lambda t, net=net: probabilities(net, t), x, flips)
-            total = probs if total is None else total + probs
-        assert total is not None
-        if output_type == "softmax":
-            total = total[:, 1:]
-        result = (total / len(modules)) * gaussian
+        result = _weighted_mean(modules, x, probabilities, flips, output_type, gaussian)
     return result.float().cpu().numpy()
+
+
+def _weighted_mean(runners: Sequence[Any], windows: Any, probabilities: Any, flips: Sequence[tuple[int, ...]],
+                   output_type: str, gaussian: Any) -> Any:
+    """Mean over runners and flips of ``probabilities(runner, windows)``, background dropped, x Gaussian.
+
+    Works on numpy arrays and torch tensors alike (the arithmetic is the same).
+    """
+    total = None
+    for runner in runners:
+        probs = predict_with_flips(lambda t, runner=runner: probabilities(runner, t), windows, flips)
+        total = probs if total is None else total + probs
+    assert total is not None
+    if output_type == "softmax":
+        total = total[:, 1:]  # background is implied by the weights (see stitching)
+    return (total / len(runners)) * gaussian
