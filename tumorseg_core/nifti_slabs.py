@@ -18,8 +18,9 @@ from __future__ import annotations
 import gzip
 import struct
 import sys
+import zlib
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -27,6 +28,8 @@ import SimpleITK as sitk
 # NIfTI-1 datatype codes -> numpy type names, for the scalar types ITK reads as they are.
 _DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8", 1280: "u8"}
 _HEADER_BYTES = 348
+#: What a damaged gzip stream raises while it is read.
+READ_ERRORS = (OSError, EOFError, ValueError, zlib.error)
 _NATIVE = "<" if sys.byteorder == "little" else ">"
 
 
@@ -38,14 +41,22 @@ class GzipNiftiSlabs:
         size_xyz: the image size ITK reports (checked against the header).
         dtype: the header's voxel type (with its byte order).
         offset: byte offset of the voxels in the decompressed stream (``vox_offset``).
+        on_skipped: called as ``on_skipped(z, slice)`` for each slice read but skipped over
+            (a gap between slabs), so a caller checking every voxel need not read it again.
     """
 
-    def __init__(self, path: Path, size_xyz: tuple[int, int, int], dtype: np.dtype, offset: int) -> None:
+    def __init__(self, path: Path, size_xyz: tuple[int, int, int], dtype: np.dtype, offset: int,
+                 on_skipped: Optional[Callable[[int, np.ndarray], None]] = None) -> None:
         self.path = Path(path)
         self.size_xyz = size_xyz
         self.dtype = dtype
+        self.on_skipped = on_skipped
         self._stream = gzip.open(self.path, "rb")
-        self._stream.seek(offset)  # forward seek of a fresh stream: decompresses the header only
+        try:
+            self._stream.seek(offset)  # forward seek of a fresh stream: inflates the header only
+        except BaseException:
+            self._stream.close()
+            raise
         self._next = 0  # the next slice the stream will deliver
         self._kept = np.empty((0, size_xyz[1], size_xyz[0]), dtype=dtype.newbyteorder("="))
         self._kept_start = 0
@@ -70,11 +81,21 @@ class GzipNiftiSlabs:
             self._kept, self._next = grown, z1
         return self._kept[: z1 - z0]
 
+    def skip_to_end(self) -> None:
+        """Read the slices after the last slab (each goes to ``on_skipped``)."""
+        self._kept = self._kept[:0]
+        self._kept_start = self.size_xyz[2]
+        self._read_slices(self.size_xyz[2] - self._next)
+        self._next = self.size_xyz[2]
+
     def _read_slices(self, count: int) -> None:
-        """Read and drop ``count`` slices (a gap between slabs)."""
+        """Read ``count`` slices of a gap between slabs, handing each to ``on_skipped``."""
         nx, ny, _ = self.size_xyz
-        for _ in range(count):
-            self._read_into(np.empty((1, ny, nx), dtype=self._kept.dtype))
+        for z in range(self._next, self._next + count):
+            one = np.empty((1, ny, nx), dtype=self._kept.dtype)
+            self._read_into(one)
+            if self.on_skipped is not None:
+                self.on_skipped(z, one)
 
     def _read_into(self, out: np.ndarray) -> None:
         """Fill ``out`` (native order, C-contiguous) with the stream's next voxels, as ITK reads them."""
@@ -94,18 +115,21 @@ class GzipNiftiSlabs:
         self._stream.close()
 
 
-def open_slabs(path: Path, reader: sitk.ImageFileReader) -> Optional[GzipNiftiSlabs]:
+def open_slabs(path: Path, reader: sitk.ImageFileReader,
+               on_skipped: Optional[Callable[[int, np.ndarray], None]] = None) -> Optional[GzipNiftiSlabs]:
     """A slab reader for a gzip NIfTI-1 file whose values ITK reads unscaled, else None.
 
     ``reader`` has read the file's information; the header must agree with it (3D, or 4D
-    with one volume, the same size and a voxel type of the same kind).
+    with one volume, the same size and a voxel type of the same kind). Anything unusual
+    (scaling, NIfTI-2, a ``vox_offset`` inside the header, a stream that fails to open) is
+    left to ITK's reader: None.
     """
     if not str(path).lower().endswith(".nii.gz"):
         return None
     try:
         with gzip.open(path, "rb") as stream:
             header = stream.read(_HEADER_BYTES)
-    except (OSError, EOFError):
+    except READ_ERRORS:
         return None
     if len(header) != _HEADER_BYTES:
         return None
@@ -120,10 +144,15 @@ def open_slabs(path: Path, reader: sitk.ImageFileReader) -> Optional[GzipNiftiSl
     slope, inter = struct.unpack(order + "2f", header[112:120])
     if datatype not in _DTYPES or not (slope in (0.0, 1.0) and inter == 0.0):
         return None  # scaled or unusual voxels: ITK's reader converts them
+    if vox_offset < _HEADER_BYTES:
+        return None  # ITK reads such (mis-written) files from the end of the header instead
     if dims[0] not in (3, 4) or (dims[0] == 4 and dims[4] != 1) or tuple(dims[1:4]) != tuple(reader.GetSize()):
         return None
     dtype = np.dtype(order + _DTYPES[datatype])
     itk_dtype = sitk.GetArrayViewFromImage(sitk.Image([1, 1, 1], reader.GetPixelID())).dtype
     if dtype.newbyteorder("=") != itk_dtype:
         return None
-    return GzipNiftiSlabs(Path(path), tuple(int(d) for d in dims[1:4]), dtype, int(vox_offset))
+    try:
+        return GzipNiftiSlabs(Path(path), tuple(int(d) for d in dims[1:4]), dtype, int(vox_offset), on_skipped)
+    except READ_ERRORS:
+        return None  # e.g. truncated inside the header extensions: ITK's reader reports it

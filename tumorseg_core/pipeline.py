@@ -193,7 +193,7 @@ class Segmenter:
         for item, channel in zip(items, manifest.inputs):
             _check_cancel(cancel)
             array, model_grid, _ = stream_resample.read_to_model_grid(
-                item, manifest.spacing_xyz, manifest.orientation, prep.get("interpolator", "linear"))
+                item, manifest.spacing_xyz, manifest.orientation, prep.get("interpolator", "linear"), cancel=cancel)
             arrays.append(preprocess.normalize(array, channel.get("normalization", {})))
             del array
         volume = arrays[0][None] if len(arrays) == 1 else np.stack(arrays)

@@ -88,3 +88,85 @@ def test_a_truncated_file_is_a_one_line_input_error(tmp_path) -> None:
     with pytest.raises(InputError, match="truncated") as info:
         stream_resample.read_to_model_grid(path, (2.0, 2.0, 2.0), slab_voxels=20 * 20 * 4)
     assert "\n" not in str(info.value)
+
+
+def test_vox_offset_inside_the_header_is_left_to_itk(tmp_path) -> None:
+    array = (np.random.default_rng(3).normal(size=(10, 9, 8)) * 100).astype(np.float32)
+    path = _write_nii(tmp_path, array)
+
+    def no_extension_bytes(raw: bytearray) -> bytearray:
+        raw = raw[:348] + raw[352:]  # data right after the header ...
+        raw[108:112] = struct.pack("<f", 0.0)  # ... and vox_offset 0 (ITK reads from byte 348)
+        return raw
+
+    _rewrite(path, no_extension_bytes)
+    assert nifti_slabs.open_slabs(path, _header_reader(path)) is None
+    whole = sitk.GetArrayFromImage(to_model_grid(read_image(path), (1.5, 1.5, 1.5)))
+    streamed = stream_resample.read_to_model_grid(path, (1.5, 1.5, 1.5), slab_voxels=8 * 9 * 2)[0]
+    np.testing.assert_allclose(streamed, whole, rtol=1e-6, atol=1e-4)
+
+
+def test_a_stream_that_fails_while_opening_is_left_to_itk(tmp_path) -> None:
+    array = (np.random.default_rng(4).normal(size=(10, 9, 8)) * 100).astype(np.float32)
+    path = _write_nii(tmp_path, array)
+
+    def far_offset(raw: bytearray) -> bytearray:
+        raw[108:112] = struct.pack("<f", 1e6)  # the voxels would start beyond ...
+        return raw
+
+    _rewrite(path, far_offset)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])  # ... the end of a truncated gzip stream
+    assert nifti_slabs.open_slabs(path, _header_reader(path)) is None
+    with pytest.raises(InputError) as info:
+        stream_resample.read_to_model_grid(path, (1.5, 1.5, 1.5))
+    assert "\n" not in str(info.value)
+
+
+def test_gap_slices_are_handed_to_the_caller_once(tmp_path) -> None:
+    array = (np.random.default_rng(5).normal(size=(20, 6, 7)) * 10).astype(np.int16)
+    path = _write_nii(tmp_path, array)
+    skipped: list[int] = []
+    slabs = nifti_slabs.open_slabs(path, _header_reader(path), lambda z, s: skipped.append(z) or
+                                   np.testing.assert_array_equal(s[0], array[z]))
+    slabs.slab(0, 3)
+    slabs.slab(7, 9)
+    slabs.slab(15, 16)
+    assert skipped == [3, 4, 5, 6, 9, 10, 11, 12, 13, 14]
+
+
+def test_coarse_model_z_spacing_reads_a_gz_file_once(tmp_path, monkeypatch) -> None:
+    """Slices between chunks are checked from the one forward stream, not re-read by ITK."""
+    array = (np.random.default_rng(6).normal(size=(60, 12, 14)) * 100).astype(np.float32)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((1.0, 1.0, 0.5))
+    path = tmp_path / "thin.nii.gz"
+    sitk.WriteImage(image, str(path))
+    monkeypatch.setattr(stream_resample, "_read_slab", lambda *a: pytest.fail("ITK re-read a slab"))
+    streamed = stream_resample.read_to_model_grid(path, (2.0, 2.0, 8.0), slab_voxels=12 * 14 * 4)[0]
+    monkeypatch.undo()
+    whole = sitk.GetArrayFromImage(to_model_grid(read_image(path), (2.0, 2.0, 8.0)))
+    np.testing.assert_allclose(streamed, whole, rtol=1e-6, atol=1e-5)
+
+
+def test_cancel_between_slabs(tmp_path) -> None:
+    from tumorseg_core.errors import CancelledError
+
+    path = _write_nii(tmp_path, (np.random.default_rng(7).normal(size=(30, 9, 8)) * 10).astype(np.float32))
+    calls: list[int] = []
+    with pytest.raises(CancelledError):
+        stream_resample.read_to_model_grid(path, (1.0, 1.0, 1.0), slab_voxels=8 * 9 * 4,
+                                           cancel=lambda: calls.append(1) or len(calls) > 2)
+    assert len(calls) == 3
+
+
+def test_non_unit_direction_columns_stream(tmp_path) -> None:
+    """A hand-made MetaImage whose direction columns are not unit length (the z step decides the axis)."""
+    array = (np.random.default_rng(8).normal(size=(16, 12, 10)) * 10).astype(np.float32)
+    image = sitk.GetImageFromArray(array)
+    image.SetDirection((1, 0, 0, 0, 1, 0.5, 0, 0, 0.3))
+    path = tmp_path / "odd.mha"
+    sitk.WriteImage(image, str(path))
+    whole = sitk.GetArrayFromImage(to_model_grid(read_image(path), (1.5, 1.5, 1.5)))
+    streamed = stream_resample.read_to_model_grid(path, (1.5, 1.5, 1.5), slab_voxels=12 * 10 * 3)[0]
+    np.testing.assert_allclose(streamed, whole, rtol=1e-6, atol=1e-5)

@@ -152,6 +152,9 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tumorseg_core.inference.devices import import_torch
+
+    import_torch()  # training needs torch: this applies the --threads count to it
     from tumorseg_core.train import train
     from tumorseg_core.training.config import merge_config
 

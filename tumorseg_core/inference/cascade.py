@@ -124,7 +124,9 @@ def predict_cascade(
     small = coarse_shape(full, predictor.patch_size_zyx, coarse_factor)
     if small == full:
         return predictor.predict(volume, progress=progress, cancel=cancel)
-    import torch  # the cascade is opt-in; the default exhaustive path stays torch-free
+    from tumorseg_core.inference.devices import import_torch
+
+    torch = import_torch()  # the cascade is opt-in; the default exhaustive path stays torch-free
 
     coarse = torch.nn.functional.interpolate(
         torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None], size=small, mode="area"

@@ -30,7 +30,7 @@ DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"
 
 def _mps_available() -> bool:
     """True when Apple's Metal backend can run (torch built with it and a GPU present)."""
-    import torch
+    torch = import_torch()
 
     mps = getattr(torch.backends, "mps", None)
     return bool(mps is not None and mps.is_available())
@@ -43,7 +43,7 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     ``"mps"`` must be available, otherwise a :class:`TumorSegError` says so. A
     ``torch.device`` is returned unchanged (for callers that already chose one).
     """
-    import torch
+    torch = import_torch()
 
     if isinstance(name, torch.device):
         return name
@@ -76,8 +76,10 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     raise TumorSegError(f"unknown device '{name}'; use {DEVICE_NAMES}")
 
 
-# Device files a GPU driver creates on Linux: NVIDIA, AMD ROCm (torch.cuda too) and WSL's GPU.
-_LINUX_GPU_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+# Device files a GPU driver creates on Linux: NVIDIA, NVIDIA Jetson (nvgpu), AMD ROCm
+# (torch.cuda too) and WSL's GPU. Any of them present: ask torch.
+_LINUX_GPU_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/nvidia0", "/dev/nvhost-ctrl-gpu",
+                    "/sys/module/nvgpu", "/dev/kfd", "/dev/dxg")
 
 
 def gpu_may_be_present() -> bool:

@@ -137,7 +137,9 @@ class Predictor:
         self.amp = bool(amp)
         self.modalities = tuple(modalities) if modalities else None
         self._device_name = device_name(device)
-        lazy = networks if isinstance(networks, LazyNetworks) else LazyNetworks.of(list(networks))
+        if not isinstance(networks, LazyNetworks):  # modules given: torch is in use anyway
+            networks = LazyNetworks.of([net.to(self.device).eval() for net in networks])
+        lazy = networks
         self.in_channels = in_channels if in_channels is not None else _first_conv_in_channels(lazy.modules()[0])
         # Window runners: the modules themselves (torch) or cached exports (CPU backends).
         self.backend, self.networks = prepare_backend(
