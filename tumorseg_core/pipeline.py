@@ -5,7 +5,8 @@ read → align inputs onto the first grid → (denoise) → to the model grid �
 input's exact grid (nearest neighbour, uint8; never float logits per class).
 
 Image files on one grid (NIfTI, MetaImage) are read straight onto the model grid slab by
-slab (``stream_resample.py``): the whole input is never in memory, with the same voxels.
+slab (``stream_resample.py``): the whole input is never in memory; same grid, and the
+same voxels up to float rounding of the sample positions.
 """
 
 from __future__ import annotations
@@ -174,7 +175,8 @@ class Segmenter:
     def _read_streaming(self, items: list, cancel: Optional[CancelFn]) -> Optional[tuple]:
         """``(volume, model grid, input grid)`` read slab by slab, or None where that would differ.
 
-        Streams only what gives the whole-image path's voxels exactly: image files a slab
+        Streams only what gives the whole-image path's grid and voxels (up to the float
+        rounding of sample positions, see ``stream_resample``): image files a slab
         reader can read (NIfTI, MetaImage), one per model input, all on the first file's
         exact grid (channels on other grids are aligned first, which needs them whole), no
         denoising (it filters the whole input grid).
