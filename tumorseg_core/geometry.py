@@ -51,6 +51,14 @@ class GridGeometry:
         return cls(tuple(image.GetSize()), tuple(image.GetSpacing()), tuple(image.GetOrigin()),
                    tuple(image.GetDirection()))
 
+    def located(self) -> sitk.Image:
+        """A one-voxel image placed like this grid: ITK's own index <-> point arithmetic for it."""
+        proxy = sitk.Image([1] * len(self.size), sitk.sitkUInt8)
+        proxy.SetSpacing(self.spacing)
+        proxy.SetOrigin(self.origin)
+        proxy.SetDirection(self.direction)
+        return proxy
+
     def apply_to(self, image: sitk.Image) -> sitk.Image:
         """Set ``image``'s spacing, origin and direction to this grid's (in place); returns it."""
         if tuple(image.GetSize()) != self.size:
@@ -207,14 +215,9 @@ def model_grid(
     new_size = np.maximum(1, np.round(old_size * old_spacing / new_spacing)).astype(int)
     direction = np.asarray(direction_flat, dtype=float).reshape(3, 3)
     # Keep the grid centres identical so rounding the size splits the difference evenly.
-    # ITK computes the centre (same arithmetic as the image itself): a 1x1x1 proxy with the
-    # reference's spacing, origin and direction stands in for a GridGeometry.
+    # ITK computes the centre (same arithmetic as the image itself).
     if isinstance(reference, GridGeometry):
-        located = sitk.Image([1] * len(reference.size), sitk.sitkUInt8)
-        located.SetSpacing(reference.spacing)
-        located.SetOrigin(reference.origin)
-        located.SetDirection(reference.direction)
-        size = reference.size
+        located, size = reference.located(), reference.size
     else:
         located, size = reference, reference.GetSize()
     centre = np.asarray(located.TransformContinuousIndexToPhysicalPoint(

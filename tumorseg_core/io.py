@@ -106,6 +106,19 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
     return reader.Execute()
 
 
+def unreadable_error(path: PathLike, reason: str) -> InputError:
+    """The one-line error for a file that cannot be read (whole or in slabs)."""
+    return InputError(f"could not read {path} ({reason}); give a NIfTI, NRRD, MHA file or a DICOM folder")
+
+
+def nonfinite_error(name: str, n_nan: int, n_inf: int) -> InputError:
+    return InputError(f"{name} has {n_nan} NaN and {n_inf} Inf voxels; replace them (e.g. with 0) before segmenting")
+
+
+def constant_error(name: str, value: Any) -> InputError:
+    return InputError(f"{name} is empty/constant (every voxel is {value}); give an image with content")
+
+
 def _read_raw(path: PathLike) -> sitk.Image:
     """Read a file or DICOM folder without checks; InputError naming the path if unreadable."""
     p = Path(path)
@@ -118,9 +131,7 @@ def _read_raw(path: PathLike) -> sitk.Image:
     except InputError:
         raise
     except (RuntimeError, OSError) as exc:
-        raise InputError(
-            f"could not read {p} ({_one_line(exc)}); give a NIfTI, NRRD, MHA file or a DICOM folder"
-        ) from exc
+        raise unreadable_error(p, _one_line(exc)) from exc
 
 
 def check_image(image: sitk.Image, name: str = "image") -> sitk.Image:
@@ -148,12 +159,10 @@ def check_image(image: sitk.Image, name: str = "image") -> sitk.Image:
         if not finite.all():
             n_nan = int(np.isnan(array).sum())
             n_inf = int(array.size - finite.sum()) - n_nan
-            raise InputError(
-                f"{name} has {n_nan} NaN and {n_inf} Inf voxels; replace them (e.g. with 0) before segmenting"
-            )
+            raise nonfinite_error(name, n_nan, n_inf)
     first = array.flat[0]
     if np.all(array == first):
-        raise InputError(f"{name} is empty/constant (every voxel is {first}); give an image with content")
+        raise constant_error(name, first)
     return image
 
 

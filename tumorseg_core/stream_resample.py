@@ -40,7 +40,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from . import geometry, io, nifti_slabs
-from .errors import CancelledError, InputError, TumorSegError
+from .errors import CancelledError, TumorSegError
 from .geometry import GridGeometry
 
 logger = logging.getLogger(__name__)
@@ -185,10 +185,9 @@ class _Checks:
     def raise_errors(self, name: str) -> None:
         """The InputError check_image would raise (same order and wording), if any."""
         if self.failed:
-            raise InputError(f"{name} has {self.n_nan} NaN and {self.n_inf} Inf voxels; "
-                             "replace them (e.g. with 0) before segmenting")
+            raise io.nonfinite_error(name, self.n_nan, self.n_inf)
         if self.constant:
-            raise InputError(f"{name} is empty/constant (every voxel is {self.first}); give an image with content")
+            raise io.constant_error(name, self.first)
 
 
 def read_to_model_grid(
@@ -277,16 +276,13 @@ def _slab_source(path: PathLike, reader: sitk.ImageFileReader, source: GridGeome
     slabs = nifti_slabs.open_slabs(Path(path), reader, on_skipped)
     if slabs is None:
         return (lambda z0, z1: _read_slab(reader, source, z0, z1)), (lambda: None), (lambda: None)
-    located = sitk.Image([1, 1, 1], sitk.sitkUInt8)  # ITK's own index -> point arithmetic
-    located.SetSpacing(source.spacing)
-    located.SetOrigin(source.origin)
-    located.SetDirection(source.direction)
+    located = source.located()
 
     def read(z0: int, z1: int) -> sitk.Image:
         try:
             image = sitk.GetImageFromArray(slabs.slab(z0, z1))
         except nifti_slabs.READ_ERRORS as exc:
-            raise InputError(f"could not read {path} ({exc}); give a NIfTI, NRRD, MHA file or a DICOM folder") from exc
+            raise io.unreadable_error(path, str(exc)) from exc
         image.SetSpacing(source.spacing)
         image.SetDirection(source.direction)
         image.SetOrigin(located.TransformIndexToPhysicalPoint((0, 0, int(z0))))
@@ -296,7 +292,7 @@ def _slab_source(path: PathLike, reader: sitk.ImageFileReader, source: GridGeome
         try:
             slabs.skip_to_end()
         except nifti_slabs.READ_ERRORS as exc:
-            raise InputError(f"could not read {path} ({exc}); give a NIfTI, NRRD, MHA file or a DICOM folder") from exc
+            raise io.unreadable_error(path, str(exc)) from exc
 
     return read, finish, slabs.close
 
@@ -308,5 +304,4 @@ def _read_slab(reader: sitk.ImageFileReader, source: GridGeometry, z0: int, z1: 
     try:
         return reader.Execute()
     except RuntimeError as exc:
-        raise InputError(f"could not read {reader.GetFileName()} ({io._one_line(exc)}); "
-                         "give a NIfTI, NRRD, MHA file or a DICOM folder") from exc
+        raise io.unreadable_error(reader.GetFileName(), io._one_line(exc)) from exc
