@@ -89,6 +89,17 @@ def _resolve_device(config: dict[str, Any], info: dist_utils.DistInfo) -> torch.
     return device
 
 
+def epochs_that_fit(limit_minutes: float | None, elapsed_s: float, longest_epoch_s: float) -> float:
+    """How many more epochs end inside the time limit, at the longest epoch's duration so far.
+
+    ``inf`` without a limit or before the first epoch (``longest_epoch_s`` 0): the first
+    epoch of a run always starts.
+    """
+    if limit_minutes is None or longest_epoch_s <= 0:
+        return math.inf
+    return max(0.0, math.floor((60.0 * float(limit_minutes) - elapsed_s) / longest_epoch_s))
+
+
 def _restore(workdir: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any, scaler: Any,
              config: dict[str, Any]) -> dict[str, Any]:
     """Load the last checkpoint into the objects; return ``state.json``."""
@@ -208,6 +219,7 @@ def train(
     from tumorseg_core.models.registry import build_network
     from tumorseg_core.package import write_package
 
+    run_started = time.perf_counter()
     config = merge_config(config, {})
     check_config(config)
     out_dir = Path(out_dir).expanduser().resolve()
@@ -243,8 +255,16 @@ def train(
 
             net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         tb = TensorBoardLog(workdir / "tensorboard") if info.is_main else None
+        longest = 0.0
         try:
             for epoch in range(state["epoch"], config["epochs"]):
+                fit = epochs_that_fit(config["time_limit_minutes"], time.perf_counter() - run_started, longest)
+                if info.enabled and math.isfinite(fit):  # every rank must stop at the same epoch
+                    fit = math.floor(dist_utils.all_reduce_mean(info, fit, device))
+                if fit < 1:
+                    _log_time_limit(config, epoch)
+                    break
+                last = fit < 2  # validate it: its weights may be the package's
                 # Reseeding per (epoch, rank) makes an epoch independent of what came
                 # before it, so a resumed run repeats an uninterrupted one exactly.
                 epoch_seed = _epoch_seed(config["seed"], epoch, info.rank)
@@ -256,7 +276,8 @@ def train(
                                                   info, progress, cancel)
                 if info.is_main:
                     val_started = time.perf_counter()
-                    validate = run.val_cases and ((epoch + 1) % config["val_every"] == 0 or epoch + 1 == config["epochs"])
+                    validate = run.val_cases and ((epoch + 1) % config["val_every"] == 0
+                                                  or epoch + 1 == config["epochs"] or last)
                     val = _validate(run, model, device, cancel) if validate else {"dice": float("nan")}
                     row = {"epoch": epoch + 1, "train_loss": train_loss,
                            "val_dice": val["dice"] if math.isfinite(val["dice"]) else None,
@@ -282,6 +303,10 @@ def train(
                 else:
                     state["epoch"] = epoch + 1
                 dist_utils.barrier(info)
+                longest = max(longest, time.perf_counter() - started)
+                if last and epoch + 1 < config["epochs"]:
+                    _log_time_limit(config, epoch + 1)
+                    break
         finally:
             if tb is not None:
                 tb.close()
@@ -293,6 +318,11 @@ def train(
         return package
     finally:
         dist_utils.shutdown(info)
+
+
+def _log_time_limit(config: dict[str, Any], done: int) -> None:
+    logger.warning("time limit of %s min: stopped after epoch %d of %d; run the same command again (with more "
+                   "time) to resume", config["time_limit_minutes"], done, config["epochs"])
 
 
 def _write_package(run: RunData, workdir: Path, state: dict[str, Any], out_dir: Path, overwrite: bool,

@@ -203,6 +203,41 @@ def test_val_every_skips_validation_but_always_validates_the_last_epoch(data_dir
         train(dict(config, val_every=0, workdir=str(tmp_path / "w0")), tmp_path / "bad")
 
 
+def test_epochs_that_fit_counts_whole_epochs_left_in_the_limit():
+    from tumorseg_core.train import epochs_that_fit
+
+    assert epochs_that_fit(None, 1e9, 10.0) == float("inf")
+    assert epochs_that_fit(1.0, 50.0, 0.0) == float("inf")  # the first epoch always starts
+    assert epochs_that_fit(1.0, 20.0, 10.0) == 4  # 40 s left
+    assert epochs_that_fit(1.0, 45.0, 10.0) == 1
+    assert epochs_that_fit(1.0, 55.0, 10.0) == 0
+    assert epochs_that_fit(1.0, 90.0, 10.0) == 0
+
+
+def test_time_limit_validates_the_last_epoch_that_fits_writes_the_package_and_resumes(data_dir, tmp_path,
+                                                                                    monkeypatch):
+    import tumorseg_core.train as train_module
+
+    real = train_module.epochs_that_fit
+    answers = iter([float("inf"), 1.0])  # epoch 1: plenty of time; epoch 2: the last that fits
+    monkeypatch.setattr(train_module, "epochs_that_fit", lambda *a: next(answers))
+    config = dict(TINY, data=str(data_dir), workdir=str(tmp_path / "work"), epochs=4, iterations_per_epoch=1,
+                  val_every=3, time_limit_minutes=5.0)
+    package = train(config, tmp_path / "pkg")
+    rows = _log_rows(tmp_path / "work")
+    assert [r["val_dice"] != "" for r in rows] == [False, True]
+    assert json.loads((Path(package) / "manifest.json").read_text())["metrics"]["validation"]["epochs"] == 2
+    # No time left before an epoch: stop without starting it; the same command resumes.
+    monkeypatch.setattr(train_module, "epochs_that_fit", lambda *a: 0.0)
+    train(config, tmp_path / "pkg2")
+    assert len(_log_rows(tmp_path / "work")) == 2
+    monkeypatch.setattr(train_module, "epochs_that_fit", real)
+    train(dict(config, time_limit_minutes=None), tmp_path / "pkg3")
+    assert [r["epoch"] for r in _log_rows(tmp_path / "work")] == ["1", "2", "3", "4"]
+    with pytest.raises(InputError, match="time_limit_minutes"):
+        train(dict(config, time_limit_minutes=0, workdir=str(tmp_path / "w0")), tmp_path / "bad")
+
+
 def test_separate_validation_set_trains_on_every_case_and_selects_on_it(data_dir, tmp_path, caplog):
     """val_data: all of ``data`` trains, checkpoints are chosen on the separate set."""
     val_dir = _make_volumes(tmp_path / "val", n=2)

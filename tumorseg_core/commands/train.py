@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, help="DataLoader worker processes (default 0)")
     parser.add_argument("--name", help="package name (default tumorseg-custom)")
     parser.add_argument("--val-every", type=int, metavar="N", help="validate every N epochs (default 1; always the last)")
+    parser.add_argument("--time-limit", type=float, metavar="MINUTES",
+                        help="stop after the last epoch that fits in MINUTES (validated, package written); "
+                             "run again with more time to resume")
     parser.add_argument("--init-weights", metavar="MODEL",
                         help="fine-tune: start from a model package's weights (default, an installed name, folder or zip)")
     resume = parser.add_mutually_exclusive_group()
@@ -108,6 +111,7 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "amp": args.amp,
         "init_weights": args.init_weights,
         "val_every": args.val_every,
+        "time_limit_minutes": args.time_limit,
     }
 
 

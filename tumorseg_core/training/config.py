@@ -74,6 +74,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "val_overlap": 0.5,
     "val_sw_batch": 2,
     "val_every": 1,  # validate every N epochs (and always after the last one)
+    # Stop after the last epoch that fits in this many minutes (a cluster job's or a lent
+    # GPU's time), validate it, and write the package; running again with more time resumes.
+    "time_limit_minutes": None,
     "grad_clip": 12.0,
 }
 
@@ -145,6 +148,9 @@ def check_config(config: dict[str, Any]) -> None:
         raise InputError("val_data and folds exclude each other: k-fold validates on the data's own folds; drop one")
     if config["val_data"] is not None and (not isinstance(config["val_data"], str) or not config["val_data"]):
         raise InputError(f"val_data must be a dataset path or synthetic:N, got {config['val_data']!r}")
+    limit = config["time_limit_minutes"]
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0):
+        raise InputError(f"time_limit_minutes must be a positive number of minutes (or null), got {limit!r}")
     if not isinstance(config["val_synthetic"], dict):
         raise InputError(f"val_synthetic must be an object of synthetic options, got {config['val_synthetic']!r}")
 
