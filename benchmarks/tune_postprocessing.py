@@ -1,7 +1,9 @@
 """Choose a model's postprocessing on tuning phantoms: sweep the minimum lesion volume.
 
 Segments every case of a folder once (no postprocessing), then applies each candidate
-rule ``{"label": 1, "min_volume_mm3": v, "fill_holes": true}`` on the input grid and
+rule ``{"label": 1, "min_volume_mm3": v, "fill_holes": true}`` on the input grid (the
+shipped rule runs on the model grid before the labels go back to the input grid, so
+components cut differently on thick-slice inputs can differ slightly) and
 reports, per value: median and mean Dice, lesions found / truth, false-positive lesions,
 and the volumes of the false-positive components that survive. Choose on cases that
 are *not* the evaluation set (nnU-Net chooses its postprocessing on validation folds)::
@@ -22,12 +24,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _false_positive_volumes(pred: np.ndarray, truth: np.ndarray, voxel_mm3: float) -> list[float]:
-    """Volumes (mm³) of predicted components that touch no truth voxel."""
-    from tumorseg_core.postprocess import connected_components
+    """Volumes (mm³) of predicted lesions that touch no truth voxel, with the lesion
+    connectivity of :func:`tumorseg_core.metrics.lesion_detection` (26-connected), so they
+    are the lesions that the ``fp_lesions`` column counts."""
+    from scipy import ndimage
 
-    components, sizes = connected_components(pred > 0)
+    components, count = ndimage.label(pred > 0, structure=np.ones((3, 3, 3), dtype=bool))
+    sizes = np.bincount(components.ravel(), minlength=count + 1)
     touched = set(np.unique(components[(truth > 0) & (components > 0)]).tolist())
-    return [float(sizes[i]) * voxel_mm3 for i in range(1, len(sizes)) if i not in touched]
+    return [float(sizes[i]) * voxel_mm3 for i in range(1, count + 1) if i not in touched]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             fp += int(row["lesions_fp"])
             fp_volumes += _false_positive_volumes(labels, truth, float(np.prod(spacing)))
         vols = f"{np.median(fp_volumes):.0f}, {np.max(fp_volumes):.0f}" if fp_volumes else "-"
-        print(f"{volume:14.0f}  {np.median(dices):11.3f}  {np.mean(dices):9.3f}  {found:5d}/{total:<5d}  "
+        median, mean = (f(dices) if dices else float("nan") for f in (np.median, np.mean))
+        print(f"{volume:14.0f}  {median:11.3f}  {mean:9.3f}  {found:5d}/{total:<5d}  "
               f"{fp:10d}  {vols}")
     return 0
 

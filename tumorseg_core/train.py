@@ -90,11 +90,8 @@ def _resolve_device(config: dict[str, Any], info: dist_utils.DistInfo) -> torch.
 
 
 def epochs_that_fit(limit_minutes: float | None, elapsed_s: float, longest_epoch_s: float) -> float:
-    """How many more epochs end inside the time limit, at the longest epoch's duration so far.
-
-    ``inf`` without a limit or before the first epoch (``longest_epoch_s`` 0): the first
-    epoch of a run always starts.
-    """
+    """How many more epochs of ``longest_epoch_s`` end inside the time limit (``inf`` without a
+    limit or without a measured epoch)."""
     if limit_minutes is None or longest_epoch_s <= 0:
         return math.inf
     return max(0.0, math.floor((60.0 * float(limit_minutes) - elapsed_s) / longest_epoch_s))
@@ -255,16 +252,9 @@ def train(
 
             net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         tb = TensorBoardLog(workdir / "tensorboard") if info.is_main else None
-        longest = 0.0
+        longest_train = longest_val = 0.0  # seconds, for the time limit
         try:
             for epoch in range(state["epoch"], config["epochs"]):
-                fit = epochs_that_fit(config["time_limit_minutes"], time.perf_counter() - run_started, longest)
-                if info.enabled and math.isfinite(fit):  # every rank must stop at the same epoch
-                    fit = math.floor(dist_utils.all_reduce_mean(info, fit, device))
-                if fit < 1:
-                    _log_time_limit(config, epoch)
-                    break
-                last = fit < 2  # validate it: its weights may be the package's
                 # Reseeding per (epoch, rank) makes an epoch independent of what came
                 # before it, so a resumed run repeats an uninterrupted one exactly.
                 epoch_seed = _epoch_seed(config["seed"], epoch, info.rank)
@@ -274,6 +264,11 @@ def train(
                 started = time.perf_counter()
                 train_loss, waited = _train_epoch(run, net, optimizer, scheduler, scaler, loss_fn, epoch, device,
                                                   info, progress, cancel)
+                longest_train = max(longest_train, time.perf_counter() - started)
+                # Decided after training, before validating: the last epoch that fits is
+                # always validated (its weights may become the package's).
+                last = _is_last_in_time(config, info, device, time.perf_counter() - run_started,
+                                        longest_train, longest_val)
                 if info.is_main:
                     val_started = time.perf_counter()
                     validate = run.val_cases and ((epoch + 1) % config["val_every"] == 0
@@ -298,14 +293,17 @@ def train(
                     ckpt.save_checkpoint(workdir, model, training_state, state, is_best)
                     write_log_csv(workdir / "log.csv", state["history"])
                     tb.log(row)
+                    longest_val = max(longest_val, row["val_seconds"])
                     logger.info("epoch %d/%d: loss %.4f, val dice %s, %.1fs", epoch + 1, config["epochs"],
                                 train_loss, row["val_dice"], row["seconds"])
                 else:
                     state["epoch"] = epoch + 1
                 dist_utils.barrier(info)
-                longest = max(longest, time.perf_counter() - started)
                 if last and epoch + 1 < config["epochs"]:
-                    _log_time_limit(config, epoch + 1)
+                    if info.is_main:
+                        logger.warning("time limit of %s min: stopped after epoch %d of %d; to resume, run the same "
+                                       "command again with --overwrite (and more time)", config["time_limit_minutes"],
+                                       epoch + 1, config["epochs"])
                     break
         finally:
             if tb is not None:
@@ -320,9 +318,17 @@ def train(
         dist_utils.shutdown(info)
 
 
-def _log_time_limit(config: dict[str, Any], done: int) -> None:
-    logger.warning("time limit of %s min: stopped after epoch %d of %d; run the same command again (with more "
-                   "time) to resume", config["time_limit_minutes"], done, config["epochs"])
+def _is_last_in_time(config: dict[str, Any], info: dist_utils.DistInfo, device: torch.device, elapsed_s: float,
+                     longest_train_s: float, longest_val_s: float) -> bool:
+    """True when no further epoch (training + validation) ends inside the time limit after this
+    epoch's validation. Every rank gets the same answer (one all-reduce when a limit is set)."""
+    limit = config["time_limit_minutes"]
+    if limit is None:
+        return False
+    fit = epochs_that_fit(limit, elapsed_s + longest_val_s, longest_train_s + longest_val_s)
+    if info.enabled:  # the ranks' clocks differ slightly: they must stop after the same epoch
+        fit = math.floor(dist_utils.all_reduce_mean(info, float(fit), device))
+    return fit < 1
 
 
 def _write_package(run: RunData, workdir: Path, state: dict[str, Any], out_dir: Path, overwrite: bool,

@@ -207,7 +207,7 @@ def test_epochs_that_fit_counts_whole_epochs_left_in_the_limit():
     from tumorseg_core.train import epochs_that_fit
 
     assert epochs_that_fit(None, 1e9, 10.0) == float("inf")
-    assert epochs_that_fit(1.0, 50.0, 0.0) == float("inf")  # the first epoch always starts
+    assert epochs_that_fit(1.0, 50.0, 0.0) == float("inf")  # nothing measured yet
     assert epochs_that_fit(1.0, 20.0, 10.0) == 4  # 40 s left
     assert epochs_that_fit(1.0, 45.0, 10.0) == 1
     assert epochs_that_fit(1.0, 55.0, 10.0) == 0
@@ -218,24 +218,38 @@ def test_time_limit_validates_the_last_epoch_that_fits_writes_the_package_and_re
                                                                                     monkeypatch):
     import tumorseg_core.train as train_module
 
-    real = train_module.epochs_that_fit
-    answers = iter([float("inf"), 1.0])  # epoch 1: plenty of time; epoch 2: the last that fits
-    monkeypatch.setattr(train_module, "epochs_that_fit", lambda *a: next(answers))
+    calls = []
+
+    def scripted(answers):
+        it = iter(answers)
+
+        def fit(limit, elapsed_s, longest_s):
+            calls.append((limit, elapsed_s, longest_s))
+            return next(it)
+        return fit
+
+    # After epoch 1's training another epoch fits; after epoch 2's none does.
+    monkeypatch.setattr(train_module, "epochs_that_fit", scripted([5.0, 0.0]))
     config = dict(TINY, data=str(data_dir), workdir=str(tmp_path / "work"), epochs=4, iterations_per_epoch=1,
                   val_every=3, time_limit_minutes=5.0)
     package = train(config, tmp_path / "pkg")
     rows = _log_rows(tmp_path / "work")
-    assert [r["val_dice"] != "" for r in rows] == [False, True]
-    assert json.loads((Path(package) / "manifest.json").read_text())["metrics"]["validation"]["epochs"] == 2
-    # No time left before an epoch: stop without starting it; the same command resumes.
-    monkeypatch.setattr(train_module, "epochs_that_fit", lambda *a: 0.0)
-    train(config, tmp_path / "pkg2")
-    assert len(_log_rows(tmp_path / "work")) == 2
-    monkeypatch.setattr(train_module, "epochs_that_fit", real)
-    train(dict(config, time_limit_minutes=None), tmp_path / "pkg3")
+    assert [r["val_dice"] != "" for r in rows] == [False, True]  # the last epoch that fit is validated
+    validation = json.loads((Path(package) / "manifest.json").read_text())["metrics"]["validation"]
+    assert validation["epochs"] == 2 and validation["dice"] is not None
+    # Elapsed time counts from the call (data preparation included); epochs are measured.
+    assert [c[0] for c in calls] == [5.0, 5.0] and calls[0][1] > calls[0][2] > 0
+    assert calls[1][1] > calls[0][1] and calls[1][2] >= calls[0][2]
+    # The same command (same package folder, --overwrite) resumes: one more epoch fits.
+    monkeypatch.setattr(train_module, "epochs_that_fit", scripted([0.0]))
+    train(config, tmp_path / "pkg", overwrite=True)
+    assert [r["val_dice"] != "" for r in _log_rows(tmp_path / "work")] == [False, True, True]
+    monkeypatch.setattr(train_module, "epochs_that_fit", scripted([]))  # no limit: never asked
+    train(dict(config, time_limit_minutes=None), tmp_path / "pkg", overwrite=True)
     assert [r["epoch"] for r in _log_rows(tmp_path / "work")] == ["1", "2", "3", "4"]
-    with pytest.raises(InputError, match="time_limit_minutes"):
-        train(dict(config, time_limit_minutes=0, workdir=str(tmp_path / "w0")), tmp_path / "bad")
+    for bad in (0, -1.0, float("inf"), float("nan"), True):
+        with pytest.raises(InputError, match="time_limit_minutes"):
+            train(dict(config, time_limit_minutes=bad, workdir=str(tmp_path / "w0")), tmp_path / "bad")
 
 
 def test_separate_validation_set_trains_on_every_case_and_selects_on_it(data_dir, tmp_path, caplog):
@@ -360,3 +374,10 @@ def test_two_process_ddp_on_cpu_writes_one_package(data_dir, tmp_path):
     assert [r["epoch"] for r in _log_rows(tmp_path / "work")] == ["1", "2"]
     # only rank 0 wrote the package: no leftover temporary package folders
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".pkg")) == []
+    # A time limit already spent: both ranks stop after the same (validated) epoch, without a hang.
+    cmd[cmd.index("--epochs") + 1] = "5"
+    result = subprocess.run(cmd + ["--overwrite", "--time-limit", "0.001"], cwd=REPO, capture_output=True,
+                            encoding="utf-8", timeout=400, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.count("stopped after epoch 3 of 5") == 1
+    assert [r["val_dice"] != "" for r in _log_rows(tmp_path / "work")] == [True, True, True]

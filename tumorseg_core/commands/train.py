@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-every", type=int, metavar="N", help="validate every N epochs (default 1; always the last)")
     parser.add_argument("--time-limit", type=float, metavar="MINUTES",
                         help="stop after the last epoch that fits in MINUTES (validated, package written); "
-                             "run again with more time to resume")
+                             "to resume, run again with --overwrite and more time")
     parser.add_argument("--init-weights", metavar="MODEL",
                         help="fine-tune: start from a model package's weights (default, an installed name, folder or zip)")
     resume = parser.add_mutually_exclusive_group()

@@ -149,8 +149,9 @@ def check_config(config: dict[str, Any]) -> None:
     if config["val_data"] is not None and (not isinstance(config["val_data"], str) or not config["val_data"]):
         raise InputError(f"val_data must be a dataset path or synthetic:N, got {config['val_data']!r}")
     limit = config["time_limit_minutes"]
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0):
-        raise InputError(f"time_limit_minutes must be a positive number of minutes (or null), got {limit!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float))
+                              or not 0 < limit < 1e9):
+        raise InputError(f"time_limit_minutes must be a positive, finite number of minutes (or null), got {limit!r}")
     if not isinstance(config["val_synthetic"], dict):
         raise InputError(f"val_synthetic must be an object of synthetic options, got {config['val_synthetic']!r}")
 
