@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from tumorseg_core.errors import ModelPackageError
+from tumorseg_core.manifest_cascade import CascadeSpec, check_cascade
 from tumorseg_core.models.registry import effective_kwargs, size_divisor
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ REQUIRED_KEYS = (
     "name", "version", "license", "description", "architecture", "kwargs", "inputs",
     "spacing", "orientation", "patch_size", "output", "files",
 )
-OPTIONAL_KEYS = ("format_version", "postprocessing", "preprocessing", "inference", "metrics")
+OPTIONAL_KEYS = ("format_version", "postprocessing", "preprocessing", "inference", "metrics", "cascade")
 NORMALIZATION_TYPES = ("ct", "zscore", "minmax", "none")
 OUTPUT_TYPES = ("softmax", "sigmoid")
 # A package name becomes a folder name when installed, so keep it filesystem-safe.
@@ -232,6 +233,10 @@ class Manifest:
             raise _fail("patch_size", f"must be a multiple of {list(div[::-1])} (x, y, z) for {data['architecture']}")
         check_files_dict(data["files"])
         _check_optional(data)
+        self._cascade: Optional[CascadeSpec] = None
+        if data.get("cascade") is not None:
+            self._cascade = check_cascade(data["cascade"], data["files"], len(data["inputs"]),
+                                          self._kwargs_full.get("out_channels"))
         self._data = data
 
     @staticmethod
@@ -373,6 +378,11 @@ class Manifest:
     @property
     def metrics(self) -> Dict[str, Any]:
         return copy.deepcopy(self._data.get("metrics") or {})
+
+    @property
+    def cascade(self) -> Optional[CascadeSpec]:
+        """The dedicated coarse network of the ROI cascade, or None (see manifest_cascade)."""
+        return self._cascade
 
     @property
     def files(self) -> Dict[str, str]:

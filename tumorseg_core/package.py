@@ -126,7 +126,9 @@ class ModelPackage:
         self.root = root
         self.manifest = manifest
         self.source = source
-        self.weight_files: List[Path] = sorted(root / n for n in manifest.files if n.endswith(".safetensors"))
+        cascade = manifest.cascade.weights if manifest.cascade else None
+        self.weight_files: List[Path] = sorted(
+            root / n for n in manifest.files if n.endswith(".safetensors") and n != cascade)
         canonical = json.dumps(manifest.to_dict(), sort_keys=True, separators=(",", ":"))
         self.sha256 = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -137,24 +139,31 @@ class ModelPackage:
         :func:`open_package` is refused too. Each network maps
         ``(B, C_in, z, y, x)`` to ``(B, C_out, z, y, x)`` logits.
         """
+        return [self._load_verified(path, self.manifest.architecture, self.manifest.kwargs, device)
+                for path in self.weight_files]
+
+    def load_cascade_network(self, device: Any = "cpu") -> "torch.nn.Module":
+        """The manifest's dedicated coarse network (``cascade``), verified and loaded like the others."""
+        spec = self.manifest.cascade
+        if spec is None:
+            raise ModelPackageError(f"model '{self.manifest.name}' has no cascade network")
+        return self._load_verified(self.root / spec.weights, spec.architecture, spec.kwargs, device)
+
+    def _load_verified(self, path: Path, architecture: str, kwargs: Dict[str, Any], device: Any) -> "torch.nn.Module":
         from safetensors import SafetensorError
         from safetensors.torch import load as load_safetensors
 
-        expected = self.manifest.files
-        nets = []
-        for path in self.weight_files:
-            data = path.read_bytes()
-            if hashlib.sha256(data).hexdigest() != expected[path.name]:
-                raise ModelPackageError(f"{path.name} changed since the package was verified; reinstall the package")
-            try:
-                state = load_safetensors(data)
-            except (SafetensorError, ValueError, RuntimeError) as exc:
-                raise ModelPackageError(f"{path.name} is not a valid safetensors file ({exc}); rebuild the package") from exc
-            del data
-            net = build_network(self.manifest.architecture, self.manifest.kwargs)
-            load_state_dict_strict(net, state, path.name)
-            nets.append(net.to(device).eval())
-        return nets
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != self.manifest.files[path.name]:
+            raise ModelPackageError(f"{path.name} changed since the package was verified; reinstall the package")
+        try:
+            state = load_safetensors(data)
+        except (SafetensorError, ValueError, RuntimeError) as exc:
+            raise ModelPackageError(f"{path.name} is not a valid safetensors file ({exc}); rebuild the package") from exc
+        del data
+        net = build_network(architecture, kwargs)
+        load_state_dict_strict(net, state, path.name)
+        return net.to(device).eval()
 
     def __repr__(self) -> str:
         return f"ModelPackage({self.manifest.name!r} {self.manifest.version}, root={str(self.root)!r})"
@@ -233,11 +242,13 @@ def write_package(
     readme: Optional[str] = None,
     extra_files: Optional[Dict[str, bytes]] = None,
     overwrite: bool = False,
+    cascade_state_dict: Optional[Dict[str, "torch.Tensor"]] = None,
 ) -> Path:
     """Write a model package folder atomically and return its path.
 
     Writes ``fold{i}.safetensors`` for each state dict (each must load strictly into
-    the manifest's architecture), ``README.md`` if ``readme`` is given, and
+    the manifest's architecture), the manifest's ``cascade.weights`` from
+    ``cascade_state_dict`` (the coarse network), ``README.md`` if ``readme`` is given, and
     ``extra_files``; fills ``files`` with their sha256 (any given ``files`` is
     replaced), validates the manifest and writes ``manifest.json``. Everything goes
     to a temporary sibling folder renamed into place at the end. An existing
@@ -257,17 +268,27 @@ def write_package(
         if name.endswith(".safetensors") or name == "README.md":
             raise ModelPackageError(f"extra file {name!r} would clash with the weights or README; rename it")
     manifest["files"] = {f"fold{i}.safetensors": "0" * 64 for i in range(len(state_dicts))}
-    Manifest(manifest)  # fail on a bad manifest before writing anything
+    coarse_name = (manifest.get("cascade") or {}).get("weights")
+    if (cascade_state_dict is None) != (coarse_name is None):
+        raise ModelPackageError("give the cascade weights together with a manifest 'cascade' section, or neither")
+    if coarse_name is not None:
+        manifest["files"][coarse_name] = "0" * 64
+    spec = Manifest(manifest).cascade  # fail on a bad manifest before writing anything
     cleaned = [_clean_state_dict(sd, i) for i, sd in enumerate(state_dicts)]
     for i, state in enumerate(cleaned):
         net = build_network(manifest["architecture"], manifest["kwargs"])
         load_state_dict_strict(net, state, f"state dict {i}")
+    if spec is not None:
+        coarse = _clean_state_dict(cascade_state_dict, len(cleaned))
+        load_state_dict_strict(build_network(spec.architecture, spec.kwargs), coarse, spec.weights)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         for i, state in enumerate(cleaned):
             save_file(state, str(tmp / f"fold{i}.safetensors"), metadata={"format": "pt"})
+        if spec is not None:
+            save_file(coarse, str(tmp / spec.weights), metadata={"format": "pt"})
         if readme is not None:
             extras["README.md"] = readme.encode("utf-8")
         for name, content in extras.items():

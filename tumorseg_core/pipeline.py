@@ -89,6 +89,7 @@ class Segmenter:
         self._predictor = None
         self._predictor_key: Optional[tuple] = None
         self._backend: Optional[str] = None
+        self._coarse: Optional[tuple] = None  # (backend option, Predictor of the cascade's coarse network)
 
     @property
     def manifest(self):
@@ -116,6 +117,20 @@ class Segmenter:
                 self._predictor.window_batch = options.window_batch
         self._predictor_key = key
         return self._predictor
+
+    def coarse_predictor(self, options: SegmentOptions):
+        """The warm Predictor of the package's dedicated coarse network (manifest ``cascade``), or None."""
+        spec = self.manifest.cascade
+        if spec is None or not (spec.default if options.cascade is None else options.cascade):
+            return None
+        if self._coarse is None or self._coarse[0] != options.backend:
+            from tumorseg_core.inference.predictor import Predictor
+            from tumorseg_core.inference.predictor_settings import cascade_settings
+
+            networks, name, settings = cascade_settings(
+                self.package, self.device, {"backend": options.backend, "window_batch": options.window_batch})
+            self._coarse = (options.backend, Predictor(networks, device=name, **settings))
+        return self._coarse[1]
 
     def segment(
         self,
@@ -156,7 +171,8 @@ class Segmenter:
         from tumorseg_core.inference.cascade import predict_labels
 
         labels = predict_labels(predictor, volume, manifest.spacing_xyz, options.cascade,
-                                progress=_scaled_progress(progress, _PREPARE, _PREDICT_END), cancel=cancel)
+                                progress=_scaled_progress(progress, _PREPARE, _PREDICT_END), cancel=cancel,
+                                coarse_predictor=self.coarse_predictor(options), spec=manifest.cascade)
         del volume
         _check_cancel(cancel)
         _report(progress, _PREDICT_END, "post-processing")

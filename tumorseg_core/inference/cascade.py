@@ -17,9 +17,11 @@
    one voxel at a time). The cascade can lose foreground the coarse pass did not flag.
    No candidate at all returns an empty label map without any full-resolution window.
 
-``cascade=False`` (API) / ``--no-cascade`` (CLI) is the exhaustive pass. The cascade is
-opt-in (:data:`DEFAULT_CASCADE` is False) until it is validated on the shipped model;
-see benchmarks/README.md.
+``cascade=False`` (API) / ``--no-cascade`` (CLI) is the exhaustive pass. With the
+package's own network the cascade is opt-in (:data:`DEFAULT_CASCADE` is False: the
+shipped model loses small lesions at the coarse scale, see benchmarks/README.md); a
+package with a dedicated coarse network (manifest ``cascade``, see
+:mod:`tumorseg_core.manifest_cascade`) sets its own default, factor, threshold and margin.
 """
 
 from __future__ import annotations
@@ -53,16 +55,44 @@ def predict_labels(
     cascade: bool | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
+    coarse_predictor: Any = None,
+    spec: Any = None,
 ) -> np.ndarray:
     """Labels (z, y, x) uint8 for a (C, z, y, x) volume: cascade or exhaustive windows.
 
-    ``cascade=None`` uses :data:`DEFAULT_CASCADE`. ``spacing_xyz`` is the model grid's
-    spacing in mm (x, y, z), used for the margin.
+    ``spec`` is the package's :class:`~tumorseg_core.manifest_cascade.CascadeSpec` (its
+    dedicated coarse network runs as ``coarse_predictor``); ``cascade=None`` uses its
+    ``default``, or :data:`DEFAULT_CASCADE` without one. ``spacing_xyz`` is the model
+    grid's spacing in mm (x, y, z), used for the margin.
     """
-    use = DEFAULT_CASCADE if cascade is None else bool(cascade)
-    if use:
-        return predict_cascade(predictor, volume, spacing_xyz, progress=progress, cancel=cancel)
+    default = spec.default if spec is not None else DEFAULT_CASCADE
+    if default if cascade is None else bool(cascade):
+        settings = {} if spec is None else {
+            "coarse_factor": spec.factor, "threshold": spec.threshold, "margin_mm": spec.margin_mm}
+        return predict_cascade(predictor, volume, spacing_xyz, progress=progress, cancel=cancel,
+                               coarse_predictor=coarse_predictor, **settings)
     return predictor.predict(volume, progress=progress, cancel=cancel)
+
+
+def area_pool(volume: np.ndarray, shape_zyx: Sequence[int]) -> np.ndarray:
+    """(C, z, y, x) float32 averaged onto ``shape_zyx`` like torch's ``interpolate(mode="area")``.
+
+    Output voxel i of an axis of n -> c voxels averages input voxels
+    floor(i * n / c) .. ceil((i + 1) * n / c) - 1 (adaptive average pooling); a box
+    average is the product of per-axis averages, so it runs one small matrix per axis
+    (no torch import on the CPU path).
+    """
+    out = np.ascontiguousarray(volume, dtype=np.float32)
+    for axis, c in enumerate(shape_zyx, start=1):
+        n = out.shape[axis]
+        if n == c:
+            continue
+        weights = np.zeros((c, n), dtype=np.float32)
+        for i in range(c):
+            lo, hi = (i * n) // c, -((-(i + 1) * n) // c)
+            weights[i, lo:hi] = 1.0 / (hi - lo)
+        out = np.moveaxis(np.tensordot(weights, np.moveaxis(out, axis, 0), axes=1), 0, axis)
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def coarse_shape(shape_zyx: Sequence[int], patch_zyx: Sequence[int], factor: float) -> tuple[int, int, int]:
@@ -107,6 +137,7 @@ def predict_cascade(
     margin_mm: float = MARGIN_MM,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
+    coarse_predictor: Any = None,
 ) -> np.ndarray:
     """Labels (z, y, x) uint8 for a (C, z, y, x) float32 volume via the ROI cascade.
 
@@ -117,22 +148,18 @@ def predict_cascade(
         coarse_factor: coarse spacing / model spacing (> 1).
         threshold: foreground probability that makes a coarse voxel a candidate.
         margin_mm: dilation of the candidates, mm.
+        coarse_predictor: runs the coarse pass (a dedicated coarse network); None: ``predictor``.
     """
     if coarse_factor <= 1:
         raise ValueError(f"coarse_factor must be > 1, got {coarse_factor}")
     full = tuple(int(n) for n in volume.shape[1:])
-    small = coarse_shape(full, predictor.patch_size_zyx, coarse_factor)
+    coarse_net = predictor if coarse_predictor is None else coarse_predictor
+    small = coarse_shape(full, coarse_net.patch_size_zyx, coarse_factor)
     if small == full:
         return predictor.predict(volume, progress=progress, cancel=cancel)
-    from tumorseg_core.inference.devices import import_torch
-
-    torch = import_torch()  # the cascade is opt-in; the default exhaustive path stays torch-free
-
-    coarse = torch.nn.functional.interpolate(
-        torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))[None], size=small, mode="area"
-    )[0].numpy()
+    coarse = area_pool(volume, small)
     sub = None if progress is None else (lambda f, m: progress(_COARSE_SHARE * f, f"coarse pass: {m}"))
-    probabilities = predictor.predict_probabilities(coarse, progress=sub, cancel=cancel)
+    probabilities = coarse_net.predict_probabilities(coarse, progress=sub, cancel=cancel)
     del coarse
     coarse_spacing = [s * n / c for s, n, c in zip(spacing_xyz, full[::-1], small[::-1])]
     region = candidate_region(probabilities, full, coarse_spacing, threshold, margin_mm)

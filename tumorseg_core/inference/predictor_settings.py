@@ -117,3 +117,27 @@ def package_settings(package: Any, device: Any, options: Mapping[str, Any]) -> t
 
     networks = LazyNetworks(load, len(weight_files)) if weight_files else LazyNetworks.of(load())
     return networks, name, settings
+
+
+def cascade_settings(package: Any, device: Any, options: Mapping[str, Any]) -> tuple[Any, str, dict[str, Any]]:
+    """:func:`package_settings` for the package's dedicated coarse network (manifest ``cascade``).
+
+    Same inputs, output type, overlap and backend as the package's networks; the coarse
+    network's own architecture and window; its own export cache entry.
+    """
+    from tumorseg_core.inference.backends import LazyNetworks
+    from tumorseg_core.inference.devices import import_torch
+
+    spec = package.manifest.cascade
+    networks, name, settings = package_settings(package, device, options)
+    del networks  # the full-resolution networks are not needed here
+    kwargs = dict(spec.kwargs)
+    settings.update(patch_size_zyx=tuple(spec.patch_size_zyx), size_divisor=_size_divisor(spec.architecture, kwargs),
+                    tta=False, export_identities=[f"{package.sha256}:{spec.weights}"])
+    if kwargs.get("out_channels") is not None:
+        settings["num_outputs"] = int(kwargs["out_channels"])
+
+    def load() -> list:
+        return [package.load_cascade_network(import_torch().device(name))]
+
+    return LazyNetworks(load, 1), name, settings
