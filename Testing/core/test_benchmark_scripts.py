@@ -7,6 +7,7 @@ would otherwise go unnoticed until the next benchmark session.
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -73,3 +74,30 @@ def test_make_eval_phantoms_writes_pairs_on_the_requested_grid(tmp_path):
         assert image.GetSpacing() == pytest.approx((2.0, 2.0, 3.0))
     with pytest.raises(SystemExit):
         bench.main([str(tmp_path / "x"), "--size", "40", "36", "24"])
+
+
+def test_distillation_set_and_attach_cascade_make_a_package_whose_cascade_runs(tmp_path, monkeypatch,
+                                                                               oblique_image):
+    monkeypatch.setenv("TUMORSEG_CACHE", str(tmp_path / "cache"))
+    fine = make_tiny_package(tmp_path / "fine")
+    distill = _load("make_distillation_set")
+    assert distill.main([str(tmp_path / "set"), "-n", "2", "--model", str(fine), "--max-size", "24"]) == 0
+    for image in sorted((tmp_path / "set" / "images").iterdir()):
+        label = sitk.ReadImage(str(tmp_path / "set" / "labels" / image.name))
+        assert label.GetSize() == sitk.ReadImage(str(image)).GetSize()  # the model's labels, on the image grid
+    spacing = json.loads((fine / "manifest.json").read_text())["spacing"]
+    coarse = make_tiny_package(tmp_path / "coarse", seed=1, spacing=[2 * s for s in spacing])
+    attach = _load("attach_cascade")
+    assert attach.main([str(fine), str(coarse), "-o", str(tmp_path / "both"), "--threshold", "0.2"]) == 0
+    from tumorseg_core.package import open_package
+    from tumorseg_core.pipeline import Segmenter
+
+    package = open_package(tmp_path / "both")
+    spec = package.manifest.cascade
+    assert (spec.factor, spec.threshold, spec.default) == (2.0, 0.2, True)
+    assert [p.name for p in package.weight_files] == ["fold0.safetensors"]
+    path, _ = oblique_image
+    image = sitk.ReadImage(str(path))  # the file's grid (NIfTI stores the direction in float32)
+    result = Segmenter(package, device="cpu", backend="torch").segment([str(path)])
+    assert result.GetSize() == image.GetSize() and result.GetDirection() == image.GetDirection()
+    assert result.GetOrigin() == image.GetOrigin() and result.GetSpacing() == image.GetSpacing()

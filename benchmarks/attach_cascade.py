@@ -1,0 +1,66 @@
+"""Attach a trained coarse network to a model package as its ROI cascade (manifest ``cascade``).
+
+The coarse package (``tumorseg train ... --spacing`` at the coarse scale, e.g. on
+``make_distillation_set.py`` output) must take the same inputs and have the same output
+type and channel count; its grid spacing should be ``factor`` x the package's::
+
+    python benchmarks/attach_cascade.py default /tmp/coarse -o /tmp/with-cascade --threshold 0.1
+
+Both packages are verified; the result is written atomically with a new manifest whose
+``files`` lists the coarse weights' sha256, and the coarse package's training config is
+kept as ``coarse_training_config.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tumorseg_core.package import open_package, write_package
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("package", help="model package (name, folder or .zip)")
+    parser.add_argument("coarse", help="the coarse network's package")
+    parser.add_argument("-o", "--output", type=Path, required=True)
+    parser.add_argument("--factor", type=float, help="coarse spacing / model spacing (default: from the spacings)")
+    parser.add_argument("--threshold", type=float, default=0.1)
+    parser.add_argument("--margin-mm", type=float, default=10.0)
+    parser.add_argument("--opt-in", action="store_true", help='"default": false (cascade only when asked for)')
+    parser.add_argument("--readme", type=Path, help="README.md for the result (default: the package's)")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+
+    fine, coarse = open_package(args.package), open_package(args.coarse)
+    if len(coarse.weight_files) != 1:
+        parser.error(f"{args.coarse} holds {len(coarse.weight_files)} networks; give a single-network package")
+    if fine.manifest.num_inputs != coarse.manifest.num_inputs or fine.manifest.output_type != coarse.manifest.output_type:
+        parser.error("the coarse package must take the same inputs and have the same output type")
+    factor = args.factor or coarse.manifest.spacing_xyz[0] / fine.manifest.spacing_xyz[0]
+    manifest = fine.manifest.to_dict()
+    manifest.pop("files")
+    manifest["cascade"] = {
+        "weights": "coarse.safetensors", "architecture": coarse.manifest.architecture,
+        "kwargs": coarse.manifest.kwargs, "patch_size": list(coarse.manifest.patch_size_xyz),
+        "factor": factor, "threshold": args.threshold, "margin_mm": args.margin_mm, "default": not args.opt_in,
+    }
+    readme = args.readme.read_text(encoding="utf-8") if args.readme else None
+    if readme is None and (fine.root / "README.md").is_file():
+        readme = (fine.root / "README.md").read_text(encoding="utf-8")
+    extras = {name: (fine.root / name).read_bytes() for name in fine.manifest.files
+              if not name.endswith(".safetensors") and name != "README.md"}
+    if (coarse.root / "training_config.json").is_file():
+        extras["coarse_training_config.json"] = (coarse.root / "training_config.json").read_bytes()
+    weights = [net.state_dict() for net in fine.load_networks()]  # verified against the sha256 again
+    path = write_package(args.output, manifest, weights, readme=readme, extra_files=extras,
+                         overwrite=args.overwrite, cascade_state_dict=coarse.load_networks()[0].state_dict())
+    print(f"wrote {path} (cascade: factor {factor:g}, threshold {args.threshold:g}, margin {args.margin_mm:g} mm)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
