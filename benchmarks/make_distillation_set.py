@@ -4,9 +4,10 @@ A cascade's coarse model must flag everything the full-resolution model would la
 (lesions and its false positives alike), so it is trained on that model's output, not on
 the phantoms' truth::
 
-    python benchmarks/make_distillation_set.py /tmp/distill -n 160 --model default
-    tumorseg train /tmp/distill -o coarse --spacing 3 3 3 --patch-size 32 32 32 \\
-        --kwargs '{"features": [8, 16, 32]}' ...
+    python benchmarks/make_distillation_set.py /tmp/distill -n 480 --model default [--device cuda]
+    tumorseg train configs/default_model_coarse.json --data /tmp/distill -o coarse [--device cuda]
+    python benchmarks/attach_cascade.py default coarse -o with-cascade
+    python benchmarks/cascade_agreement.py /tmp/tune40 --model with-cascade
 
 Writes ``images/syn_NNN.nii.gz`` (the training generator's phantoms, seed 7 so they are
 not the default model's own training cases) and ``labels/syn_NNN.nii.gz`` (the model's labels).
@@ -33,10 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="default")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--max-size", type=int, default=128, help="voxels per axis of a phantom")
+    parser.add_argument("--device", default="cpu", help="where the model labels the phantoms (cpu, cuda, auto)")
     args = parser.parse_args(argv)
     options = {"fov_mm": [80.0, 320.0], "max_size": args.max_size, "lesion_radius_mm": [2.5, 20.0]}
     cases = synthetic_cases(args.n, args.seed, options, args.folder / "generated")
-    segmenter = Segmenter(args.model, device="cpu", cascade=False)
+    segmenter = Segmenter(args.model, device=args.device, cascade=False)
     for folder in ("images", "labels"):
         (args.folder / folder).mkdir(parents=True, exist_ok=True)
     for i, case in enumerate(cases):

@@ -64,3 +64,22 @@ def test_info_json_reports_versions_and_devices():
     report = json.loads(result.stdout)
     assert report["packages"]["SimpleITK"] != "not installed"
     assert "devices" in report and report["cpu_count"] >= 1
+
+
+def test_train_data_flag_replaces_the_configs_data(tmp_path, monkeypatch):
+    """`tumorseg train CONFIG --data DIR`: a config without data (the coarse cascade network's) gets it here."""
+    from tumorseg_core.commands.train import _source_config, overrides_from_args
+    from tumorseg_core.training.config import check_config, merge_config
+
+    config = tmp_path / "coarse.json"
+    config.write_text(json.dumps({"spacing": [3.0, 3.0, 3.0]}))
+    monkeypatch.chdir(tmp_path)
+    parser = cli.build_parser()
+    args = parser.parse_args(["train", str(config), "--data", "distill", "-o", "out"])
+    merged = merge_config(_source_config(args.source), overrides_from_args(args))
+    assert merged["data"] == str((tmp_path / "distill").resolve()) and merged["spacing"] == [3.0, 3.0, 3.0]
+    check_config(merged)
+    args = parser.parse_args(["train", str(config), "--data", "synthetic:4", "-o", "out"])
+    assert overrides_from_args(args)["data"] == "synthetic:4"
+    with pytest.raises(Exception, match="no training data"):
+        check_config(merge_config(_source_config(str(config)), {}))

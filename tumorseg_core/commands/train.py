@@ -26,6 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="CONFIG_OR_DATASET",
                         help="JSON config, dataset folder, dataset.json, CSV file, or synthetic:N")
     parser.add_argument("-o", "--output", required=True, metavar="PACKAGE_DIR", help="model package folder to write")
+    parser.add_argument("--data", metavar="DATASET",
+                        help="training data (folder, CSV, dataset.json or synthetic:N) instead of the config's")
     parser.add_argument("--architecture", help="network from the registry (default unet3d)")
     parser.add_argument("--kwargs", metavar="JSON", help='network kwargs, e.g. \'{"features": [16, 32, 64, 128]}\'')
     parser.add_argument("--epochs", type=int)
@@ -87,7 +89,11 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
             raise InputError(f"--kwargs is not valid JSON ({exc}); write e.g. '{{\"features\": [8, 16]}}'") from exc
         if not isinstance(kwargs, dict):
             raise InputError("--kwargs must be a JSON object, e.g. '{\"features\": [8, 16]}'")
+    data = args.data
+    if data is not None and not data.startswith("synthetic:"):
+        data = str(Path(data).expanduser().resolve())
     return {
+        "data": data,
         "architecture": args.architecture,
         "kwargs": kwargs,
         "epochs": args.epochs,
