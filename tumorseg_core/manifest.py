@@ -22,7 +22,7 @@ from tumorseg_core.models.registry import effective_kwargs, size_divisor
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this reader knows; 2 = a 'cascade' section (older readers must refuse it)
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 1024 * 1024
 REQUIRED_KEYS = (
@@ -209,7 +209,7 @@ class Manifest:
         unknown = sorted(set(data) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
         if unknown:
             logger.warning("manifest %r has unknown field(s) %s; they are ignored", data.get("name"), ", ".join(unknown))
-        fmt = data.setdefault("format_version", FORMAT_VERSION)
+        fmt = data.setdefault("format_version", 2 if data.get("cascade") is not None else 1)
         if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
             raise _fail("format_version", "must be a positive integer")
         if fmt > FORMAT_VERSION:
@@ -235,6 +235,8 @@ class Manifest:
         _check_optional(data)
         self._cascade: Optional[CascadeSpec] = None
         if data.get("cascade") is not None:
+            if fmt < 2:  # a format-1 reader would take the coarse weights for an ensemble member
+                raise _fail("format_version", "must be 2 or more in a package with a 'cascade' section")
             self._cascade = check_cascade(data["cascade"], data["files"], len(data["inputs"]),
                                           self._kwargs_full.get("out_channels"))
         self._data = data

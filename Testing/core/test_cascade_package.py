@@ -152,4 +152,13 @@ def test_manifest_round_trip_keeps_the_section(tmp_path):
     path = _package(tmp_path, "pkg", True, factor=2.5, threshold=0.05)
     data = json.loads((path / "manifest.json").read_text())
     assert data["cascade"]["factor"] == 2.5 and "coarse.safetensors" in data["files"]
+    # Format 2: a format-1 reader refuses the package ("newer than this TumorSeg supports")
+    # instead of loading the coarse weights as an ensemble member; packages without a
+    # cascade stay format 1.
+    assert data["format_version"] == 2
+    with pytest.raises(ModelPackageError, match="format_version"):
+        Manifest({**data, "format_version": 1})
+    plain = write_package(tmp_path / "plain", {k: v for k, v in _manifest().items() if k != "cascade"},
+                          [_constant_net(FINE, True)])
+    assert json.loads((plain / "manifest.json").read_text())["format_version"] == 1
     assert open_package(path).manifest.cascade.threshold == 0.05
