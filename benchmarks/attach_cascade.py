@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     factor = args.factor or coarse.manifest.spacing_xyz[0] / fine.manifest.spacing_xyz[0]
     manifest = fine.manifest.to_dict()
     manifest.pop("files")
+    manifest.pop("format_version", None)  # set by the writer: 2 with a cascade section
     manifest["cascade"] = {
         "weights": "coarse.safetensors", "architecture": coarse.manifest.architecture,
         "kwargs": coarse.manifest.kwargs, "patch_size": list(coarse.manifest.patch_size_xyz),
