@@ -40,7 +40,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.coarse} holds {len(coarse.weight_files)} networks; give a single-network package")
     if fine.manifest.num_inputs != coarse.manifest.num_inputs or fine.manifest.output_type != coarse.manifest.output_type:
         parser.error("the coarse package must take the same inputs and have the same output type")
-    factor = args.factor or coarse.manifest.spacing_xyz[0] / fine.manifest.spacing_xyz[0]
+    if fine.manifest.normalizations != coarse.manifest.normalizations:
+        parser.error("the coarse package must normalize its inputs like the package (it is fed the same volume)")
+    ratios = [c / f for c, f in zip(coarse.manifest.spacing_xyz, fine.manifest.spacing_xyz)]
+    if args.factor is None and max(ratios) - min(ratios) > 1e-6:
+        parser.error(f"the spacing ratios {ratios} differ per axis; give --factor")
+    factor = args.factor or ratios[0]
     manifest = fine.manifest.to_dict()
     manifest.pop("files")
     manifest.pop("format_version", None)  # set by the writer: 2 with a cascade section

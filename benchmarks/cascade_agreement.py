@@ -57,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     images = sorted((args.data / "images").glob("*.nii.gz"))
     if not images:
         parser.error(f"no images in {args.data / 'images'}; run make_eval_phantoms.py first")
-    segmenter.segment(sitk.ReadImage(str(images[0])), cascade=False)  # warm: load + export once
+    for mode in (False, True):  # warm: load + export each network once (a dedicated coarse one too)
+        segmenter.segment(sitk.ReadImage(str(images[0])), cascade=mode)
     rows = []
     for path in images:
         image = sitk.ReadImage(str(path))

@@ -70,6 +70,8 @@ def check_cascade(section: Any, files: Mapping[str, str], in_channels: int, out_
     weights = values.get("weights")
     if not isinstance(weights, str) or not weights.endswith(".safetensors") or weights not in files:
         raise _fail("weights", "must name a .safetensors file that 'files' lists")
+    if not any(name.endswith(".safetensors") and name != weights for name in files):
+        raise _fail("weights", "must not be the package's only network (the full-resolution weights are missing)")
     architecture = values.get("architecture")
     if architecture not in ARCHITECTURES:
         raise _fail("architecture", f"must be a registered architecture ({', '.join(sorted(ARCHITECTURES))})")

@@ -268,9 +268,12 @@ def write_package(
         if name.endswith(".safetensors") or name == "README.md":
             raise ModelPackageError(f"extra file {name!r} would clash with the weights or README; rename it")
     manifest["files"] = {f"fold{i}.safetensors": "0" * 64 for i in range(len(state_dicts))}
-    coarse_name = (manifest.get("cascade") or {}).get("weights")
+    section = manifest.get("cascade")
+    coarse_name = section.get("weights") if isinstance(section, dict) else None
     if (cascade_state_dict is None) != (coarse_name is None):
         raise ModelPackageError("give the cascade weights together with a manifest 'cascade' section, or neither")
+    if coarse_name in manifest["files"]:
+        raise ModelPackageError(f"cascade weights {coarse_name!r} would replace an ensemble member; name them otherwise")
     if coarse_name is not None:
         manifest["files"][coarse_name] = "0" * 64
     spec = Manifest(manifest).cascade  # fail on a bad manifest before writing anything

@@ -130,6 +130,8 @@ class Segmenter:
             networks, name, settings = cascade_settings(
                 self.package, self.device, {"backend": options.backend, "window_batch": options.window_batch})
             self._coarse = (options.backend, Predictor(networks, device=name, **settings))
+        elif options.window_batch is not None:
+            self._coarse[1].window_batch = options.window_batch  # same networks, new batch size
         return self._coarse[1]
 
     def segment(

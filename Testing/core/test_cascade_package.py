@@ -98,8 +98,15 @@ def test_bad_cascade_sections_name_the_field(tmp_path, change, field):
     data = {**_manifest(**change), "files": {"fold0.safetensors": "0" * 64, "coarse.safetensors": "0" * 64}}
     with pytest.raises(ModelPackageError, match=field.replace(".", r"\.")):
         Manifest(data)
+    with pytest.raises(ModelPackageError, match="only network"):  # no full-resolution network left
+        Manifest({**_manifest(weights="fold0.safetensors"), "files": {"fold0.safetensors": "0" * 64}})
     with pytest.raises(ModelPackageError, match="cascade"):  # a section without its weights
         write_package(tmp_path / "bad", _manifest(), [_constant_net(FINE, True)])
+    with pytest.raises(ModelPackageError, match="ensemble member"):  # coarse weights over fold 1
+        write_package(tmp_path / "bad", _manifest(weights="fold1.safetensors"),
+                      [_constant_net(FINE, True)] * 2, cascade_state_dict=_constant_net(COARSE, True))
+    with pytest.raises(ModelPackageError, match="'cascade' must be a JSON object"):
+        write_package(tmp_path / "bad", {**_manifest(), "cascade": ["x"]}, [_constant_net(FINE, True)])
     assert not (tmp_path / "bad").exists()
 
 
@@ -122,6 +129,10 @@ def test_the_coarse_network_decides_where_the_full_model_runs(tmp_path):
     for result in (everywhere, cascaded, empty):
         assert result.GetSize() == image.GetSize() and result.GetSpacing() == image.GetSpacing()
         assert result.GetOrigin() == image.GetOrigin() and result.GetDirection() == image.GetDirection()
+    # A new window batch reaches the warm coarse network too (no rebuild).
+    coarse = blind.coarse_predictor(blind.options)
+    blind.segment(image, window_batch=3)
+    assert blind.coarse_predictor(blind.options) is coarse and coarse.window_batch == 3
     # --no-cascade still means the exhaustive pass; "default": false makes the cascade opt-in.
     assert sitk.GetArrayViewFromImage(blind.segment(image, cascade=False)).all() and calls == [1]
     off = Segmenter(_package(tmp_path, "off", False, default=False), device="cpu", backend="torch")
@@ -132,7 +143,9 @@ def test_the_coarse_network_decides_where_the_full_model_runs(tmp_path):
 def test_the_coarse_network_runs_on_an_exported_backend_from_its_own_cache_entry(tmp_path):
     pytest.importorskip("onnxruntime")
     image = _image()
-    segmenter = Segmenter(_package(tmp_path, "pkg", True), device="cpu", backend="onnxruntime")
+    # Same window as the full network: only the identities can tell the two exports apart.
+    segmenter = Segmenter(_package(tmp_path, "pkg", True, patch_size=[16, 16, 16]), device="cpu",
+                          backend="onnxruntime")
     result = segmenter.segment(image)
     assert sitk.GetArrayViewFromImage(result).all()
     assert segmenter.coarse_predictor(segmenter.options).backend == "onnxruntime"

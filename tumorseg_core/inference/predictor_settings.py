@@ -122,8 +122,9 @@ def package_settings(package: Any, device: Any, options: Mapping[str, Any]) -> t
 def cascade_settings(package: Any, device: Any, options: Mapping[str, Any]) -> tuple[Any, str, dict[str, Any]]:
     """:func:`package_settings` for the package's dedicated coarse network (manifest ``cascade``).
 
-    Same inputs, output type, overlap and backend as the package's networks; the coarse
-    network's own architecture and window; its own export cache entry.
+    Same inputs, output type, backend and window batch as the package's networks and the
+    manifest's overlap (a user's ``overlap`` is about the full-resolution windows); the
+    coarse network's own architecture and window; its own export cache entry.
     """
     from tumorseg_core.inference.backends import LazyNetworks
     from tumorseg_core.inference.devices import import_torch
