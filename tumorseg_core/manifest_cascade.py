@@ -100,3 +100,16 @@ def check_cascade(section: Any, files: Mapping[str, str], in_channels: int, out_
         raise _fail("default", "must be true or false")
     return CascadeSpec(weights, architecture, dict(kwargs), tuple(patch), float(values["factor"]),  # type: ignore[arg-type]
                        float(values["threshold"]), float(values["margin_mm"]), values["default"])
+
+
+def reserve_cascade_weights(manifest: Dict[str, Any], have_weights: bool) -> None:
+    """Writing a package: list the ``cascade`` section's weights in ``manifest["files"]``
+    (placeholder digest) after the ensemble's ``fold{i}`` files; refuse a mismatch."""
+    section = manifest.get("cascade")
+    name = section.get("weights") if isinstance(section, dict) else None
+    if have_weights != (name is not None):
+        raise ModelPackageError("give the cascade weights together with a manifest 'cascade' section, or neither")
+    if name in manifest["files"]:
+        raise ModelPackageError(f"cascade weights {name!r} would replace an ensemble member; name them otherwise")
+    if name is not None:
+        manifest["files"][name] = "0" * 64

@@ -32,6 +32,7 @@ from tumorseg_core.manifest import (
     check_files_dict,
     read_manifest_json,
 )
+from tumorseg_core.manifest_cascade import reserve_cascade_weights
 from tumorseg_core.models.registry import build_network
 from tumorseg_core.package_zip import extract_zip, sha256_file
 
@@ -268,14 +269,7 @@ def write_package(
         if name.endswith(".safetensors") or name == "README.md":
             raise ModelPackageError(f"extra file {name!r} would clash with the weights or README; rename it")
     manifest["files"] = {f"fold{i}.safetensors": "0" * 64 for i in range(len(state_dicts))}
-    section = manifest.get("cascade")
-    coarse_name = section.get("weights") if isinstance(section, dict) else None
-    if (cascade_state_dict is None) != (coarse_name is None):
-        raise ModelPackageError("give the cascade weights together with a manifest 'cascade' section, or neither")
-    if coarse_name in manifest["files"]:
-        raise ModelPackageError(f"cascade weights {coarse_name!r} would replace an ensemble member; name them otherwise")
-    if coarse_name is not None:
-        manifest["files"][coarse_name] = "0" * 64
+    reserve_cascade_weights(manifest, cascade_state_dict is not None)
     spec = Manifest(manifest).cascade  # fail on a bad manifest before writing anything
     cleaned = [_clean_state_dict(sd, i) for i, sd in enumerate(state_dicts)]
     for i, state in enumerate(cleaned):
