@@ -120,8 +120,10 @@ class Segmenter:
 
     def coarse_predictor(self, options: SegmentOptions):
         """The warm Predictor of the package's dedicated coarse network (manifest ``cascade``), or None."""
+        from tumorseg_core.inference.cascade import cascade_enabled
+
         spec = self.manifest.cascade
-        if spec is None or not (spec.default if options.cascade is None else options.cascade):
+        if spec is None or not cascade_enabled(options.cascade, spec):
             return None
         if self._coarse is None or self._coarse[0] != options.backend:
             from tumorseg_core.inference.predictor import Predictor

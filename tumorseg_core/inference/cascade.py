@@ -65,13 +65,20 @@ def predict_labels(
     ``default``, or :data:`DEFAULT_CASCADE` without one. ``spacing_xyz`` is the model
     grid's spacing in mm (x, y, z), used for the margin.
     """
-    default = spec.default if spec is not None else DEFAULT_CASCADE
-    if default if cascade is None else bool(cascade):
+    if cascade_enabled(cascade, spec):
         settings = {} if spec is None else {
             "coarse_factor": spec.factor, "threshold": spec.threshold, "margin_mm": spec.margin_mm}
         return predict_cascade(predictor, volume, spacing_xyz, progress=progress, cancel=cancel,
                                coarse_predictor=coarse_predictor, **settings)
     return predictor.predict(volume, progress=progress, cancel=cancel)
+
+
+def cascade_enabled(cascade: bool | None, spec: Any = None) -> bool:
+    """Whether to run the cascade: the caller's choice, else the package's ``cascade``
+    section's ``default``, else :data:`DEFAULT_CASCADE`."""
+    if cascade is not None:
+        return bool(cascade)
+    return spec.default if spec is not None else DEFAULT_CASCADE
 
 
 def area_pool(volume: np.ndarray, shape_zyx: Sequence[int]) -> np.ndarray:
