@@ -90,17 +90,20 @@ def _crop_size_zyx(patch_size_zyx: Sequence[int], cfg: dict[str, Any]) -> list[i
     return [int(math.ceil(p * factor)) for p in patch]
 
 
-def build_train_transforms(patch_size_zyx: Sequence[int], config: dict[str, Any] | None = None):
+def build_train_transforms(patch_size_zyx: Sequence[int], config: dict[str, Any] | None = None,
+                           hard_fraction: float = 0.0):
     """Build the training transform chain.
 
     Args:
         patch_size_zyx: network patch size in array order (z, y, x).
         config: augmentation settings (keys of :data:`DEFAULT_AUGMENT`); missing keys take
             the defaults.
+        hard_fraction: share of crops centred on a hard negative where the sample carries
+            ``"hard_coords"`` (see :mod:`tumorseg_core.training.hard_negatives`).
 
     Returns:
         ``monai.transforms.Compose`` mapping ``{"image": (C,z,y,x) float32 numpy, "label":
-        (1,z,y,x) numpy[, "fg_coords": (N, 3) int]}`` to a dict with image and label of
+        (1,z,y,x) numpy[, "fg_coords": (N, 3) int][, "hard_coords": (N, 4) int]}`` to a dict with image and label of
         spatial size ``patch_size_zyx`` (image float32 tensor, label float tensor of
         integer values).
     """
@@ -117,7 +120,7 @@ def build_train_transforms(patch_size_zyx: Sequence[int], config: dict[str, Any]
         # Pad + foreground-oversampled crop in one cheap copy (RandCropByPosNegLabeld
         # semantics without scanning the whole label per sample; see augment_crop.py).
         RandForegroundCropd(keys, "label", crop, pos=float(cfg["pos"]), neg=float(cfg["neg"]),
-                            per_lesion=cfg["fg_sampling"] == "lesion"),
+                            per_lesion=cfg["fg_sampling"] == "lesion", hard_fraction=hard_fraction),
         mt.EnsureTyped(keys=keys, data_type="tensor", track_meta=False),
     ]
     rot = math.radians(float(cfg["rotation_degrees"])) if cfg["rotation_prob"] > 0 else 0.0

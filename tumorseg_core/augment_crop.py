@@ -26,6 +26,7 @@ import numpy as np
 from monai.transforms import MapTransform, Randomizable
 
 COORDS_KEY = "fg_coords"
+HARD_KEY = "hard_coords"  # (N, 4) false-positive voxels with their lesion number (hard negatives)
 MAX_COORDS = 4096  # a random subset is as good for picking centres and bounds the memory
 
 
@@ -91,10 +92,15 @@ class RandForegroundCropd(Randomizable, MapTransform):
     of the label, made with the same ``per_lesion``) when present, else from the label
     itself. The coordinates key is removed from the output. ``per_lesion``: a foreground
     crop first draws a lesion uniformly, then one of its voxels.
+
+    ``hard_fraction``: where ``data[HARD_KEY]`` holds false-positive voxels (hard
+    negatives, :mod:`tumorseg_core.training.hard_negatives`), that share of the crops is
+    centred on one of them (a false-positive lesion drawn uniformly, then one of its
+    voxels); the other crops follow the pos/neg rule.
     """
 
     def __init__(self, keys: Sequence[Hashable], label_key: str, spatial_size: Sequence[int],
-                 pos: float = 1.0, neg: float = 1.0, per_lesion: bool = False) -> None:
+                 pos: float = 1.0, neg: float = 1.0, per_lesion: bool = False, hard_fraction: float = 0.0) -> None:
         MapTransform.__init__(self, keys)
         if pos < 0 or neg < 0 or pos + neg <= 0:
             raise ValueError(f"pos and neg must be >= 0 and not both 0, got {pos}, {neg}")
@@ -102,10 +108,18 @@ class RandForegroundCropd(Randomizable, MapTransform):
         self.spatial_size = tuple(int(s) for s in spatial_size)
         self.pos_ratio = float(pos) / float(pos + neg)
         self.per_lesion = bool(per_lesion)
+        if not 0.0 <= hard_fraction <= 1.0:
+            raise ValueError(f"hard_fraction must be in [0, 1], got {hard_fraction}")
+        self.hard_fraction = float(hard_fraction)
         self.center: tuple[int, ...] = ()
 
-    def randomize(self, shape: Sequence[int], coords: np.ndarray) -> None:
-        if len(coords) and self.R.random_sample() < self.pos_ratio:
+    def randomize(self, shape: Sequence[int], coords: np.ndarray, hard: np.ndarray | None = None) -> None:
+        # No draw at all without hard negatives, so runs without them sample as before.
+        if hard is not None and len(hard) and self.hard_fraction > 0 and self.R.random_sample() < self.hard_fraction:
+            lesions = np.unique(hard[:, 3])
+            hard = hard[hard[:, 3] == lesions[self.R.randint(len(lesions))]]
+            self.center = tuple(int(v) for v in hard[self.R.randint(len(hard)), :3])
+        elif len(coords) and self.R.random_sample() < self.pos_ratio:
             if self.per_lesion:
                 if coords.shape[1] != 4:
                     raise ValueError("per-lesion crops need coordinates made with per_lesion=True")
@@ -119,9 +133,10 @@ class RandForegroundCropd(Randomizable, MapTransform):
         d = dict(data)
         shape = np.asarray(d[self.label_key]).shape[1:]
         coords = d.pop(COORDS_KEY, None)
+        hard = d.pop(HARD_KEY, None)
         if coords is None:
             coords = foreground_coordinates(np.asarray(d[self.label_key]), per_lesion=self.per_lesion)
-        self.randomize(shape, np.asarray(coords))
+        self.randomize(shape, np.asarray(coords), None if hard is None else np.asarray(hard))
         starts = [crop_start(c, n, s) for c, n, s in zip(self.center, shape, self.spatial_size)]
         for key in self.key_iterator(d):
             d[key] = crop_or_pad(np.asarray(d[key]), starts, self.spatial_size)

@@ -231,7 +231,7 @@ def train(
             raise InputError(f"{workdir} already holds a checkpoint; resume it (default) or use another --workdir")
         device = _resolve_device(config, info)
         seed_everything(config["seed"])
-        run = prepare_data(config, workdir, info, progress)
+        run = prepare_data(config, workdir, info, progress, device=str(device))
         config = run.config
 
         torch.manual_seed(config["seed"])  # same initial weights on every rank

@@ -83,3 +83,16 @@ def test_train_data_flag_replaces_the_configs_data(tmp_path, monkeypatch):
     assert overrides_from_args(args)["data"] == "synthetic:4"
     with pytest.raises(Exception, match="no training data"):
         check_config(merge_config(_source_config(str(config)), {}))
+
+
+def test_train_hard_negatives_flag_sets_the_share_and_keeps_the_configs_mining_model(tmp_path):
+    from tumorseg_core.commands.train import config_from_args
+
+    parser = cli.build_parser()
+    config = tmp_path / "tune.json"
+    config.write_text(json.dumps({"data": "synthetic:4", "hard_negatives": {"model": "/m", "fraction": 0.2}}))
+    args = parser.parse_args(["train", str(config), "-o", "out", "--hard-negatives", "0.5"])
+    assert config_from_args(args)["hard_negatives"] == {"model": "/m", "fraction": 0.5}
+    assert config_from_args(parser.parse_args(["train", str(config), "-o", "out"]))["hard_negatives"]["fraction"] == 0.2
+    args = parser.parse_args(["train", "synthetic:4", "-o", "out", "--init-weights", "default", "--hard-negatives", "1"])
+    assert config_from_args(args)["hard_negatives"] == {"fraction": 1.0}

@@ -55,6 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "to resume, run again with --overwrite and more time")
     parser.add_argument("--init-weights", metavar="MODEL",
                         help="fine-tune: start from a model package's weights (default, an installed name, folder or zip)")
+    parser.add_argument("--hard-negatives", type=float, metavar="FRACTION",
+                        help="centre this share of the crops on the false positives that the --init-weights model "
+                             "(or the config's hard_negatives.model) makes on the training cases")
     resume = parser.add_mutually_exclusive_group()
     resume.add_argument("--resume", dest="resume", action="store_true", default=None,
                         help="require a checkpoint in --workdir (default: resume when there is one)")
@@ -118,7 +121,19 @@ def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "init_weights": args.init_weights,
         "val_every": args.val_every,
         "time_limit_minutes": args.time_limit,
+        "hard_negatives": None if args.hard_negatives is None else {"fraction": args.hard_negatives},
     }
+
+
+def config_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's config: the source's, then the flags (``--hard-negatives`` keeps the config's mining model)."""
+    from tumorseg_core.training.config import merge_config
+
+    base = _source_config(args.source)
+    overrides = overrides_from_args(args)
+    if overrides["hard_negatives"] is not None and isinstance(base.get("hard_negatives"), dict):
+        overrides["hard_negatives"] = {**base["hard_negatives"], **overrides["hard_negatives"]}
+    return merge_config(base, overrides)
 
 
 def _progress_callback() -> Any:
@@ -166,9 +181,8 @@ def run(args: argparse.Namespace) -> int:
 
     import_torch()  # training needs torch: this applies the --threads count to it
     from tumorseg_core.train import train
-    from tumorseg_core.training.config import merge_config
 
-    config = merge_config(_source_config(args.source), overrides_from_args(args))
+    config = config_from_args(args)
     command = command_line(args)
     progress, close = _progress_callback()
     try:

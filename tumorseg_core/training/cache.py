@@ -151,7 +151,7 @@ def preprocess_case(case: Case, config: PreprocessConfig) -> tuple[np.ndarray, n
     return image, label.astype(np.uint8)[None], tuple(reference.GetSpacing())
 
 
-def _atomic_save(path: Path, array: np.ndarray) -> None:
+def atomic_save(path: Path, array: np.ndarray) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -174,8 +174,8 @@ def cache_case(case: Case, config: PreprocessConfig, cache_dir: Path) -> CachedC
         return cached
     logger.info("preprocessing %s", case.id)
     image, label, spacing = preprocess_case(case, config)
-    _atomic_save(cached.image, image)
-    _atomic_save(cached.label, label)
+    atomic_save(cached.image, image)
+    atomic_save(cached.label, label)
     meta = {
         "id": case.id,
         "shape_zyx": list(image.shape[1:]),

@@ -57,6 +57,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "class_weights": None,
     "augment": {},
     "init_weights": None,  # fine-tune from a model package ("default", an installed name, folder or zip)
+    # Crops centred on a model's false positives on the training cases, e.g.
+    # {"fraction": 0.25} (mines with init_weights) or {"model": PACKAGE, "fraction": 0.3}.
+    "hard_negatives": None,
     "val_fraction": 0.2,
     # A separate validation set (folder, CSV, dataset.json or "synthetic:N"); when given,
     # every case of ``data`` trains and val_fraction/folds are not used. Choose it like
@@ -84,7 +87,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
 _IDENTITY_KEYS = ("data", "synthetic", "architecture", "kwargs", "inputs", "spacing", "orientation",
                   "patch_size", "output", "loss", "loss_options", "class_weights", "optimizer", "seed",
                   "val_fraction", "folds", "fold", "augment", "batch_size", "iterations_per_epoch",
-                  "init_weights", "val_data", "val_synthetic")
+                  "init_weights", "val_data", "val_synthetic", "hard_negatives")
 # Validation phantoms use seed + this, so they never repeat a training phantom.
 VAL_SEED_OFFSET = 1_000_003
 
@@ -152,6 +155,9 @@ def check_config(config: dict[str, Any]) -> None:
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, float))
                               or not 0 < limit < 1e9):
         raise InputError(f"time_limit_minutes must be a positive, finite number of minutes (or null), got {limit!r}")
+    from tumorseg_core.training.hard_negatives import hard_negative_settings
+
+    hard_negative_settings(config["hard_negatives"], config["init_weights"])
     if not isinstance(config["val_synthetic"], dict):
         raise InputError(f"val_synthetic must be an object of synthetic options, got {config['val_synthetic']!r}")
 
@@ -180,7 +186,7 @@ def default_inputs(modalities: list[str] | None, n_channels: int) -> list[dict[s
 
 # Settings added after checkpoints existed enter the hash only when they differ from these
 # values, so a run checkpointed before they existed still resumes.
-_LATER_DEFAULTS = {"val_data": None, "val_synthetic": {}}
+_LATER_DEFAULTS = {"val_data": None, "val_synthetic": {}, "hard_negatives": None}
 _LATER_AUGMENT_DEFAULTS = {"fg_sampling": "voxel"}
 
 

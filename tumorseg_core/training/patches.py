@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tumorseg_core.augment_crop import COORDS_KEY, foreground_coordinates
+from tumorseg_core.augment_crop import COORDS_KEY, HARD_KEY, foreground_coordinates
 from tumorseg_core.training.cache import CachedCase
 
 
@@ -39,11 +39,12 @@ class PatchDataset(Dataset):
 
     Item ``i`` is ``{"image": float32 tensor (C, *patch_zyx), "label": float tensor
     (1, *patch_zyx)}``. Call :meth:`set_epoch` before each epoch (the DataLoader must be
-    rebuilt or non-persistent so workers see the new epoch).
+    rebuilt or non-persistent so workers see the new epoch). ``hard_coords``: per case,
+    (N, 4) hard-negative voxels for the crop (see ``hard_negatives.mine_hard_negatives``).
     """
 
     def __init__(self, cases: Sequence[CachedCase], transforms: Any, length: int, seed: int,
-                 per_lesion: bool = False) -> None:
+                 per_lesion: bool = False, hard_coords: Sequence[np.ndarray] | None = None) -> None:
         if not cases:
             raise ValueError("PatchDataset needs at least one case")
         self.cases = list(cases)
@@ -54,6 +55,9 @@ class PatchDataset(Dataset):
         # Found once here (workers inherit them), so no sample scans a whole label.
         self.fg_coords = [foreground_coordinates(c.load(mmap=True)["label"], seed=i, per_lesion=per_lesion)
                           for i, c in enumerate(self.cases)]
+        if hard_coords is not None and len(hard_coords) != len(self.cases):
+            raise ValueError(f"{len(hard_coords)} hard-negative arrays for {len(self.cases)} cases")
+        self.hard_coords = None if hard_coords is None else list(hard_coords)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -67,6 +71,8 @@ class PatchDataset(Dataset):
         arrays = self.cases[which].load(mmap=True)
         # The crop copies what it needs out of the read-only memory map.
         data = {"image": arrays["image"], "label": arrays["label"], COORDS_KEY: self.fg_coords[which]}
+        if self.hard_coords is not None:
+            data[HARD_KEY] = self.hard_coords[which]
         self.transforms.set_random_state(seed=int(rng.integers(2**31 - 1)))
         out = self.transforms(data)
         sample = out[0] if isinstance(out, list) else out

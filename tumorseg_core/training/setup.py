@@ -13,6 +13,7 @@ from tumorseg_core.errors import InputError, ModelPackageError
 from tumorseg_core.training import distributed as dist_utils
 from tumorseg_core.training.cache import CachedCase, PreprocessConfig, cache_cases
 from tumorseg_core.training.config import VAL_SEED_OFFSET, default_inputs, default_labels
+from tumorseg_core.training.hard_negatives import hard_negative_settings, mine_hard_negatives
 from tumorseg_core.training.patches import PatchDataset
 
 logger = logging.getLogger(__name__)
@@ -116,8 +117,12 @@ def _main_first(info: dist_utils.DistInfo, fn: Callable[[], Any]) -> Any:
 
 
 def prepare_data(config: dict[str, Any], workdir: Path, info: dist_utils.DistInfo,
-                 progress: Callable[[float, str], None] | None = None) -> RunData:
-    """Resolve, split and preprocess the data of ``config``; fill in inputs, labels, kwargs."""
+                 progress: Callable[[float, str], None] | None = None, device: str = "cpu") -> RunData:
+    """Resolve, split and preprocess the data of ``config``; fill in inputs, labels, kwargs.
+
+    With ``hard_negatives`` set, the mining model segments the training cases on ``device``
+    (rank 0 first; the other ranks read its cached results).
+    """
     from tumorseg_core.augment import augment_config, build_train_transforms
 
     config = copy.deepcopy(config)
@@ -142,10 +147,15 @@ def prepare_data(config: dict[str, Any], workdir: Path, info: dist_utils.DistInf
     )
     cached = _main_first(info, lambda: cache_cases([*train, *val], pre, cache_dir / "preprocessed", progress))
     train_cached, val_cached = cached[: len(train)], cached[len(train):]
+    hard = hard_negative_settings(config["hard_negatives"], config["init_weights"])
+    hard_coords = None
+    if hard is not None:
+        hard_coords = _main_first(info, lambda: mine_hard_negatives(
+            train_cached, hard, pre, cache_dir, device, progress if info.is_main else None))
     patch_zyx = tuple(int(p) for p in config["patch_size"][::-1])
-    transforms = build_train_transforms(patch_zyx, config["augment"])
+    transforms = build_train_transforms(patch_zyx, config["augment"], hard["fraction"] if hard else 0.0)
     length = config["iterations_per_epoch"] * config["batch_size"] * info.world_size
     patches = PatchDataset(train_cached, transforms, length, int(config["seed"]),
-                           per_lesion=config["augment"]["fg_sampling"] == "lesion")
+                           per_lesion=config["augment"]["fg_sampling"] == "lesion", hard_coords=hard_coords)
     logger.info("data: %s; %d training, %d validation cases", description, len(train), len(val))
     return RunData(config, kwargs, patches, train_cached, val_cached, patch_zyx, description)  # type: ignore[arg-type]

@@ -1,0 +1,163 @@
+"""Hard-negative mining: crops centred on what a model wrongly calls tumour.
+
+A segmentation model's remaining errors on healthy tissue are not spread evenly: they are
+a few structures that look like lesions (a vessel in cross-section, a blob of another
+organ). Random background crops rarely land on them, so fine-tuning with ordinary
+sampling barely teaches the network about them. Here a model package segments every
+training case once, exactly as ``tumorseg segment`` would on the model grid (its
+sliding window and its postprocessing), and every predicted lesion that touches no
+labelled voxel becomes a *hard negative*. During training a share of the crops
+(``hard_negatives.fraction``) is centred on a voxel of a hard negative, drawn lesion by
+lesion like the ``fg_sampling: "lesion"`` crops.
+
+Mining works on the training cache (model grid, normalised), so the mining model must
+share the run's spacing, orientation and input normalisation; usually it is the model
+being fine-tuned (``init_weights``). Results are cached per case, keyed by the case's
+cache key, the model's weight hashes and the mining settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from tumorseg_core.errors import InputError
+from tumorseg_core.training.cache import CachedCase, PreprocessConfig, atomic_save
+
+logger = logging.getLogger(__name__)
+
+MINING_VERSION = 1  # bump when what is mined changes
+DEFAULT_HARD_NEGATIVES: dict[str, Any] = {
+    "model": None,  # package that mines (name, folder or zip); None = the run's init_weights
+    "fraction": 0.25,  # share of training crops centred on a hard negative (when a case has one)
+    "overlap": None,  # sliding-window overlap for mining; None = the mining model's own
+}
+
+
+def hard_negative_settings(value: Any, init_weights: Any) -> dict[str, Any] | None:
+    """Validated ``hard_negatives`` config (None when off); unknown keys or bad values raise InputError."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        value = {}
+    if not isinstance(value, dict):
+        raise InputError(f"hard_negatives must be an object like {{\"fraction\": 0.25}} or null, got {value!r}")
+    unknown = sorted(set(value) - set(DEFAULT_HARD_NEGATIVES))
+    if unknown:
+        raise InputError(f"unknown hard_negatives key(s) {', '.join(unknown)}; use {', '.join(DEFAULT_HARD_NEGATIVES)}")
+    settings = {**DEFAULT_HARD_NEGATIVES, **value}
+    if settings["model"] is None:
+        settings["model"] = init_weights
+    if not settings["model"] or not isinstance(settings["model"], str):
+        raise InputError("hard_negatives needs a model to mine with: set hard_negatives.model or init_weights")
+    fraction = settings["fraction"]
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
+        raise InputError(f"hard_negatives.fraction must be in (0, 1], got {fraction!r}")
+    overlap = settings["overlap"]
+    if overlap is not None and (isinstance(overlap, bool) or not isinstance(overlap, (int, float))
+                                or not 0.0 <= overlap < 1.0):
+        raise InputError(f"hard_negatives.overlap must be in [0, 1) or null, got {overlap!r}")
+    return settings
+
+
+def false_positive_coordinates(pred: np.ndarray, label: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Voxels of predicted lesions that touch no labelled voxel, with their lesion's number.
+
+    ``pred`` and ``label`` are (z, y, x) or (1, z, y, x); lesions are 26-connected
+    components of ``pred > 0`` (the lesion definition of the detection metrics). Returns
+    (N, 4) int32 rows ``(z, y, x, lesion)``, lesions numbered 1..n, each subsampled to at
+    most ``ceil(MAX_COORDS / n)`` voxels so every false-positive lesion keeps coordinates.
+    """
+    from scipy import ndimage
+
+    from tumorseg_core.augment_crop import MAX_COORDS
+
+    pred = np.asarray(pred[0] if pred.ndim == 4 else pred) > 0
+    truth = np.asarray(label[0] if label.ndim == 4 else label) > 0
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction {pred.shape} and label {truth.shape} differ in shape")
+    components, n = ndimage.label(pred, structure=np.ones((3, 3, 3), dtype=bool))
+    touched = np.unique(components[truth & (components > 0)])
+    false = np.setdiff1d(np.arange(1, n + 1), touched)
+    if false.size == 0:
+        return np.zeros((0, 4), dtype=np.int32)
+    rng = np.random.default_rng(seed)
+    per = -(-MAX_COORDS // false.size)
+    rows = []
+    for number, component in enumerate(false, start=1):
+        coords = np.argwhere(components == component).astype(np.int32)
+        if len(coords) > per:
+            coords = coords[np.sort(rng.choice(len(coords), per, replace=False))]
+        rows.append(np.column_stack([coords, np.full(len(coords), number, dtype=np.int32)]))
+    return np.concatenate(rows).astype(np.int32)
+
+
+def _check_compatible(manifest: Any, pre: PreprocessConfig, model: str) -> None:
+    """The mining model must see the training cache exactly as its own pipeline would."""
+    mine = (tuple(float(s) for s in manifest.spacing_xyz), manifest.orientation,
+            tuple(json.dumps(n, sort_keys=True) for n in manifest.normalizations))
+    run = (tuple(float(s) for s in pre.spacing_xyz), pre.orientation,
+           tuple(json.dumps(n, sort_keys=True) for n in pre.normalizations))
+    if mine != run:
+        raise InputError(
+            f"hard_negatives.model {model!r} preprocesses differently from this run (spacing, orientation "
+            f"{mine[:2]} vs {run[:2]}, or its input normalization); mine with a model trained like this run"
+        )
+
+
+def _mining_key(case: CachedCase, manifest: Any, overlap: float) -> str:
+    weights = sorted(digest for name, digest in manifest.files.items() if name.endswith(".safetensors"))
+    blob = json.dumps({"v": MINING_VERSION, "case": Path(case.image).name, "weights": weights, "overlap": overlap,
+                       "post": manifest.postprocessing, "patch": list(manifest.patch_size_zyx)}, sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
+
+
+def mine_hard_negatives(cases: Sequence[CachedCase], settings: dict[str, Any], pre: PreprocessConfig,
+                        cache_dir: Path, device: str = "cpu",
+                        progress: Callable[[float, str], None] | None = None) -> list[np.ndarray]:
+    """(N, 4) false-positive coordinates per case (see :func:`false_positive_coordinates`).
+
+    Each case is segmented by ``settings["model"]`` on its cached model-grid image (the
+    model's sliding window and postprocessing), unless a cached result exists.
+    """
+    from tumorseg_core.package import open_package
+    from tumorseg_core.postprocess import postprocess_labels
+
+    package = open_package(settings["model"])
+    manifest = package.manifest
+    _check_compatible(manifest, pre, settings["model"])
+    overlap = settings["overlap"]
+    if overlap is None:
+        overlap = float((manifest.inference or {}).get("overlap", 0.5))
+    folder = Path(cache_dir) / "hard_negatives"
+    folder.mkdir(parents=True, exist_ok=True)
+    predictor = None
+    out: list[np.ndarray] = []
+    for i, case in enumerate(cases):
+        path = folder / f"{_mining_key(case, manifest, float(overlap))}.npy"
+        if path.is_file():
+            out.append(np.load(path, allow_pickle=False))
+            continue
+        if predictor is None:
+            from tumorseg_core.inference.predictor import Predictor
+
+            predictor = Predictor.from_package(package, device=device, overlap=float(overlap))
+        arrays = case.load(mmap=True)
+        pred = predictor.predict(np.asarray(arrays["image"], dtype=np.float32))
+        if manifest.postprocessing:
+            pred = postprocess_labels(pred, manifest.spacing_xyz, manifest.postprocessing)
+        coords = false_positive_coordinates(pred, arrays["label"], seed=i)
+        atomic_save(path, coords)
+        out.append(coords)
+        if progress is not None:
+            progress((i + 1) / len(cases), f"mined {case.id}: {len(np.unique(coords[:, 3]))} false positive(s)")
+    found = sum(1 for c in out if len(c))
+    lesions = sum(int(c[:, 3].max()) for c in out if len(c))
+    logger.info("hard negatives from %s: %d false-positive lesion(s) in %d of %d training cases",
+                settings["model"], lesions, found, len(out))
+    return out
