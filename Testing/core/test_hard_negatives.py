@@ -57,10 +57,12 @@ def test_big_false_positives_are_subsampled_but_every_lesion_keeps_voxels():
 
 def test_settings_default_to_the_fine_tuned_model_and_reject_bad_values():
     assert hard_negative_settings(None, "default") is None
-    assert hard_negative_settings(True, "default") == {"model": "default", "fraction": 0.25, "overlap": None}
+    assert hard_negative_settings(True, "default") == {"model": "default", "fraction": 0.25, "overlap": None,
+                                                       "weights_sha256": None}
     assert hard_negative_settings({"model": "m", "fraction": 1}, None)["model"] == "m"
     for bad, message in (({"fraction": 0}, "fraction"), ({"fraction": 1.5}, "fraction"), ({"fractoin": 0.2}, "unknown"),
-                         ({"overlap": 1.0}, "overlap"), ("yes", "object"), ({}, "model to mine")):
+                         ({"overlap": 1.0}, "overlap"), ("yes", "object"), ({}, "model to mine"),
+                         ({"model": 5}, "name, folder or zip"), ({"weights_sha256": "ab"}, "sha256")):
         with pytest.raises(InputError, match=message):
             hard_negative_settings(bad, None if message == "model to mine" else "default")
 
@@ -86,8 +88,16 @@ def test_crops_centre_on_hard_negatives_at_the_configured_share_and_not_otherwis
 
     always = centres(1.0, True)
     assert set(always) == {(20, 21, 22), (25, 25, 25)}  # both lesions drawn
-    # No hard negatives, or a zero share: exactly the sampling of a run without mining.
-    assert centres(0.0, True) == centres(0.0, False) == centres(0.5, False)
+    # No hard negatives, or a zero share: exactly the pos/neg draws of a run without
+    # mining, written out independently here (one draw for pos/neg, then the centre).
+    rng = np.random.RandomState(7)
+    reference = []
+    for _ in range(40):
+        if rng.random_sample() < 0.5:
+            reference.append((5, 5, 5) if rng.randint(1) == 0 else None)
+        else:
+            reference.append(tuple(int(rng.randint(n)) for n in (30, 30, 30)))
+    assert centres(0.0, True) == centres(0.0, False) == centres(0.5, False) == reference
     share = centres(0.3, True, n=400)
     hits = sum(c in {(20, 21, 22), (25, 25, 25)} for c in share)
     assert 80 <= hits <= 160  # ~0.3 of 400
@@ -105,7 +115,10 @@ def _cached_cases(root: Path, n: int = 3):
         rng = np.random.default_rng(i)
         img = sitk.GetImageFromArray((100 + 30 * rng.standard_normal((20, 24, 28))).astype(np.float32))
         img.SetSpacing((2.0, 2.0, 2.0))
-        lab = sitk.GetImageFromArray(np.zeros((20, 24, 28), dtype=np.uint8))
+        label = np.zeros((20, 24, 28), dtype=np.uint8)
+        if i == 0:
+            label[:, :12] = 1  # half of this case is "tumour": predictions there are not false
+        lab = sitk.GetImageFromArray(label)
         lab.CopyInformation(img)
         (root / "images").mkdir(parents=True, exist_ok=True)
         (root / "labels").mkdir(exist_ok=True)
@@ -116,43 +129,79 @@ def _cached_cases(root: Path, n: int = 3):
     return cache_cases(cases, pre, root / "cache" / "preprocessed"), pre
 
 
+def _false_lesions(pred: np.ndarray, label: np.ndarray) -> list[set]:
+    """Voxel sets of the 26-connected predicted lesions that touch no label voxel."""
+    from scipy import ndimage
+
+    components, n = ndimage.label(pred > 0, structure=np.ones((3, 3, 3), dtype=bool))
+    out = []
+    for k in range(1, n + 1):
+        mask = components == k
+        if not (mask & (label > 0)).any():
+            out.append(set(map(tuple, np.argwhere(mask).tolist())))
+    return out
+
+
 def test_mining_segments_each_case_like_the_model_and_caches_the_result(tmp_path, monkeypatch):
     from tumorseg_core.inference.predictor import Predictor
-    from tumorseg_core.package import open_package
-    from tumorseg_core.training.hard_negatives import false_positive_coordinates as fp_coords
+    from tumorseg_core.postprocess import postprocess_labels
+    from tumorseg_core.training.hard_negatives import open_mining_model
 
-    package = make_tiny_package(tmp_path / "pkg", seed=3)
+    rule = [{"label": 1, "min_volume_mm3": 40.0}]  # 5 voxels of 8 mm³
+    package_dir = make_tiny_package(tmp_path / "pkg", seed=3, postprocessing=rule)
     cached, pre = _cached_cases(tmp_path / "data")
-    settings = {"model": str(package), "fraction": 0.5, "overlap": 0.25}
-    mined = mine_hard_negatives(cached, settings, pre, tmp_path / "cache")
-    predictor = Predictor.from_package(open_package(package), device="cpu", overlap=0.25)
+    settings = {"model": str(package_dir), "fraction": 0.5, "overlap": 0.25, "weights_sha256": None}
+    package = open_mining_model(settings, pre)
+    mined = mine_hard_negatives(cached, settings, package, tmp_path / "cache")
+    predictor = Predictor.from_package(package, device="cpu", overlap=0.25, tta=False)
     for case, coords in zip(cached, mined):
         arrays = case.load()
-        pred = predictor.predict(np.asarray(arrays["image"]))
+        pred = postprocess_labels(predictor.predict(np.asarray(arrays["image"])), (2.0, 2.0, 2.0), rule)
         assert pred.any(), "the random network should mark something on these cases"
-        # The labels are empty, so every predicted lesion is a hard negative.
-        np.testing.assert_array_equal(coords, fp_coords(pred, arrays["label"], seed=cached.index(case)))
+        lesions = _false_lesions(pred, arrays["label"][0])
+        if case is cached[0]:  # the labelled case: predictions on its label are not hard negatives
+            assert len(lesions) < len(_false_lesions(pred, np.zeros_like(pred)))
+        # Every false lesion is there, each under one number, and nothing else.
+        assert len(set(coords[:, 3].tolist())) == len(lesions)
+        for number in set(coords[:, 3].tolist()):
+            rows = {tuple(r) for r in coords[coords[:, 3] == number][:, :3].tolist()}
+            assert sum(rows <= lesion for lesion in lesions) == 1
     assert len(list((tmp_path / "cache" / "hard_negatives").glob("*.npy"))) == len(cached)
+    # The result of a case does not depend on its place in the list (nor on who mined it).
+    shuffled = mine_hard_negatives(cached[::-1], settings, package, tmp_path / "cache2")
+    assert all(np.array_equal(a, b) for a, b in zip(shuffled[::-1], mined))
+    halves = [mine_hard_negatives(cached, settings, package, tmp_path / "cache3", share=(r, 2)) for r in (0, 1)]
+    assert [len(h) for h in halves] == [2, 1]
 
     def no_predictor(*args, **kwargs):
         raise AssertionError("cached mining results must not run the model again")
 
     monkeypatch.setattr(Predictor, "from_package", no_predictor)
-    again = mine_hard_negatives(cached, settings, pre, tmp_path / "cache")
-    assert all(np.array_equal(a, b) for a, b in zip(again, mined))
+    for cache in ("cache", "cache3"):
+        again = mine_hard_negatives(cached, settings, package, tmp_path / cache)
+        assert all(np.array_equal(a, b) for a, b in zip(again, mined))
     # Other weights or another overlap are other results, never the cached ones.
-    other = make_tiny_package(tmp_path / "other", seed=4)
+    other = open_mining_model(dict(settings, model=str(make_tiny_package(tmp_path / "other", seed=4,
+                                                                         postprocessing=rule))), pre)
     with pytest.raises(AssertionError, match="must not run"):
-        mine_hard_negatives(cached, dict(settings, model=str(other)), pre, tmp_path / "cache")
+        mine_hard_negatives(cached, settings, other, tmp_path / "cache")
     with pytest.raises(AssertionError, match="must not run"):
-        mine_hard_negatives(cached, dict(settings, overlap=0.5), pre, tmp_path / "cache")
+        mine_hard_negatives(cached, dict(settings, overlap=0.5), package, tmp_path / "cache")
 
 
 def test_a_mining_model_that_preprocesses_differently_is_refused(tmp_path):
+    from tumorseg_core.training.hard_negatives import open_mining_model, weight_digests
+
     package = make_tiny_package(tmp_path / "pkg", spacing=(1.0, 1.0, 1.0))
-    cached, pre = _cached_cases(tmp_path / "data", n=1)
+    _, pre = _cached_cases(tmp_path / "data", n=1)
     with pytest.raises(InputError, match="preprocesses differently"):
-        mine_hard_negatives(cached, {"model": str(package), "fraction": 0.5, "overlap": None}, pre, tmp_path / "c")
+        open_mining_model({"model": str(package), "weights_sha256": None}, pre)
+    # Pinned weights (a run's record of what mined) must still be the model's.
+    good = make_tiny_package(tmp_path / "good")
+    digests = weight_digests(open_mining_model({"model": str(good)}, pre))
+    assert open_mining_model({"model": str(good), "weights_sha256": digests}, pre) is not None
+    with pytest.raises(InputError, match="other weights"):
+        open_mining_model({"model": str(good), "weights_sha256": ["0" * 64]}, pre)
 
 
 def test_training_with_hard_negatives_mines_with_init_weights_and_writes_a_package(tmp_path):
@@ -174,5 +223,14 @@ def test_training_with_hard_negatives_mines_with_init_weights_and_writes_a_packa
     run = prepare_data(merge_config(config, {}), tmp_path / "work", dist_utils.DistInfo())
     hard = run.patches.hard_coords
     assert hard is not None and len(hard) == len(run.train_cases) and any(len(h) for h in hard)
+    # The run records what mined (model resolved, weights pinned): the resume hash covers it.
+    assert run.config["hard_negatives"]["model"] == str(package)
+    assert len(run.config["hard_negatives"]["weights_sha256"]) == 1
     out = train(config, tmp_path / "tuned")
     assert (Path(out) / "fold0.safetensors").is_file()
+    # Other weights behind the same model path: resuming that run is refused.
+    make_tiny_package(tmp_path / "pkg2", seed=5)
+    for f in ("fold0.safetensors", "manifest.json"):
+        (Path(package) / f).write_bytes((tmp_path / "pkg2" / f).read_bytes())
+    with pytest.raises(InputError, match="different training configuration"):
+        train(dict(config, epochs=2), tmp_path / "tuned2")

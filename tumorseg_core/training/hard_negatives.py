@@ -31,11 +31,14 @@ from tumorseg_core.training.cache import CachedCase, PreprocessConfig, atomic_sa
 
 logger = logging.getLogger(__name__)
 
-MINING_VERSION = 1  # bump when what is mined changes
+MINING_VERSION = 2  # bump when what is mined changes
 DEFAULT_HARD_NEGATIVES: dict[str, Any] = {
     "model": None,  # package that mines (name, folder or zip); None = the run's init_weights
     "fraction": 0.25,  # share of training crops centred on a hard negative (when a case has one)
     "overlap": None,  # sliding-window overlap for mining; None = the mining model's own
+    # sha256 of the mining model's weights: filled in by the run (so resuming with other
+    # weights behind the same name is refused); when given, the model must have them.
+    "weights_sha256": None,
 }
 
 
@@ -53,8 +56,14 @@ def hard_negative_settings(value: Any, init_weights: Any) -> dict[str, Any] | No
     settings = {**DEFAULT_HARD_NEGATIVES, **value}
     if settings["model"] is None:
         settings["model"] = init_weights
-    if not settings["model"] or not isinstance(settings["model"], str):
+    if settings["model"] is not None and not isinstance(settings["model"], str):
+        raise InputError(f"hard_negatives.model must be a model name, folder or zip path, got {settings['model']!r}")
+    if not settings["model"]:
         raise InputError("hard_negatives needs a model to mine with: set hard_negatives.model or init_weights")
+    pinned = settings["weights_sha256"]
+    if pinned is not None and (not isinstance(pinned, list) or not pinned
+                               or not all(isinstance(d, str) and len(d) == 64 for d in pinned)):
+        raise InputError(f"hard_negatives.weights_sha256 must be a list of sha256 hex digests or null, got {pinned!r}")
     fraction = settings["fraction"]
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 < fraction <= 1.0:
         raise InputError(f"hard_negatives.fraction must be in (0, 1], got {fraction!r}")
@@ -110,48 +119,76 @@ def _check_compatible(manifest: Any, pre: PreprocessConfig, model: str) -> None:
         )
 
 
-def _mining_key(case: CachedCase, manifest: Any, overlap: float) -> str:
-    weights = sorted(digest for name, digest in manifest.files.items() if name.endswith(".safetensors"))
-    blob = json.dumps({"v": MINING_VERSION, "case": Path(case.image).name, "weights": weights, "overlap": overlap,
-                       "post": manifest.postprocessing, "patch": list(manifest.patch_size_zyx)}, sort_keys=True)
+def weight_digests(package: Any) -> list[str]:
+    """Sorted sha256 digests of a package's network weights (what mining results depend on)."""
+    return sorted(digest for name, digest in package.manifest.files.items() if name.endswith(".safetensors"))
+
+
+def open_mining_model(settings: dict[str, Any], pre: PreprocessConfig) -> Any:
+    """The verified mining package; InputError if it preprocesses differently or has other pinned weights."""
+    from tumorseg_core.package import open_package
+
+    package = open_package(settings["model"])
+    _check_compatible(package.manifest, pre, settings["model"])
+    pinned = settings.get("weights_sha256")
+    if pinned is not None and sorted(pinned) != weight_digests(package):
+        raise InputError(
+            f"hard_negatives.model {settings['model']!r} now has other weights than this run mined with "
+            "(weights_sha256); restore that model, or start a new run (another --workdir)"
+        )
+    return package
+
+
+def _mining_key(case: CachedCase, package: Any, overlap: float) -> str:
+    # The whole manifest (output, inference settings, postprocessing, cascade...) and the
+    # weights decide the prediction; the case's cache file name is its preprocessing key.
+    blob = json.dumps({"v": MINING_VERSION, "case": Path(case.image).name, "weights": weight_digests(package),
+                       "manifest": package.manifest.to_dict(), "overlap": overlap}, sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
 
 
-def mine_hard_negatives(cases: Sequence[CachedCase], settings: dict[str, Any], pre: PreprocessConfig,
+def mine_hard_negatives(cases: Sequence[CachedCase], settings: dict[str, Any], package: Any,
                         cache_dir: Path, device: str = "cpu",
-                        progress: Callable[[float, str], None] | None = None) -> list[np.ndarray]:
+                        progress: Callable[[float, str], None] | None = None,
+                        share: tuple[int, int] = (0, 1)) -> list[np.ndarray]:
     """(N, 4) false-positive coordinates per case (see :func:`false_positive_coordinates`).
 
-    Each case is segmented by ``settings["model"]`` on its cached model-grid image (the
-    model's sliding window and postprocessing), unless a cached result exists.
+    Each case is segmented by ``package`` (from :func:`open_mining_model`) on its cached
+    model-grid image, with the model's exhaustive sliding window (no cascade, no TTA:
+    the reference pass) and its postprocessing, unless a cached result exists.
+    ``share=(rank, world)``: only cases ``i % world == rank`` are mined (DDP ranks split
+    the work, then read each other's results from the cache); the others are left out of
+    the returned list.
     """
-    from tumorseg_core.package import open_package
     from tumorseg_core.postprocess import postprocess_labels
 
-    package = open_package(settings["model"])
     manifest = package.manifest
-    _check_compatible(manifest, pre, settings["model"])
     overlap = settings["overlap"]
     if overlap is None:
         overlap = float((manifest.inference or {}).get("overlap", 0.5))
     folder = Path(cache_dir) / "hard_negatives"
     folder.mkdir(parents=True, exist_ok=True)
+    rank, world = share
     predictor = None
     out: list[np.ndarray] = []
     for i, case in enumerate(cases):
-        path = folder / f"{_mining_key(case, manifest, float(overlap))}.npy"
+        if i % world != rank:
+            continue
+        key = _mining_key(case, package, float(overlap))
+        path = folder / f"{key}.npy"
         if path.is_file():
             out.append(np.load(path, allow_pickle=False))
             continue
         if predictor is None:
             from tumorseg_core.inference.predictor import Predictor
 
-            predictor = Predictor.from_package(package, device=device, overlap=float(overlap))
+            predictor = Predictor.from_package(package, device=device, overlap=float(overlap), tta=False)
         arrays = case.load(mmap=True)
         pred = predictor.predict(np.asarray(arrays["image"], dtype=np.float32))
         if manifest.postprocessing:
             pred = postprocess_labels(pred, manifest.spacing_xyz, manifest.postprocessing)
-        coords = false_positive_coordinates(pred, arrays["label"], seed=i)
+        # Seeded by the key, so a cached result never depends on the case's place in a list.
+        coords = false_positive_coordinates(pred, arrays["label"], seed=int(key[:8], 16))
         atomic_save(path, coords)
         out.append(coords)
         if progress is not None:

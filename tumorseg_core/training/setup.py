@@ -13,7 +13,12 @@ from tumorseg_core.errors import InputError, ModelPackageError
 from tumorseg_core.training import distributed as dist_utils
 from tumorseg_core.training.cache import CachedCase, PreprocessConfig, cache_cases
 from tumorseg_core.training.config import VAL_SEED_OFFSET, default_inputs, default_labels
-from tumorseg_core.training.hard_negatives import hard_negative_settings, mine_hard_negatives
+from tumorseg_core.training.hard_negatives import (
+    hard_negative_settings,
+    mine_hard_negatives,
+    open_mining_model,
+    weight_digests,
+)
 from tumorseg_core.training.patches import PatchDataset
 
 logger = logging.getLogger(__name__)
@@ -150,8 +155,16 @@ def prepare_data(config: dict[str, Any], workdir: Path, info: dist_utils.DistInf
     hard = hard_negative_settings(config["hard_negatives"], config["init_weights"])
     hard_coords = None
     if hard is not None:
-        hard_coords = _main_first(info, lambda: mine_hard_negatives(
-            train_cached, hard, pre, cache_dir, device, progress if info.is_main else None))
+        # Every rank opens and checks the model (a bad one fails everywhere, not in a
+        # barrier), the ranks mine their share of the cases, then all read all of them.
+        package = open_mining_model(hard, pre)
+        hard["weights_sha256"] = weight_digests(package)
+        mine_hard_negatives(train_cached, hard, package, cache_dir, device, progress if info.is_main else None,
+                            share=(info.rank, info.world_size))
+        dist_utils.barrier(info)
+        hard_coords = mine_hard_negatives(train_cached, hard, package, cache_dir, device)
+    # Normalised (model resolved, weights pinned), so the resume hash sees what mined.
+    config["hard_negatives"] = hard
     patch_zyx = tuple(int(p) for p in config["patch_size"][::-1])
     transforms = build_train_transforms(patch_zyx, config["augment"], hard["fraction"] if hard else 0.0)
     length = config["iterations_per_epoch"] * config["batch_size"] * info.world_size
