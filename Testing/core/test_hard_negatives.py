@@ -11,6 +11,7 @@ import SimpleITK as sitk
 torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
 
+from dataset_factory import write_labelled_case  # noqa: E402
 from model_factory import make_tiny_package  # noqa: E402
 
 from tumorseg_core.augment_crop import HARD_KEY, RandForegroundCropd  # noqa: E402
@@ -118,13 +119,8 @@ def _cached_cases(root: Path, n: int = 3):
         label = np.zeros((20, 24, 28), dtype=np.uint8)
         if i == 0:
             label[:, :12] = 1  # half of this case is "tumour": predictions there are not false
-        lab = sitk.GetImageFromArray(label)
-        lab.CopyInformation(img)
-        (root / "images").mkdir(parents=True, exist_ok=True)
-        (root / "labels").mkdir(exist_ok=True)
-        sitk.WriteImage(img, str(root / "images" / f"c{i}.nii.gz"))
-        sitk.WriteImage(lab, str(root / "labels" / f"c{i}.nii.gz"))
-        cases.append(Case(f"c{i}", [root / "images" / f"c{i}.nii.gz"], root / "labels" / f"c{i}.nii.gz"))
+        image_path, label_path = write_labelled_case(root, f"c{i}", img, sitk.GetImageFromArray(label))
+        cases.append(Case(f"c{i}", [image_path], label_path))
     pre = PreprocessConfig((2.0, 2.0, 2.0), "LPS", (NORMALIZATION,), 1)
     return cache_cases(cases, pre, root / "cache" / "preprocessed"), pre
 

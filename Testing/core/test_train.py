@@ -16,6 +16,7 @@ import SimpleITK as sitk
 torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
 
+from dataset_factory import write_labelled_case  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from tumorseg_core.errors import CancelledError, InputError  # noqa: E402
@@ -49,12 +50,7 @@ def _make_volumes(root: Path, n: int = 4) -> Path:
         img = sitk.GetImageFromArray(image)
         img.SetSpacing((1.5, 1.5, 2.0))
         img.SetOrigin((10.0, -5.0, 3.0))
-        lab = sitk.GetImageFromArray(label)
-        lab.CopyInformation(img)
-        (root / "images").mkdir(parents=True, exist_ok=True)
-        (root / "labels").mkdir(exist_ok=True)
-        sitk.WriteImage(img, str(root / "images" / f"case{i}.nii.gz"))
-        sitk.WriteImage(lab, str(root / "labels" / f"case{i}.nii.gz"))
+        write_labelled_case(root, f"case{i}", img, sitk.GetImageFromArray(label))
     return root
 
 
