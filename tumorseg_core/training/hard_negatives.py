@@ -193,8 +193,12 @@ def mine_hard_negatives(cases: Sequence[CachedCase], settings: dict[str, Any], p
         out.append(coords)
         if progress is not None:
             progress((i + 1) / len(cases), f"mined {case.id}: {len(np.unique(coords[:, 3]))} false positive(s)")
-    found = sum(1 for c in out if len(c))
-    lesions = sum(int(c[:, 3].max()) for c in out if len(c))
-    logger.info("hard negatives from %s: %d false-positive lesion(s) in %d of %d training cases",
-                settings["model"], lesions, found, len(out))
     return out
+
+
+def log_summary(model: str, coords: Sequence[np.ndarray]) -> None:
+    """One log line: how many false-positive lesions the mining found, in how many cases."""
+    found = sum(1 for c in coords if len(c))
+    lesions = sum(int(c[:, 3].max()) for c in coords if len(c))
+    logger.info("hard negatives from %s: %d false-positive lesion(s) in %d of %d training cases",
+                model, lesions, found, len(coords))

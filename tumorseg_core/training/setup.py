@@ -15,6 +15,7 @@ from tumorseg_core.training.cache import CachedCase, PreprocessConfig, cache_cas
 from tumorseg_core.training.config import VAL_SEED_OFFSET, default_inputs, default_labels
 from tumorseg_core.training.hard_negatives import (
     hard_negative_settings,
+    log_summary,
     mine_hard_negatives,
     open_mining_model,
     weight_digests,
@@ -163,6 +164,8 @@ def prepare_data(config: dict[str, Any], workdir: Path, info: dist_utils.DistInf
                             share=(info.rank, info.world_size))
         dist_utils.barrier(info)
         hard_coords = mine_hard_negatives(train_cached, hard, package, cache_dir, device)
+        if info.is_main:
+            log_summary(hard["model"], hard_coords)
     # Normalised (model resolved, weights pinned), so the resume hash sees what mined.
     config["hard_negatives"] = hard
     patch_zyx = tuple(int(p) for p in config["patch_size"][::-1])
