@@ -31,7 +31,7 @@ from tumorseg_core.training.cache import CachedCase, PreprocessConfig, atomic_sa
 
 logger = logging.getLogger(__name__)
 
-MINING_VERSION = 2  # bump when what is mined changes
+MINING_VERSION = 3  # bump when what is mined changes
 DEFAULT_HARD_NEGATIVES: dict[str, Any] = {
     "model": None,  # package that mines (name, folder or zip); None = the run's init_weights
     "fraction": 0.25,  # share of training crops centred on a hard negative (when a case has one)
@@ -84,26 +84,18 @@ def false_positive_coordinates(pred: np.ndarray, label: np.ndarray, seed: int = 
     """
     from scipy import ndimage
 
-    from tumorseg_core.augment_crop import MAX_COORDS
+    from tumorseg_core.augment_crop import foreground_coordinates
 
     pred = np.asarray(pred[0] if pred.ndim == 4 else pred) > 0
     truth = np.asarray(label[0] if label.ndim == 4 else label) > 0
     if pred.shape != truth.shape:
         raise ValueError(f"prediction {pred.shape} and label {truth.shape} differ in shape")
-    components, n = ndimage.label(pred, structure=np.ones((3, 3, 3), dtype=bool))
+    components, _ = ndimage.label(pred, structure=np.ones((3, 3, 3), dtype=bool))
     touched = np.unique(components[truth & (components > 0)])
-    false = np.setdiff1d(np.arange(1, n + 1), touched)
-    if false.size == 0:
-        return np.zeros((0, 4), dtype=np.int32)
-    rng = np.random.default_rng(seed)
-    per = -(-MAX_COORDS // false.size)
-    rows = []
-    for number, component in enumerate(false, start=1):
-        coords = np.argwhere(components == component).astype(np.int32)
-        if len(coords) > per:
-            coords = coords[np.sort(rng.choice(len(coords), per, replace=False))]
-        rows.append(np.column_stack([coords, np.full(len(coords), number, dtype=np.int32)]))
-    return np.concatenate(rows).astype(np.int32)
+    false = (components > 0) & ~np.isin(components, touched)
+    # Whole predicted lesions are kept or dropped, so the false ones are exactly the
+    # components of ``false``: the per-lesion foreground sampling numbers and subsamples them.
+    return foreground_coordinates(false, seed=seed, per_lesion=True)
 
 
 def _check_compatible(manifest: Any, pre: PreprocessConfig, model: str) -> None:
