@@ -1,8 +1,8 @@
 """Attach a trained coarse network to a model package as its ROI cascade (manifest ``cascade``).
 
-The coarse package (``tumorseg train ... --spacing`` at the coarse scale, e.g. on
-``make_distillation_set.py`` output) must take the same inputs and have the same output
-type and channel count; its grid spacing should be ``factor`` x the package's::
+The coarse package (``tumorseg train`` at the coarse scale on ``make_distillation_set.py``
+output, normalization ``none``) must take the same inputs and have the same output type
+and channel count; its grid spacing should be ``factor`` x the package's::
 
     python benchmarks/attach_cascade.py default /tmp/coarse -o /tmp/with-cascade --threshold 0.1
 
@@ -40,8 +40,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"{args.coarse} holds {len(coarse.weight_files)} networks; give a single-network package")
     if fine.manifest.num_inputs != coarse.manifest.num_inputs or fine.manifest.output_type != coarse.manifest.output_type:
         parser.error("the coarse package must take the same inputs and have the same output type")
-    if fine.manifest.normalizations != coarse.manifest.normalizations:
-        parser.error("the coarse package must normalize its inputs like the package (it is fed the same volume)")
+    # The cascade feeds the coarse network the package's already normalized volume, pooled:
+    # a coarse package trained on that (make_distillation_set.py) normalizes nothing.
+    pre_normalized = all((n or {}).get("type", "none") == "none" for n in coarse.manifest.normalizations)
+    if not pre_normalized and fine.manifest.normalizations != coarse.manifest.normalizations:
+        parser.error("the coarse package must normalize its inputs like the package, or not at all "
+                     "(trained on make_distillation_set.py's normalized volumes)")
     ratios = [c / f for c, f in zip(coarse.manifest.spacing_xyz, fine.manifest.spacing_xyz)]
     if args.factor is None and max(ratios) - min(ratios) > 1e-6:
         parser.error(f"the spacing ratios {ratios} differ per axis; give --factor")

@@ -1,16 +1,27 @@
-"""Write a distillation set: synthetic phantoms labelled by a model's own exhaustive pass.
+"""Write a distillation set for a cascade's coarse network: what it sees, and what it must flag.
 
-A cascade's coarse model must flag everything the full-resolution model would label
+A cascade's coarse network must flag everything the full-resolution model would label
 (lesions and its false positives alike), so it is trained on that model's output, not on
-the phantoms' truth::
+the phantoms' truth, and on exactly the input the cascade gives it at run time::
 
-    python benchmarks/make_distillation_set.py /tmp/distill -n 480 --model default [--device cuda]
+    python benchmarks/make_distillation_set.py /tmp/distill -n 160 --model default [--device cuda]
     tumorseg train configs/default_model_coarse.json --data /tmp/distill -o coarse [--device cuda]
     python benchmarks/attach_cascade.py default coarse -o with-cascade
     python benchmarks/cascade_agreement.py /tmp/tune40 --model with-cascade
 
-Writes ``images/syn_NNN.nii.gz`` (the training generator's phantoms, seed 7 so they are
-not the default model's own training cases) and ``labels/syn_NNN.nii.gz`` (the model's labels).
+Per phantom (the training generator's, seed 7 so they are not the default model's own
+training cases) it runs the model's exhaustive pass and writes, on the **coarse grid**
+(the model grid average-pooled by ``--factor``, as ``cascade.area_pool`` does at run time):
+
+- ``images/syn_NNN.nii.gz``: the pooled, already normalized volume (float32), so the
+  coarse training config uses normalization ``none``;
+- ``labels/syn_NNN.nii.gz``: 1 where the coarse voxel contains ANY voxel the model labels
+  (after its postprocessing). Nearest-neighbour downsampling of the full-resolution labels
+  would erase lesions smaller than a coarse voxel, which are exactly the ones a cascade
+  must not lose.
+
+An odd model-grid axis loses its last slice, so the coarse spacing is exactly ``factor``
+times the model's and training resamples nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +30,34 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def coarse_pair(volume: np.ndarray, labels: np.ndarray, grid, factor: int):
+    """``(image, label)`` SimpleITK images on the coarse grid of a (C, z, y, x) model-grid volume."""
+    import SimpleITK as sitk
+
+    from tumorseg_core.inference.cascade import area_pool
+
+    even = tuple(n - n % factor for n in labels.shape)
+    crop = tuple(slice(0, n) for n in even)
+    small = tuple(n // factor for n in even)
+    image = area_pool(volume[(slice(None), *crop)], small)
+    hit = area_pool(labels[crop][None].astype(np.float32), small)[0] > 0
+    spacing = np.asarray(grid.spacing, dtype=float)
+    direction = np.asarray(grid.direction, dtype=float).reshape(3, 3)
+    # A coarse voxel's centre is the centre of the `factor` fine voxels it averages.
+    origin = np.asarray(grid.origin, dtype=float) + direction @ (spacing * (factor - 1) / 2.0)
+    pair = []
+    for array in (image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1), hit.astype(np.uint8)):
+        out = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=array.ndim == 4)
+        out.SetSpacing(tuple(float(s) * factor for s in spacing))
+        out.SetOrigin(tuple(float(v) for v in origin))
+        out.SetDirection(tuple(float(v) for v in direction.ravel()))
+        pair.append(out)
+    return pair
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,23 +71,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-n", type=int, default=160)
     parser.add_argument("--model", default="default")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--factor", type=int, default=2, help="coarse spacing / model spacing (the cascade's factor)")
     parser.add_argument("--max-size", type=int, default=128, help="voxels per axis of a phantom")
+    parser.add_argument("--fov-mm", type=float, nargs=2, default=[80.0, 320.0], metavar=("MIN", "MAX"),
+                        help="field of view range of the phantoms (the exhaustive pass's cost grows with it)")
     parser.add_argument("--device", default="cpu", help="where the model labels the phantoms (cpu, cuda, auto)")
     args = parser.parse_args(argv)
-    options = {"fov_mm": [80.0, 320.0], "max_size": args.max_size, "lesion_radius_mm": [2.5, 20.0]}
+    if args.factor < 2:
+        parser.error("--factor must be an integer >= 2")
+    options = {"fov_mm": list(args.fov_mm), "max_size": args.max_size, "lesion_radius_mm": [2.5, 20.0]}
     cases = synthetic_cases(args.n, args.seed, options, args.folder / "generated")
     segmenter = Segmenter(args.model, device=args.device, cascade=False)
     for folder in ("images", "labels"):
         (args.folder / folder).mkdir(parents=True, exist_ok=True)
+    flagged = 0
     for i, case in enumerate(cases):
-        image = Path(case.images[0])
-        target = args.folder / "labels" / image.name
-        if not target.exists():
-            sitk.WriteImage(segmenter.segment([str(image)]), str(target), True)
-        link = args.folder / "images" / image.name
-        if not link.exists():
-            link.symlink_to(image.resolve())
-        print(f"{i + 1}/{len(cases)} {image.name}", flush=True)
+        name = Path(case.images[0]).name
+        targets = [args.folder / folder / name for folder in ("images", "labels")]
+        if not all(t.exists() for t in targets):
+            volume, grid, _ = segmenter.prepare([str(p) for p in case.images])
+            labels = segmenter.model_grid_labels(volume)
+            for image, target in zip(coarse_pair(volume, labels, grid, args.factor), targets):
+                partial = target.with_name(".partial-" + target.name)
+                sitk.WriteImage(image, str(partial), True)
+                partial.replace(target)
+        count = int(np.count_nonzero(sitk.GetArrayFromImage(sitk.ReadImage(str(targets[1])))))
+        flagged += count > 0
+        print(f"{i + 1}/{len(cases)} {name}: {count} coarse voxels flagged", flush=True)
+    print(f"{flagged}/{len(cases)} cases with flagged voxels", flush=True)
     return 0
 
 

@@ -146,43 +146,14 @@ class Segmenter:
         """Segment one case; returns a uint8 label map on the first image's exact grid."""
         options = SegmentOptions.from_kwargs(**{**self.options.__dict__, **overrides})
         started = time.perf_counter()
-        manifest = self.manifest
         _report(progress, 0.0, "reading images")
-        items = _as_list(images)
-        streamed = self._read_streaming(items, cancel)
-        if streamed is not None:
-            volume, model_grid, reference = streamed
-        else:
-            inputs = read_images(items)
-            if len(inputs) != manifest.num_inputs:
-                names = ", ".join(manifest.input_modalities)
-                raise InputError(
-                    f"model '{manifest.name}' expects {manifest.num_inputs} input image(s) ({names}), "
-                    f"got {len(inputs)}; pass one image per modality in that order"
-                )
-            reference = geometry.GridGeometry.of(inputs[0])
-            aligned = geometry.align_to_reference(inputs)
-            _check_cancel(cancel)
-            _report(progress, _READ, "resampling to the model grid")
-            volume, model_grid = self._prepare(aligned)
-            # The inputs' voxels are not needed any more (only their grid): images this call
-            # read are freed here, before the model and the output's allocations.
-            del inputs, aligned
+        volume, model_grid, reference = self.prepare(images, cancel, _scaled_progress(progress, 0.0, _PREPARE))
         _check_cancel(cancel)
         _report(progress, _PREPARE, "running the model")
 
-        predictor = self.predictor(options)
-        from tumorseg_core.inference.cascade import predict_labels
-
-        labels = predict_labels(predictor, volume, manifest.spacing_xyz, options.cascade,
-                                progress=_scaled_progress(progress, _PREPARE, _PREDICT_END), cancel=cancel,
-                                coarse_predictor=self.coarse_predictor(options), spec=manifest.cascade)
+        labels = self.model_grid_labels(volume, _scaled_progress(progress, _PREPARE, _PREDICT_END), cancel, options)
         del volume
-        _check_cancel(cancel)
-        _report(progress, _PREDICT_END, "post-processing")
-
-        if options.postprocess and manifest.postprocessing:
-            labels = postprocess.postprocess_labels(labels, manifest.spacing_xyz, manifest.postprocessing)
+        _report(progress, _PREDICT_END, "labels to the input grid")
         label_image = model_grid.apply_to(sitk.GetImageFromArray(labels.astype(np.uint8, copy=False)))
         result = geometry.labels_to_reference(label_image, reference)
         if options.seeds_lps or options.background_lps:
@@ -191,6 +162,56 @@ class Segmenter:
             result = keep_clicked_lesions(result, options.seeds_lps, options.background_lps)
         _report(progress, 1.0, f"done in {time.perf_counter() - started:.1f} s")
         return result
+
+    def model_grid_labels(self, volume: np.ndarray, progress: Optional[ProgressFn] = None,
+                          cancel: Optional[CancelFn] = None, options: Optional[SegmentOptions] = None) -> np.ndarray:
+        """Labels (z, y, x) uint8 on the model grid for a :meth:`prepare`-d (C, z, y, x) volume.
+
+        The network (cascade or exhaustive windows) and then the manifest's postprocessing
+        (unless ``options.postprocess`` is False): everything :meth:`segment` does before
+        putting the labels back on the input grid.
+        """
+        from tumorseg_core.inference.cascade import predict_labels
+
+        options = options or self.options
+        manifest = self.manifest
+        labels = predict_labels(self.predictor(options), volume, manifest.spacing_xyz, options.cascade,
+                                progress=progress, cancel=cancel,
+                                coarse_predictor=self.coarse_predictor(options), spec=manifest.cascade)
+        _check_cancel(cancel)
+        if options.postprocess and manifest.postprocessing:
+            labels = postprocess.postprocess_labels(labels, manifest.spacing_xyz, manifest.postprocessing)
+        return labels
+
+    def prepare(self, images: Union[ImageLike, Sequence[ImageLike]], cancel: Optional[CancelFn] = None,
+                progress: Optional[ProgressFn] = None) -> tuple:
+        """The network's input for one case: ``(volume, model grid, input grid)``.
+
+        ``volume`` is (C, z, y, x) float32, resampled and normalized on the model grid
+        (a :class:`~tumorseg_core.geometry.GridGeometry`); the input grid is the first
+        image's, where :meth:`segment` puts its labels back.
+        """
+        manifest = self.manifest
+        items = _as_list(images)
+        streamed = self._read_streaming(items, cancel)
+        if streamed is not None:
+            return streamed
+        inputs = read_images(items)
+        if len(inputs) != manifest.num_inputs:
+            names = ", ".join(manifest.input_modalities)
+            raise InputError(
+                f"model '{manifest.name}' expects {manifest.num_inputs} input image(s) ({names}), "
+                f"got {len(inputs)}; pass one image per modality in that order"
+            )
+        reference = geometry.GridGeometry.of(inputs[0])
+        aligned = geometry.align_to_reference(inputs)
+        _check_cancel(cancel)
+        _report(progress, _READ / _PREPARE, "resampling to the model grid")
+        volume, model_grid = self._prepare(aligned)
+        # The inputs' voxels are not needed any more (only their grid): images this call
+        # read are freed here, before the model and the output's allocations.
+        del inputs, aligned
+        return volume, model_grid, reference
 
     def _read_streaming(self, items: list, cancel: Optional[CancelFn]) -> Optional[tuple]:
         """``(volume, model grid, input grid)`` read slab by slab, or None where that would differ.

@@ -16,7 +16,12 @@ import SimpleITK as sitk
 
 pytest.importorskip("monai")
 
-from model_factory import make_tiny_package  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from model_factory import make_tiny_package, tiny_manifest  # noqa: E402
+
+from tumorseg_core.models.registry import build_network  # noqa: E402
+from tumorseg_core.package import write_package  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -82,13 +87,26 @@ def test_distillation_set_and_attach_cascade_make_a_package_whose_cascade_runs(t
     fine = make_tiny_package(tmp_path / "fine")
     distill = _load("make_distillation_set")
     assert distill.main([str(tmp_path / "set"), "-n", "2", "--model", str(fine), "--max-size", "24"]) == 0
+    spacing = json.loads((fine / "manifest.json").read_text())["spacing"]
     for image in sorted((tmp_path / "set" / "images").iterdir()):
         label = sitk.ReadImage(str(tmp_path / "set" / "labels" / image.name))
-        assert label.GetSize() == sitk.ReadImage(str(image)).GetSize()  # the model's labels, on the image grid
-    spacing = json.loads((fine / "manifest.json").read_text())["spacing"]
-    coarse = make_tiny_package(tmp_path / "coarse", seed=1, spacing=[2 * s for s in spacing])
+        pooled = sitk.ReadImage(str(image))
+        assert label.GetSize() == pooled.GetSize() and label.GetOrigin() == pooled.GetOrigin()
+        assert pooled.GetSpacing() == pytest.approx([2 * s for s in spacing])  # the coarse grid, exactly
+        assert pooled.GetPixelID() == sitk.sitkFloat32 and label.GetPixelID() == sitk.sitkUInt8
+    # The coarse network is fed the package's normalized volume: its package normalizes nothing.
+    manifest = tiny_manifest(spacing=[2 * s for s in spacing])
+    manifest["inputs"] = [{"modality": "MRI", "normalization": {"type": "none"}}]
+    torch.manual_seed(1)
+    network = build_network(manifest["architecture"], manifest["kwargs"])
+    coarse = write_package(tmp_path / "coarse", manifest, [{k: v.detach().clone() for k, v in network.state_dict().items()}])
     attach = _load("attach_cascade")
     assert attach.main([str(fine), str(coarse), "-o", str(tmp_path / "both"), "--threshold", "0.2"]) == 0
+    manifest["inputs"] = [{"modality": "MRI", "normalization": {"type": "minmax"}}]
+    other = write_package(tmp_path / "minmax", manifest, [{k: v.detach().clone() for k, v in network.state_dict().items()}])
+    with pytest.raises(SystemExit):  # another normalization would be fed the wrong intensities
+        attach.main([str(fine), str(other), "-o", str(tmp_path / "refused")])
+    assert not (tmp_path / "refused").exists()
     from tumorseg_core.package import open_package
     from tumorseg_core.pipeline import Segmenter
 
@@ -101,3 +119,30 @@ def test_distillation_set_and_attach_cascade_make_a_package_whose_cascade_runs(t
     result = Segmenter(package, device="cpu", backend="torch").segment([str(path)])
     assert result.GetSize() == image.GetSize() and result.GetDirection() == image.GetDirection()
     assert result.GetOrigin() == image.GetOrigin() and result.GetSpacing() == image.GetSpacing()
+
+
+def test_coarse_pair_is_the_cascade_pooling_with_any_foreground_labels(rotation_direction):
+    from tumorseg_core.geometry import GridGeometry
+
+    distill = _load("make_distillation_set")
+    rng = np.random.default_rng(0)
+    volume = rng.normal(size=(1, 7, 10, 9)).astype(np.float32)  # (C, z, y, x), two odd axes
+    labels = np.zeros((7, 10, 9), dtype=np.uint8)
+    labels[3, 5, 1] = 1  # one voxel: a lesion smaller than a coarse voxel must survive
+    labels[6, 0, 0] = 1  # in the cropped last slice (odd z): gone with it
+    grid = GridGeometry((9, 10, 7), (1.5, 1.2, 2.0), (10.0, -4.0, 3.0), rotation_direction("x", 30.0))
+    image, label = distill.coarse_pair(volume, labels, grid, 2)
+    assert image.GetSize() == label.GetSize() == (4, 5, 3)
+    assert image.GetSpacing() == pytest.approx((3.0, 2.4, 4.0))
+    pooled = sitk.GetArrayFromImage(image)
+    blocks = volume[0, :6, :10, :8].reshape(3, 2, 5, 2, 4, 2).mean(axis=(1, 3, 5))
+    np.testing.assert_allclose(pooled, blocks, rtol=1e-5, atol=1e-6)
+    flagged = np.argwhere(sitk.GetArrayFromImage(label))
+    assert flagged.tolist() == [[1, 2, 0]]
+    # A coarse voxel's centre is the centre of the fine voxels it averages.
+    fine = grid.located()
+    corners = [fine.TransformContinuousIndexToPhysicalPoint([float(v) for v in index])
+               for index in ((2, 4, 2), (3, 5, 3))]  # x y z of fine voxels 2..3, 4..5, 2..3
+    centre = np.mean(corners, axis=0)
+    np.testing.assert_allclose(image.TransformIndexToPhysicalPoint((1, 2, 1)), centre, atol=1e-9)
+    assert image.GetDirection() == pytest.approx(grid.direction)
