@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import subprocess
 import sys
 import textwrap
@@ -308,7 +309,7 @@ def test_configuration_errors_are_user_errors(data_dir, tmp_path):
         train(base, tmp_path / "b")
 
 
-def test_cli_trains_on_synthetic_phantoms_and_the_package_segments(tmp_path, data_dir):
+def test_cli_trains_on_synthetic_phantoms_and_the_package_segments(tmp_path, data_dir, caplog):
     """``tumorseg train synthetic:4`` then ``tumorseg segment`` with the new package."""
     synthetic = pytest.importorskip("tumorseg_core.synthetic")
     if not hasattr(synthetic, "make_phantom"):
@@ -325,6 +326,10 @@ def test_cli_trains_on_synthetic_phantoms_and_the_package_segments(tmp_path, dat
             "--epochs", "2", "--iterations-per-epoch", "2", "--batch-size", "1", "--device", "cpu",
             "--val-fraction", "0.25", "--seed", "3"]
     assert main(argv) == 0
+    # stderr is not a terminal here: no bar, so the log shows one line per epoch (without -v).
+    epochs = [r.getMessage() for r in caplog.records if r.name == "tumorseg_core.train" and "epoch" in r.getMessage()]
+    assert [m.split(":")[0] for m in epochs] == ["epoch 1/2", "epoch 2/2"]
+    assert logging.getLogger("tumorseg_core.train").level == logging.NOTSET  # restored after the run
     manifest = json.loads((tmp_path / "pkg" / "manifest.json").read_text())
     assert "synthetic phantoms" in manifest["metrics"]["validation"]["data"]
     assert "--iterations-per-epoch 2" in (tmp_path / "pkg" / "README.md").read_text()

@@ -157,6 +157,16 @@ def _progress_callback() -> Any:
     return bar, bar.close
 
 
+def _epoch_lines_when_piped() -> Any:
+    """No bar is drawn when stderr is a file or a pipe (a background or cluster job), so its
+    log shows the engine's per-epoch INFO lines instead; returns the function that undoes it."""
+    train_logger = logging.getLogger("tumorseg_core.train")
+    previous = train_logger.level
+    if not sys.stderr.isatty() and train_logger.getEffectiveLevel() > logging.INFO:
+        train_logger.setLevel(logging.INFO)
+    return lambda: train_logger.setLevel(previous)
+
+
 def command_line(args: argparse.Namespace) -> str:
     """The ``tumorseg train`` command that repeats this run (rebuilt from the parsed options)."""
     parts = ["tumorseg", "train", args.source, "-o", args.output]
@@ -185,11 +195,13 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     command = command_line(args)
     progress, close = _progress_callback()
+    restore_logging = _epoch_lines_when_piped()
     try:
         path = train(config, args.output, resume=args.resume, overwrite=args.overwrite,
                      command=command, progress=progress)
     finally:
         close()
+        restore_logging()
     if path is not None:
         logger.info("model package written to %s", path)
     return 0
