@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 
@@ -90,6 +91,28 @@ def broadcast_flag(info: DistInfo, flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
     dist.broadcast(t, src=0)
     return bool(t.item())
+
+
+def main_first(info: DistInfo, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on rank 0, then on the other ranks (which then find rank 0's cached files).
+
+    If rank 0's ``fn`` fails, the other ranks are told so and raise too, instead of waiting
+    at a barrier rank 0 never reaches (a hung job that holds its GPUs until killed).
+    """
+    if not info.enabled:
+        return fn()
+    device = torch.device("cuda", info.local_rank) if info.backend == "nccl" else torch.device("cpu")
+    if info.is_main:
+        try:
+            result = fn()
+        except BaseException:
+            broadcast_flag(info, True, device)
+            raise
+        broadcast_flag(info, False, device)
+        return result
+    if broadcast_flag(info, False, device):
+        raise TumorSegError("rank 0 failed while preparing the data (its error is in its log); fix that and rerun")
+    return fn()
 
 
 def all_reduce_mean(info: DistInfo, value: float, device: torch.device) -> float:

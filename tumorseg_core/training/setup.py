@@ -65,7 +65,7 @@ def resolve_source(config: dict[str, Any], cache_dir: Path, validation: bool = F
 def _split(config: dict[str, Any], source: DatasetSource, cache_dir: Path, info: dist_utils.DistInfo) -> tuple:
     """(train cases, validation cases, description): a separate val_data set, k-fold or a random split."""
     if config["val_data"]:
-        val_source = _main_first(info, lambda: resolve_source(config, cache_dir, validation=True))
+        val_source = dist_utils.main_first(info, lambda: resolve_source(config, cache_dir, validation=True))
         if val_source.labels and source.labels and set(val_source.labels) - set(source.labels):
             raise InputError(
                 f"val_data has label values {sorted(val_source.labels)} that the training data lacks "
@@ -111,17 +111,6 @@ def _network_kwargs(config: dict[str, Any], n_in: int, n_out: int) -> dict[str, 
     return kwargs
 
 
-def _main_first(info: dist_utils.DistInfo, fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` on rank 0, then on the other ranks (which then find rank 0's cached files)."""
-    if info.is_main:
-        result = fn()
-        dist_utils.barrier(info)
-    else:
-        dist_utils.barrier(info)
-        result = fn()
-    return result
-
-
 def prepare_data(config: dict[str, Any], workdir: Path, info: dist_utils.DistInfo,
                  progress: Callable[[float, str], None] | None = None, device: str = "cpu") -> RunData:
     """Resolve, split and preprocess the data of ``config``; fill in inputs, labels, kwargs.
@@ -133,7 +122,7 @@ def prepare_data(config: dict[str, Any], workdir: Path, info: dist_utils.DistInf
 
     config = copy.deepcopy(config)
     cache_dir = Path(config["cache_dir"] or workdir / "cache").expanduser().resolve()
-    source = _main_first(info, lambda: resolve_source(config, cache_dir))
+    source = dist_utils.main_first(info, lambda: resolve_source(config, cache_dir))
     if len(source.cases) < 2 and not config["val_data"] and (config["val_fraction"] > 0 or config["folds"]):
         raise InputError(f"{len(source.cases)} case(s) are too few to validate; add cases or set val_fraction 0")
     if config["inputs"] is None:
@@ -151,7 +140,7 @@ def prepare_data(config: dict[str, Any], workdir: Path, info: dist_utils.DistInf
         normalizations=tuple(inp["normalization"] for inp in config["inputs"]),
         max_label=max(values),
     )
-    cached = _main_first(info, lambda: cache_cases([*train, *val], pre, cache_dir / "preprocessed", progress))
+    cached = dist_utils.main_first(info, lambda: cache_cases([*train, *val], pre, cache_dir / "preprocessed", progress))
     train_cached, val_cached = cached[: len(train)], cached[len(train):]
     hard = hard_negative_settings(config["hard_negatives"], config["init_weights"])
     hard_coords = None
