@@ -101,7 +101,9 @@ def _restore(workdir: Path, model: torch.nn.Module, optimizer: Any, scheduler: A
              config: dict[str, Any]) -> dict[str, Any]:
     """Load the last checkpoint into the objects; return ``state.json``."""
     weights, training_state, state = ckpt.load_checkpoint(workdir)
-    if state.get("config_hash") != config_hash(config):
+    # Checkpoints written before init_weights_sha256 existed hashed without it.
+    accepted = {config_hash(config), config_hash({**config, "init_weights_sha256": None})}
+    if state.get("config_hash") not in accepted:
         raise InputError(
             f"{workdir} holds a checkpoint of a different training configuration; use another --workdir or delete it"
         )
@@ -115,7 +117,7 @@ def _restore(workdir: Path, model: torch.nn.Module, optimizer: Any, scheduler: A
     return state
 
 
-def _initialize_from_package(model: torch.nn.Module, spec: str) -> None:
+def _initialize_from_package(model: torch.nn.Module, spec: str, pinned: str | None = None) -> None:
     """Fine-tuning: start from the (first) weights of a verified model package.
 
     The package goes through the same sha256 and strict-safetensors checks as for
@@ -126,6 +128,8 @@ def _initialize_from_package(model: torch.nn.Module, spec: str) -> None:
     package = open_package(spec)
     if not package.weight_files:
         raise InputError(f"init_weights {spec!r} holds no weights; give a model package with a .safetensors file")
+    if pinned is not None and package.manifest.files[package.weight_files[0].name] != pinned:
+        raise InputError(f"init_weights {spec!r} changed while this run started; run it again")
     source = package.load_networks("cpu")[0]
     load_state_dict_strict(model, source.state_dict(), f"init_weights {spec!r}")
     logger.info("initialized the network from %s (%s %s)", spec, package.manifest.name, package.manifest.version)
@@ -245,7 +249,7 @@ def train(
         if ckpt.has_checkpoint(workdir):
             state = _restore(workdir, model, optimizer, scheduler, scaler, config)
         elif config["init_weights"]:
-            _initialize_from_package(model, str(config["init_weights"]))
+            _initialize_from_package(model, str(config["init_weights"]), config["init_weights_sha256"])
         net = model
         if info.enabled:
             from torch.nn.parallel import DistributedDataParallel

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "class_weights": None,
     "augment": {},
     "init_weights": None,  # fine-tune from a model package ("default", an installed name, folder or zip)
+    # sha256 of the init_weights network; filled in by the run (so its training_config.json
+    # and its resume check name the exact weights), refused if the package now has others.
+    "init_weights_sha256": None,
     # Crops centred on a model's false positives on the training cases, e.g.
     # {"fraction": 0.25} (mines with init_weights) or {"model": PACKAGE, "fraction": 0.3}.
     "hard_negatives": None,
@@ -87,7 +91,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
 _IDENTITY_KEYS = ("data", "synthetic", "architecture", "kwargs", "inputs", "spacing", "orientation",
                   "patch_size", "output", "loss", "loss_options", "class_weights", "optimizer", "seed",
                   "val_fraction", "folds", "fold", "augment", "batch_size", "iterations_per_epoch",
-                  "init_weights", "val_data", "val_synthetic", "hard_negatives")
+                  "init_weights", "init_weights_sha256", "val_data", "val_synthetic", "hard_negatives")
 # Validation phantoms use seed + this, so they never repeat a training phantom.
 VAL_SEED_OFFSET = 1_000_003
 
@@ -158,6 +162,11 @@ def check_config(config: dict[str, Any]) -> None:
     from tumorseg_core.training.hard_negatives import hard_negative_settings
 
     hard_negative_settings(config["hard_negatives"], config["init_weights"])
+    pinned = config["init_weights_sha256"]
+    if pinned is not None and not (isinstance(pinned, str) and re.fullmatch(r"[0-9a-f]{64}", pinned)):
+        raise InputError(f"init_weights_sha256 must be a sha256 hex digest or null, got {pinned!r}")
+    if pinned is not None and not config["init_weights"]:
+        raise InputError("init_weights_sha256 is set without init_weights; give the package it pins or drop it")
     if not isinstance(config["val_synthetic"], dict):
         raise InputError(f"val_synthetic must be an object of synthetic options, got {config['val_synthetic']!r}")
 
@@ -186,7 +195,7 @@ def default_inputs(modalities: list[str] | None, n_channels: int) -> list[dict[s
 
 # Settings added after checkpoints existed enter the hash only when they differ from these
 # values, so a run checkpointed before they existed still resumes.
-_LATER_DEFAULTS = {"val_data": None, "val_synthetic": {}, "hard_negatives": None}
+_LATER_DEFAULTS = {"val_data": None, "val_synthetic": {}, "hard_negatives": None, "init_weights_sha256": None}
 _LATER_AUGMENT_DEFAULTS = {"fg_sampling": "voxel"}
 
 

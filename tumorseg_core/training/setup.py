@@ -111,6 +111,23 @@ def _network_kwargs(config: dict[str, Any], n_in: int, n_out: int) -> dict[str, 
     return kwargs
 
 
+def init_weights_digest(spec: str, pinned: str | None) -> str:
+    """sha256 of the network ``init_weights`` names (its first weight file, the one
+    fine-tuning loads); InputError if the package is now another than ``pinned``."""
+    from tumorseg_core.package import open_package
+
+    package = open_package(spec)
+    if not package.weight_files:
+        raise InputError(f"init_weights {spec!r} holds no weights; give a model package with a .safetensors file")
+    digest = package.manifest.files[package.weight_files[0].name]
+    if pinned is not None and digest != pinned:
+        raise InputError(
+            f"init_weights {spec!r} now has other weights ({digest[:12]}...) than this configuration pins "
+            f"(init_weights_sha256 {pinned[:12]}...); give the package it was made with, or drop init_weights_sha256"
+        )
+    return digest
+
+
 def prepare_data(config: dict[str, Any], workdir: Path, info: dist_utils.DistInfo,
                  progress: Callable[[float, str], None] | None = None, device: str = "cpu") -> RunData:
     """Resolve, split and preprocess the data of ``config``; fill in inputs, labels, kwargs.
@@ -142,6 +159,8 @@ def prepare_data(config: dict[str, Any], workdir: Path, info: dist_utils.DistInf
     )
     cached = dist_utils.main_first(info, lambda: cache_cases([*train, *val], pre, cache_dir / "preprocessed", progress))
     train_cached, val_cached = cached[: len(train)], cached[len(train):]
+    if config["init_weights"]:
+        config["init_weights_sha256"] = init_weights_digest(str(config["init_weights"]), config["init_weights_sha256"])
     hard = hard_negative_settings(config["hard_negatives"], config["init_weights"])
     hard_coords = None
     if hard is not None:
