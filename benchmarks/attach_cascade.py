@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--factor", type=float, help="coarse spacing / model spacing (default: from the spacings)")
     parser.add_argument("--threshold", type=float, default=0.1)
     parser.add_argument("--margin-mm", type=float, default=10.0)
+    parser.add_argument("--input-clip", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="clip the pooled volume to this range first (as make_distillation_set.py --input-clip did)")
     parser.add_argument("--opt-in", action="store_true", help='"default": false (cascade only when asked for)')
     parser.add_argument("--readme", type=Path, help="README.md for the result (default: the package's)")
     parser.add_argument("--overwrite", action="store_true")
@@ -56,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     manifest["cascade"] = {
         "weights": "coarse.safetensors", "architecture": coarse.manifest.architecture,
         "kwargs": coarse.manifest.kwargs, "patch_size": list(coarse.manifest.patch_size_xyz),
-        "factor": factor, "threshold": args.threshold, "margin_mm": args.margin_mm, "default": not args.opt_in,
+        "factor": factor, "threshold": args.threshold, "margin_mm": args.margin_mm,
+        "input_clip": args.input_clip, "default": not args.opt_in,
     }
     readme = args.readme.read_text(encoding="utf-8") if args.readme else None
     if readme is None and (fine.root / "README.md").is_file():
@@ -68,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     weights = [net.state_dict() for net in fine.load_networks()]  # verified against the sha256 again
     path = write_package(args.output, manifest, weights, readme=readme, extra_files=extras,
                          overwrite=args.overwrite, cascade_state_dict=coarse.load_networks()[0].state_dict())
-    print(f"wrote {path} (cascade: factor {factor:g}, threshold {args.threshold:g}, margin {args.margin_mm:g} mm)")
+    print(f"wrote {path} (cascade: factor {factor:g}, threshold {args.threshold:g}, margin {args.margin_mm:g} mm, "
+          f"input clip {args.input_clip})")
     return 0
 
 

@@ -4,17 +4,18 @@ A cascade's coarse network must flag everything the full-resolution model would 
 (lesions and its false positives alike), so it is trained on that model's output, not on
 the phantoms' truth, and on exactly the input the cascade gives it at run time::
 
-    python benchmarks/make_distillation_set.py /tmp/distill -n 160 --model default [--device cuda]
+    python benchmarks/make_distillation_set.py /tmp/distill -n 160 --input-clip -2 4 [--device cuda]
     tumorseg train configs/default_model_coarse.json --data /tmp/distill -o coarse [--device cuda]
-    python benchmarks/attach_cascade.py default coarse -o with-cascade
+    python benchmarks/attach_cascade.py default coarse -o with-cascade --input-clip -2 4
     python benchmarks/cascade_agreement.py /tmp/tune40 --model with-cascade
 
 Per phantom (the training generator's, seed 7 so they are not the default model's own
 training cases) it runs the model's exhaustive pass and writes, on the **coarse grid**
 (the model grid average-pooled by ``--factor``, as ``cascade.area_pool`` does at run time):
 
-- ``images/syn_NNN.nii.gz``: the pooled, already normalized volume (float32), so the
-  coarse training config uses normalization ``none``;
+- ``images/syn_NNN.nii.gz``: the pooled, already normalized volume (float32; clipped to
+  ``--input-clip``, e.g. ``-2 4``, which the cascade then applies too), so the coarse
+  training config uses normalization ``none``;
 - ``labels/syn_NNN.nii.gz``: 1 where the coarse voxel contains ANY voxel the model labels
   (after its postprocessing). Nearest-neighbour downsampling of the full-resolution labels
   would erase lesions smaller than a coarse voxel, which are exactly the ones a cascade
@@ -35,8 +36,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def coarse_pair(volume: np.ndarray, labels: np.ndarray, grid, factor: int):
-    """``(image, label)`` SimpleITK images on the coarse grid of a (C, z, y, x) model-grid volume."""
+def coarse_pair(volume: np.ndarray, labels: np.ndarray, grid, factor: int, input_clip=None):
+    """``(image, label)`` SimpleITK images on the coarse grid of a (C, z, y, x) model-grid volume
+    (the pooled image clipped to ``input_clip`` = (low, high) when given, as the cascade does)."""
     import SimpleITK as sitk
 
     from tumorseg_core.inference.cascade import area_pool
@@ -45,6 +47,8 @@ def coarse_pair(volume: np.ndarray, labels: np.ndarray, grid, factor: int):
     crop = tuple(slice(0, n) for n in even)
     small = tuple(n // factor for n in even)
     image = area_pool(volume[(slice(None), *crop)], small)
+    if input_clip is not None:
+        np.clip(image, input_clip[0], input_clip[1], out=image)
     hit = area_pool(labels[crop][None].astype(np.float32), small)[0] > 0
     spacing = np.asarray(grid.spacing, dtype=float)
     direction = np.asarray(grid.direction, dtype=float).reshape(3, 3)
@@ -75,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-size", type=int, default=128, help="voxels per axis of a phantom")
     parser.add_argument("--fov-mm", type=float, nargs=2, default=[80.0, 320.0], metavar=("MIN", "MAX"),
                         help="field of view range of the phantoms (the exhaustive pass's cost grows with it)")
+    parser.add_argument("--input-clip", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="clip the pooled volumes to this range (give attach_cascade.py the same)")
     parser.add_argument("--device", default="cpu", help="where the model labels the phantoms (cpu, cuda, auto)")
     args = parser.parse_args(argv)
     if args.factor < 2:
@@ -91,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         if not all(t.exists() for t in targets):
             volume, grid, _ = segmenter.prepare([str(p) for p in case.images])
             labels = segmenter.model_grid_labels(volume)
-            for image, target in zip(coarse_pair(volume, labels, grid, args.factor), targets):
+            for image, target in zip(coarse_pair(volume, labels, grid, args.factor, args.input_clip), targets):
                 partial = target.with_name(".partial-" + target.name)
                 sitk.WriteImage(image, str(partial), True)
                 partial.replace(target)

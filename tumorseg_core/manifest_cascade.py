@@ -14,22 +14,27 @@ full model's own labels, ``benchmarks/make_distillation_set.py``) does::
       "factor": 2.0,                        # coarse spacing / model spacing (> 1)
       "threshold": 0.1,                     # foreground probability that makes a candidate
       "margin_mm": 10.0,                    # candidates grow by this much
+      "input_clip": [-2.0, 4.0],            # optional: clip the pooled volume first (null: don't)
       "default": true                       # run the cascade unless the user says --no-cascade
     }
 
-The coarse network takes the same input channels (same normalization) and has the
-package's output type; its weights are never part of the package's ensemble.
+The coarse network takes the same input channels (the package's normalized volume, pooled,
+then clipped to ``input_clip``) and has the package's output type; its weights are never
+part of the package's ensemble. ``input_clip`` exists because a small network trained on
+z-scored CT (air at -3..-6 next to soft tissue within +-1) learned nothing of the tissue
+contrast until the air was clipped away (benchmarks/README.md).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from tumorseg_core.errors import ModelPackageError
 from tumorseg_core.models.registry import ARCHITECTURES, effective_kwargs, size_divisor
 
-CASCADE_DEFAULTS = {"factor": 2.0, "threshold": 0.1, "margin_mm": 10.0, "default": True}
+CASCADE_DEFAULTS = {"factor": 2.0, "threshold": 0.1, "margin_mm": 10.0, "input_clip": None, "default": True}
 _KEYS = ("weights", "architecture", "kwargs", "patch_size", *CASCADE_DEFAULTS)
 
 
@@ -53,6 +58,7 @@ class CascadeSpec:
     threshold: float
     margin_mm: float
     default: bool
+    input_clip: Optional[Tuple[float, float]] = None
 
     @property
     def patch_size_zyx(self) -> Tuple[int, int, int]:
@@ -98,8 +104,13 @@ def check_cascade(section: Any, files: Mapping[str, str], in_channels: int, out_
         raise _fail("margin_mm", "must be a number of millimetres from 0 to 200")
     if not isinstance(values["default"], bool):
         raise _fail("default", "must be true or false")
+    clip = values["input_clip"]
+    if clip is not None and not (isinstance(clip, list) and len(clip) == 2 and all(_number(v) for v in clip)
+                                 and all(math.isfinite(v) for v in clip) and clip[0] < clip[1]):
+        raise _fail("input_clip", "must be null or [low, high] with finite low < high")
     return CascadeSpec(weights, architecture, dict(kwargs), tuple(patch), float(values["factor"]),  # type: ignore[arg-type]
-                       float(values["threshold"]), float(values["margin_mm"]), values["default"])
+                       float(values["threshold"]), float(values["margin_mm"]), values["default"],
+                       None if clip is None else (float(clip[0]), float(clip[1])))
 
 
 def reserve_cascade_weights(manifest: Dict[str, Any], have_weights: bool) -> None:

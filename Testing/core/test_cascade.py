@@ -176,3 +176,31 @@ def test_cli_backend_and_cascade_flags(tmp_path, flag, monkeypatch, make_sphere_
                  "--device", "cpu", "--backend", "torch", flag]) == 0
     assert seen == [("torch", flag == "--cascade")]
     assert sitk.ReadImage(str(out)).GetSize() == image.GetSize()
+
+
+class InputRangeNet(MeanThresholdNet):
+    """MeanThresholdNet that also records the range of every batch it is given."""
+
+    def __init__(self, threshold: float) -> None:
+        super().__init__(threshold)
+        self.ranges: list[tuple[float, float]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.ranges.append((float(x.min()), float(x.max())))
+        return super().forward(x)
+
+
+def test_input_clip_applies_to_the_coarse_pass_only() -> None:
+    v = phantom()
+    v[0, :, :, :8] = -5.0  # "air": far below the tissue range, as z-scored CT has
+    v[0, 30, 40, 20] = 9.0  # a very bright voxel inside a lesion
+    coarse_net, fine_net = InputRangeNet(0.3), InputRangeNet(0.5)
+    result = cascade.predict_cascade(make_predictor(fine_net), v, SPACING_XYZ, coarse_predictor=make_predictor(coarse_net),
+                                     input_clip=(-2.0, 4.0))
+    assert min(lo for lo, _ in coarse_net.ranges) >= -2.0 and max(hi for _, hi in coarse_net.ranges) <= 4.0
+    assert min(lo for lo, _ in fine_net.ranges) == -5.0  # the full-resolution windows see the volume as it is
+    unclipped_net = InputRangeNet(0.3)
+    cascade.predict_cascade(make_predictor(InputRangeNet(0.5)), v, SPACING_XYZ,
+                            coarse_predictor=make_predictor(unclipped_net))
+    assert min(lo for lo, _ in unclipped_net.ranges) < -2.0
+    assert result.any()

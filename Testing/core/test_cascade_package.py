@@ -93,6 +93,10 @@ def test_the_coarse_network_is_verified_loaded_and_kept_out_of_the_ensemble(tmp_
     ({"kwargs": {**COARSE, "in_channels": 2}}, "cascade.kwargs.in_channels"),
     ({"architecture": "nope"}, "cascade.architecture"),
     ({"speed": "max"}, "cascade.speed"),
+    ({"input_clip": [4.0, -2.0]}, "cascade.input_clip"),
+    ({"input_clip": [-2.0]}, "cascade.input_clip"),
+    ({"input_clip": [-2.0, "4"]}, "cascade.input_clip"),
+    ({"input_clip": [-2.0, True]}, "cascade.input_clip"),
 ])
 def test_bad_cascade_sections_name_the_field(tmp_path, change, field):
     data = {**_manifest(**change), "files": {"fold0.safetensors": "0" * 64, "coarse.safetensors": "0" * 64}}
@@ -159,6 +163,13 @@ def test_area_pool_equals_torch_area_interpolation():
         volume = rng.standard_normal(shape).astype(np.float32)
         expected = torch.nn.functional.interpolate(torch.from_numpy(volume)[None], size=small, mode="area")[0]
         np.testing.assert_allclose(area_pool(volume, small), expected.numpy(), atol=1e-6)
+
+
+def test_input_clip_is_read_and_kept(tmp_path):
+    package = open_package(_package(tmp_path, "clip", True, input_clip=[-2, 4.5]))
+    assert package.manifest.cascade.input_clip == (-2.0, 4.5)
+    assert json.loads((tmp_path / "clip" / "manifest.json").read_text())["cascade"]["input_clip"] == [-2, 4.5]
+    assert open_package(_package(tmp_path, "noclip", True)).manifest.cascade.input_clip is None
 
 
 def test_manifest_round_trip_keeps_the_section(tmp_path):

@@ -67,7 +67,8 @@ def predict_labels(
     """
     if cascade_enabled(cascade, spec):
         settings = {} if spec is None else {
-            "coarse_factor": spec.factor, "threshold": spec.threshold, "margin_mm": spec.margin_mm}
+            "coarse_factor": spec.factor, "threshold": spec.threshold, "margin_mm": spec.margin_mm,
+            "input_clip": spec.input_clip}
         return predict_cascade(predictor, volume, spacing_xyz, progress=progress, cancel=cancel,
                                coarse_predictor=coarse_predictor, **settings)
     return predictor.predict(volume, progress=progress, cancel=cancel)
@@ -145,6 +146,7 @@ def predict_cascade(
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
     coarse_predictor: Any = None,
+    input_clip: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Labels (z, y, x) uint8 for a (C, z, y, x) float32 volume via the ROI cascade.
 
@@ -156,6 +158,8 @@ def predict_cascade(
         threshold: foreground probability that makes a coarse voxel a candidate.
         margin_mm: dilation of the candidates, mm.
         coarse_predictor: runs the coarse pass (a dedicated coarse network); None: ``predictor``.
+        input_clip: ``(low, high)`` the pooled volume is clipped to before the coarse pass
+            (what the dedicated coarse network was trained on), or None.
     """
     if coarse_factor <= 1:
         raise ValueError(f"coarse_factor must be > 1, got {coarse_factor}")
@@ -165,6 +169,8 @@ def predict_cascade(
     if small == full:
         return predictor.predict(volume, progress=progress, cancel=cancel)
     coarse = area_pool(volume, small)
+    if input_clip is not None:
+        np.clip(coarse, float(input_clip[0]), float(input_clip[1]), out=coarse)
     sub = None if progress is None else (lambda f, m: progress(_COARSE_SHARE * f, f"coarse pass: {m}"))
     probabilities = coarse_net.predict_probabilities(coarse, progress=sub, cancel=cancel)
     del coarse
