@@ -8,7 +8,7 @@ truth lesions (diameter >= ``--min-diameter``) that the exhaustive pass finds an
 cascade does not, and both wall times. Usage::
 
     python benchmarks/make_eval_phantoms.py /tmp/eval20
-    python benchmarks/cascade_agreement.py /tmp/eval20 [--model default] [--json]
+    python benchmarks/cascade_agreement.py /tmp/eval20 [--model default [OTHER ...]] [--json]
 """
 
 from __future__ import annotations
@@ -48,40 +48,49 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path, help="folder with images/ and labels/ (make_eval_phantoms.py)")
-    parser.add_argument("--model", default="default")
+    parser.add_argument("--model", nargs="+", default=["default"],
+                        help="package(s): the first gives the exhaustive pass; each one's cascade is compared "
+                             "with it (e.g. one package per cascade threshold, same full network)")
     parser.add_argument("--min-diameter", type=float, default=5.0, help="lesions this large must not be lost (mm)")
-    parser.add_argument("--json", action="store_true", help="one JSON object per case")
+    parser.add_argument("--json", action="store_true", help="one JSON object per case and model")
     args = parser.parse_args(argv)
 
-    segmenter = Segmenter(args.model, "cpu")
+    segmenters = [Segmenter(model, "cpu") for model in args.model]
     images = sorted((args.data / "images").glob("*.nii.gz"))
     if not images:
         parser.error(f"no images in {args.data / 'images'}; run make_eval_phantoms.py first")
-    for mode in (False, True):  # warm: load + export each network once (a dedicated coarse one too)
-        segmenter.segment(sitk.ReadImage(str(images[0])), cascade=mode)
-    rows = []
+    first = sitk.ReadImage(str(images[0]))
+    segmenters[0].segment(first, cascade=False)  # warm: load + export each network once
+    for segmenter in segmenters:
+        segmenter.segment(first, cascade=True)
+    rows: dict[str, list] = {model: [] for model in args.model}
     for path in images:
         image = sitk.ReadImage(str(path))
         truth = sitk.GetArrayFromImage(sitk.ReadImage(str(args.data / "labels" / path.name))) > 0
-        times, maps = {}, {}
-        for mode in (False, True):
+        started = time.perf_counter()
+        exhaustive = sitk.GetArrayFromImage(segmenters[0].segment(image, cascade=False)) > 0
+        exhaustive_s = time.perf_counter() - started
+        for model, segmenter in zip(args.model, segmenters):
             started = time.perf_counter()
-            result = segmenter.segment(image, cascade=mode)
-            times[mode] = time.perf_counter() - started
-            maps[mode] = sitk.GetArrayFromImage(result) > 0
-        both_empty = not maps[False].any() and not maps[True].any()
-        row = {"case": path.name.split(".")[0], "dice_agreement": 1.0 if both_empty else metrics.dice(maps[True], maps[False]),
-               "lesions_lost": lesions_lost(maps[False], maps[True], truth, image.GetSpacing(), args.min_diameter),
-               "exhaustive_s": round(times[False], 3), "cascade_s": round(times[True], 3)}
-        rows.append(row)
-        print(json.dumps(row) if args.json else
-              f"{row['case']}: Dice {row['dice_agreement']:.4f}, lost {row['lesions_lost']}, "
-              f"{row['exhaustive_s']:.2f} s -> {row['cascade_s']:.2f} s", flush=True)
+            cascaded = sitk.GetArrayFromImage(segmenter.segment(image, cascade=True)) > 0
+            cascade_s = time.perf_counter() - started
+            both_empty = not exhaustive.any() and not cascaded.any()
+            row = {"case": path.name.split(".")[0], "model": model,
+                   "dice_agreement": 1.0 if both_empty else metrics.dice(cascaded, exhaustive),
+                   "lesions_lost": lesions_lost(exhaustive, cascaded, truth, image.GetSpacing(), args.min_diameter),
+                   "exhaustive_s": round(exhaustive_s, 3), "cascade_s": round(cascade_s, 3)}
+            rows[model].append(row)
+            print(json.dumps(row) if args.json else
+                  f"{row['case']} [{model}]: Dice {row['dice_agreement']:.4f}, lost {row['lesions_lost']}, "
+                  f"{row['exhaustive_s']:.2f} s -> {row['cascade_s']:.2f} s", flush=True)
     if not args.json:
-        dice = [r["dice_agreement"] for r in rows]
-        print(f"{len(rows)} cases: Dice agreement min {min(dice):.4f}, median {statistics.median(dice):.4f}; "
-              f"lesions >= {args.min_diameter:g} mm lost: {sum(r['lesions_lost'] for r in rows)}; "
-              f"time {sum(r['exhaustive_s'] for r in rows):.1f} s -> {sum(r['cascade_s'] for r in rows):.1f} s")
+        for model, model_rows in rows.items():
+            dice = [r["dice_agreement"] for r in model_rows]
+            print(f"{model}: {len(model_rows)} cases: Dice agreement min {min(dice):.4f}, "
+                  f"median {statistics.median(dice):.4f}, mean {statistics.mean(dice):.4f}; "
+                  f"lesions >= {args.min_diameter:g} mm lost: {sum(r['lesions_lost'] for r in model_rows)}; "
+                  f"time {sum(r['exhaustive_s'] for r in model_rows):.1f} s -> "
+                  f"{sum(r['cascade_s'] for r in model_rows):.1f} s")
     return 0
 
 

@@ -81,19 +81,25 @@ def test_make_eval_phantoms_writes_pairs_on_the_requested_grid(tmp_path):
         bench.main([str(tmp_path / "x"), "--size", "40", "36", "24"])
 
 
-def test_distillation_set_and_attach_cascade_make_a_package_whose_cascade_runs(tmp_path, monkeypatch,
+def test_distillation_set_and_attach_cascade_make_a_package_whose_cascade_runs(tmp_path, monkeypatch, capsys,
                                                                                oblique_image):
     monkeypatch.setenv("TUMORSEG_CACHE", str(tmp_path / "cache"))
     fine = make_tiny_package(tmp_path / "fine")
     distill = _load("make_distillation_set")
-    assert distill.main([str(tmp_path / "set"), "-n", "2", "--model", str(fine), "--max-size", "24"]) == 0
+    assert distill.main([str(tmp_path / "set"), "-n", "2", "--model", str(fine), "--max-size", "24",
+                         "--input-clip", "-1", "1.5"]) == 0
     spacing = json.loads((fine / "manifest.json").read_text())["spacing"]
+    clipped = []
     for image in sorted((tmp_path / "set" / "images").iterdir()):
         label = sitk.ReadImage(str(tmp_path / "set" / "labels" / image.name))
         pooled = sitk.ReadImage(str(image))
         assert label.GetSize() == pooled.GetSize() and label.GetOrigin() == pooled.GetOrigin()
         assert pooled.GetSpacing() == pytest.approx([2 * s for s in spacing])  # the coarse grid, exactly
         assert pooled.GetPixelID() == sitk.sitkFloat32 and label.GetPixelID() == sitk.sitkUInt8
+        values = sitk.GetArrayFromImage(pooled)
+        assert -1.0 <= values.min() and values.max() <= 1.5
+        clipped.append(bool(np.isin(values, [-1.0, 1.5]).any()))
+    assert any(clipped)  # z-scored phantoms reach past the range
     # The coarse network is fed the package's normalized volume: its package normalizes nothing.
     manifest = tiny_manifest(spacing=[2 * s for s in spacing])
     manifest["inputs"] = [{"modality": "MRI", "normalization": {"type": "none"}}]
@@ -101,18 +107,28 @@ def test_distillation_set_and_attach_cascade_make_a_package_whose_cascade_runs(t
     network = build_network(manifest["architecture"], manifest["kwargs"])
     coarse = write_package(tmp_path / "coarse", manifest, [{k: v.detach().clone() for k, v in network.state_dict().items()}])
     attach = _load("attach_cascade")
-    assert attach.main([str(fine), str(coarse), "-o", str(tmp_path / "both"), "--threshold", "0.2"]) == 0
+    assert attach.main([str(fine), str(coarse), "-o", str(tmp_path / "both"), "--threshold", "0.2",
+                        "--input-clip", "-1", "1.5"]) == 0
     manifest["inputs"] = [{"modality": "MRI", "normalization": {"type": "minmax"}}]
     other = write_package(tmp_path / "minmax", manifest, [{k: v.detach().clone() for k, v in network.state_dict().items()}])
     with pytest.raises(SystemExit):  # another normalization would be fed the wrong intensities
         attach.main([str(fine), str(other), "-o", str(tmp_path / "refused")])
     assert not (tmp_path / "refused").exists()
+    # cascade_agreement compares each package's cascade with the first one's exhaustive pass.
+    assert _load("make_eval_phantoms").main([str(tmp_path / "eval"), "-n", "2", "--size", "40", "36", "24"]) == 0
+    capsys.readouterr()
+    assert _load("cascade_agreement").main([str(tmp_path / "eval"), "--model", str(fine), str(tmp_path / "both"),
+                                            "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["case"], r["model"]) for r in rows] == [(c, str(m)) for c in ("case_00", "case_01")
+                                                        for m in (fine, tmp_path / "both")]
+    assert all(0.0 <= r["dice_agreement"] <= 1.0 and r["lesions_lost"] >= 0 for r in rows)
     from tumorseg_core.package import open_package
     from tumorseg_core.pipeline import Segmenter
 
     package = open_package(tmp_path / "both")
     spec = package.manifest.cascade
-    assert (spec.factor, spec.threshold, spec.default) == (2.0, 0.2, True)
+    assert (spec.factor, spec.threshold, spec.default, spec.input_clip) == (2.0, 0.2, True, (-1.0, 1.5))
     assert [p.name for p in package.weight_files] == ["fold0.safetensors"]
     path, _ = oblique_image
     image = sitk.ReadImage(str(path))  # the file's grid (NIfTI stores the direction in float32)
