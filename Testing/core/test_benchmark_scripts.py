@@ -115,7 +115,8 @@ def test_distillation_set_and_attach_cascade_make_a_package_whose_cascade_runs(t
         attach.main([str(fine), str(other), "-o", str(tmp_path / "refused")])
     assert not (tmp_path / "refused").exists()
     # cascade_agreement compares each package's cascade with the first one's exhaustive pass.
-    assert _load("make_eval_phantoms").main([str(tmp_path / "eval"), "-n", "2", "--size", "40", "36", "24"]) == 0
+    assert _load("make_eval_phantoms").main([str(tmp_path / "eval"), "-n", "2", "--size", "40", "36", "24",
+                                             "--spacing", "2", "2", "3"]) == 0
     capsys.readouterr()
     assert _load("cascade_agreement").main([str(tmp_path / "eval"), "--model", str(fine), str(tmp_path / "both"),
                                             "--json"]) == 0
