@@ -34,6 +34,8 @@ SCRIPT = textwrap.dedent("""
         print(distributed.main_first(info, work), flush=True)
     except Exception as exc:
         print(f"rank {info.rank} raised {type(exc).__name__}: {exc}", flush=True)
+    # Leave the group cleanly: a gloo process exiting while its peer still talks may abort.
+    distributed.shutdown(info)
 """)
 
 
