@@ -38,7 +38,7 @@ from tumorseg_core.training.outputs import (
     readme_text,
     write_log_csv,
 )
-from tumorseg_core.training.setup import RunData, prepare_data
+from tumorseg_core.training.setup import RunData, open_init_weights, prepare_data
 
 logger = logging.getLogger(__name__)
 
@@ -123,13 +123,9 @@ def _initialize_from_package(model: torch.nn.Module, spec: str, pinned: str | No
     The package goes through the same sha256 and strict-safetensors checks as for
     inference; its architecture must produce exactly the model's keys and shapes.
     """
-    from tumorseg_core.package import load_state_dict_strict, open_package
+    from tumorseg_core.package import load_state_dict_strict
 
-    package = open_package(spec)
-    if not package.weight_files:
-        raise InputError(f"init_weights {spec!r} holds no weights; give a model package with a .safetensors file")
-    if pinned is not None and package.manifest.files[package.weight_files[0].name] != pinned:
-        raise InputError(f"init_weights {spec!r} changed while this run started; run it again")
+    package = open_init_weights(spec, pinned)
     source = package.load_networks("cpu")[0]
     load_state_dict_strict(model, source.state_dict(), f"init_weights {spec!r}")
     logger.info("initialized the network from %s (%s %s)", spec, package.manifest.name, package.manifest.version)

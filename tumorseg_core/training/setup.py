@@ -111,21 +111,26 @@ def _network_kwargs(config: dict[str, Any], n_in: int, n_out: int) -> dict[str, 
     return kwargs
 
 
-def init_weights_digest(spec: str, pinned: str | None) -> str:
-    """sha256 of the network ``init_weights`` names (its first weight file, the one
-    fine-tuning loads); InputError if the package is now another than ``pinned``."""
+def open_init_weights(spec: str, pinned: str | None) -> Any:
+    """The verified package ``init_weights`` names; InputError if it holds no weights or its
+    first network (the one fine-tuning loads) is not the ``pinned`` sha256."""
     from tumorseg_core.package import open_package
 
     package = open_package(spec)
     if not package.weight_files:
         raise InputError(f"init_weights {spec!r} holds no weights; give a model package with a .safetensors file")
-    digest = package.manifest.files[package.weight_files[0].name]
+    digest = init_weights_sha256(package)
     if pinned is not None and digest != pinned:
         raise InputError(
             f"init_weights {spec!r} now has other weights ({digest[:12]}...) than this configuration pins "
             f"(init_weights_sha256 {pinned[:12]}...); give the package it was made with, or drop init_weights_sha256"
         )
-    return digest
+    return package
+
+
+def init_weights_sha256(package: Any) -> str:
+    """sha256 of a package's first network (what ``init_weights`` loads)."""
+    return package.manifest.files[package.weight_files[0].name]
 
 
 def prepare_data(config: dict[str, Any], workdir: Path, info: dist_utils.DistInfo,
@@ -160,7 +165,8 @@ def prepare_data(config: dict[str, Any], workdir: Path, info: dist_utils.DistInf
     cached = dist_utils.main_first(info, lambda: cache_cases([*train, *val], pre, cache_dir / "preprocessed", progress))
     train_cached, val_cached = cached[: len(train)], cached[len(train):]
     if config["init_weights"]:
-        config["init_weights_sha256"] = init_weights_digest(str(config["init_weights"]), config["init_weights_sha256"])
+        package = open_init_weights(str(config["init_weights"]), config["init_weights_sha256"])
+        config["init_weights_sha256"] = init_weights_sha256(package)
     hard = hard_negative_settings(config["hard_negatives"], config["init_weights"])
     hard_coords = None
     if hard is not None:
