@@ -4,7 +4,7 @@ A cascade's coarse network must flag everything the full-resolution model would 
 (lesions and its false positives alike), so it is trained on that model's output, not on
 the phantoms' truth, and on exactly the input the cascade gives it at run time::
 
-    python benchmarks/make_distillation_set.py /tmp/distill -n 160 --input-clip -2 4 [--device cuda]
+    python benchmarks/make_distillation_set.py /tmp/distill -n 160 --input-clip -2 4 [--device cuda --jobs 8]
     tumorseg train configs/default_model_coarse.json --data /tmp/distill -o coarse [--device cuda]
     python benchmarks/attach_cascade.py default coarse -o with-cascade --input-clip -2 4
     python benchmarks/cascade_agreement.py /tmp/tune40 --model with-cascade
@@ -64,10 +64,53 @@ def coarse_pair(volume: np.ndarray, labels: np.ndarray, grid, factor: int, input
     return pair
 
 
-def main(argv: list[str] | None = None) -> int:
+_WORKER: dict = {}
+
+
+def _start_worker(model: str, device: str, threads: int | None) -> None:
+    """Worker process set-up: its own thread share and its own Segmenter (loaded once)."""
+    from tumorseg_core.inference.devices import configure_threads
+    from tumorseg_core.pipeline import Segmenter
+
+    if threads:
+        configure_threads(threads)
+    _WORKER["segmenter"] = Segmenter(model, device=device, cascade=False)
+
+
+def label_case(images: list[str], targets: list[str], factor: int, input_clip) -> int:
+    """Write one case's coarse (image, label) pair (unless both exist); returns its flagged voxel count."""
     import SimpleITK as sitk
 
-    from tumorseg_core.pipeline import Segmenter
+    paths = [Path(t) for t in targets]
+    if not all(t.exists() for t in paths):
+        segmenter = _WORKER["segmenter"]
+        volume, grid, _ = segmenter.prepare(images)
+        labels = segmenter.model_grid_labels(volume)
+        for image, target in zip(coarse_pair(volume, labels, grid, factor, input_clip), paths):
+            partial = target.with_name(".partial-" + target.name)
+            sitk.WriteImage(image, str(partial), True)
+            partial.replace(target)
+    return int(np.count_nonzero(sitk.GetArrayFromImage(sitk.ReadImage(str(paths[1])))))
+
+
+def _label_all(jobs: list[tuple], args: argparse.Namespace):
+    """Counts of :func:`label_case` in case order, in ``args.jobs`` spawned processes when > 1
+    (each loads the model once; on a GPU they share the card, on a CPU they split the cores)."""
+    if args.jobs <= 1:
+        _start_worker(args.model, args.device, None)
+        yield from (label_case(*job) for job in jobs)
+        return
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_start_worker, initargs=(args.model, args.device, threads)) as pool:
+        yield from pool.map(label_case, *zip(*jobs))
+
+
+def main(argv: list[str] | None = None) -> int:
     from tumorseg_core.training.synthetic_data import synthetic_cases
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -82,28 +125,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-clip", type=float, nargs=2, metavar=("LOW", "HIGH"),
                         help="clip the pooled volumes to this range (give attach_cascade.py the same)")
     parser.add_argument("--device", default="cpu", help="where the model labels the phantoms (cpu, cuda, auto)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="label in this many processes (a GPU box: ~cores/2; they share the card)")
     args = parser.parse_args(argv)
     if args.factor < 2:
         parser.error("--factor must be an integer >= 2")
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
     options = {"fov_mm": list(args.fov_mm), "max_size": args.max_size, "lesion_radius_mm": [2.5, 20.0]}
     cases = synthetic_cases(args.n, args.seed, options, args.folder / "generated")
-    segmenter = Segmenter(args.model, device=args.device, cascade=False)
     for folder in ("images", "labels"):
         (args.folder / folder).mkdir(parents=True, exist_ok=True)
+    input_clip = tuple(args.input_clip) if args.input_clip else None
+    jobs = [([str(p) for p in case.images],
+             [str(args.folder / folder / Path(case.images[0]).name) for folder in ("images", "labels")],
+             args.factor, input_clip) for case in cases]
     flagged = 0
-    for i, case in enumerate(cases):
-        name = Path(case.images[0]).name
-        targets = [args.folder / folder / name for folder in ("images", "labels")]
-        if not all(t.exists() for t in targets):
-            volume, grid, _ = segmenter.prepare([str(p) for p in case.images])
-            labels = segmenter.model_grid_labels(volume)
-            for image, target in zip(coarse_pair(volume, labels, grid, args.factor, args.input_clip), targets):
-                partial = target.with_name(".partial-" + target.name)
-                sitk.WriteImage(image, str(partial), True)
-                partial.replace(target)
-        count = int(np.count_nonzero(sitk.GetArrayFromImage(sitk.ReadImage(str(targets[1])))))
+    for i, (job, count) in enumerate(zip(jobs, _label_all(jobs, args))):
         flagged += count > 0
-        print(f"{i + 1}/{len(cases)} {name}: {count} coarse voxels flagged", flush=True)
+        print(f"{i + 1}/{len(cases)} {Path(job[0][0]).name}: {count} coarse voxels flagged", flush=True)
     print(f"{flagged}/{len(cases)} cases with flagged voxels", flush=True)
     return 0
 

@@ -163,3 +163,25 @@ def test_coarse_pair_is_the_cascade_pooling_with_any_foreground_labels(rotation_
     centre = np.mean(corners, axis=0)
     np.testing.assert_allclose(image.TransformIndexToPhysicalPoint((1, 2, 1)), centre, atol=1e-9)
     assert image.GetDirection() == pytest.approx(grid.direction)
+
+
+def test_distillation_set_labelled_in_worker_processes_equals_the_serial_set(tmp_path, monkeypatch):
+    import subprocess
+
+    monkeypatch.setenv("TUMORSEG_CACHE", str(tmp_path / "cache"))
+    fine = make_tiny_package(tmp_path / "fine")
+    common = ["-n", "3", "--model", str(fine), "--max-size", "24", "--input-clip", "-1", "1.5"]
+    assert _load("make_distillation_set").main([str(tmp_path / "serial"), *common]) == 0
+    # Spawned workers must re-import the script, so it runs as a user runs it.
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "make_distillation_set.py"),
+                           str(tmp_path / "pool"), *common, "--jobs", "2"],
+                          capture_output=True, text=True, timeout=300, )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1].endswith("/3 cases with flagged voxels")
+    for folder in ("images", "labels"):
+        names = sorted(p.name for p in (tmp_path / "serial" / folder).iterdir())
+        assert names == sorted(p.name for p in (tmp_path / "pool" / folder).iterdir()) and len(names) == 3
+        for name in names:
+            a, b = (sitk.ReadImage(str(tmp_path / run / folder / name)) for run in ("serial", "pool"))
+            assert a.GetOrigin() == b.GetOrigin() and a.GetSpacing() == b.GetSpacing()
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
