@@ -8,7 +8,7 @@ truth lesions (diameter >= ``--min-diameter``) that the exhaustive pass finds an
 cascade does not, and both wall times. Usage::
 
     python benchmarks/make_eval_phantoms.py /tmp/eval20
-    python benchmarks/cascade_agreement.py /tmp/eval20 [--model default [OTHER ...]] [--json]
+    python benchmarks/cascade_agreement.py /tmp/eval20 [--model default [OTHER ...]] [--json] [--device cuda]
 """
 
 from __future__ import annotations
@@ -53,9 +53,10 @@ def main(argv: list[str] | None = None) -> int:
                              "with it (e.g. one package per cascade threshold, same full network)")
     parser.add_argument("--min-diameter", type=float, default=5.0, help="lesions this large must not be lost (mm)")
     parser.add_argument("--json", action="store_true", help="one JSON object per case and model")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto: both passes run there")
     args = parser.parse_args(argv)
 
-    segmenters = [Segmenter(model, "cpu") for model in args.model]
+    segmenters = [Segmenter(model, args.device) for model in args.model]
     images = sorted((args.data / "images").glob("*.nii.gz"))
     if not images:
         parser.error(f"no images in {args.data / 'images'}; run make_eval_phantoms.py first")

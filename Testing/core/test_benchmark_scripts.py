@@ -185,3 +185,33 @@ def test_distillation_set_labelled_in_worker_processes_equals_the_serial_set(tmp
             a, b = (sitk.ReadImage(str(tmp_path / run / folder / name)) for run in ("serial", "pool"))
             assert a.GetOrigin() == b.GetOrigin() and a.GetSpacing() == b.GetSpacing()
             np.testing.assert_array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
+
+
+def test_gpu_coarse_cascade_recipe_runs_end_to_end_on_tiny_settings(tmp_path):
+    """The device recipe gets one try per lent session: its glue (flags, paths) must be right."""
+    import os
+    import shutil
+    import subprocess
+
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("needs bash")
+    fine = make_tiny_package(tmp_path / "fine")
+    env = {**os.environ, "PYTHON": sys.executable, "MODEL": str(fine), "N": "3", "TUNE_N": "1", "EVAL_N": "1",
+           "MAX_SIZE": "24", "PHANTOM_ARGS": "--size 40 36 24 --spacing 2 2 3", "DEVICE": "cpu", "JOBS": "1",
+           "WORKERS": "0", "EPOCHS": "2", "ITERS": "1", "BATCH": "2", "THRESHOLDS": "0.1 0.03",
+           "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work")}
+    done = subprocess.run([bash, str(REPO / "benchmarks" / "gpu_coarse_cascade.sh")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    out = tmp_path / "out"
+    assert len((out / "log.csv").read_text().splitlines()) == 3  # header + 2 epochs
+    from tumorseg_core.package import open_package
+
+    coarse = open_package(out / "coarse")
+    assert coarse.manifest.spacing_xyz == pytest.approx([2 * s for s in open_package(fine).manifest.spacing_xyz])
+    for name in ("tune", "eval"):
+        rows = [json.loads(line) for line in (out / f"agreement_{name}.jsonl").read_text().splitlines()]
+        assert [Path(r["model"]).name for r in rows] == ["fine", "cascade-0.1", "cascade-0.03"]
+    summary = (out / "summary.txt").read_text()
+    assert summary.count("median") == 6 and summary.rstrip().endswith("done")
