@@ -215,3 +215,43 @@ def test_gpu_coarse_cascade_recipe_runs_end_to_end_on_tiny_settings(tmp_path):
         assert [Path(r["model"]).name for r in rows] == ["fine", "cascade-0.1", "cascade-0.03"]
     summary = (out / "summary.txt").read_text()
     assert summary.count("median") == 6 and summary.rstrip().endswith("done")
+
+
+def test_gpu_finetune_recipe_runs_end_to_end_on_tiny_settings(tmp_path):
+    """configs/gpu_finetune_default.sh: train with hard negatives, score both models, demo seeds."""
+    import os
+    import shutil
+    import subprocess
+
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("needs bash")
+    init = make_tiny_package(tmp_path / "init", seed=3)
+    small = {"fov_mm": [40.0, 60.0], "max_size": 24, "spacing_mm": [1.5, 2.5]}
+    config = {
+        "architecture": "unet3d", "kwargs": {"features": [2, 4], "norm": "none"},
+        "inputs": [{"modality": "MRI", "normalization": {"type": "zscore", "nonzero": False}}],
+        "spacing": [2.0, 2.0, 2.0], "patch_size": [16, 16, 16], "val_data": "synthetic:2",
+        "synthetic": small, "val_synthetic": small, "hard_negatives": {"fraction": 0.5}, "seed": 1,
+    }
+    (tmp_path / "tiny.json").write_text(json.dumps(config))
+    env = {**os.environ, "PYTHON": sys.executable, "CONFIG": str(tmp_path / "tiny.json"), "INIT": str(init),
+           "N": "3", "EPOCHS": "1", "ITERS": "2", "BATCH": "1", "WORKERS": "0", "DEVICE": "cpu", "TUNE_N": "1",
+           "EVAL_N": "1", "PHANTOM_ARGS": "--size 40 36 24 --spacing 2 2 3", "DEMO_SEEDS": "1", "FREE_SEEDS": "2",
+           "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work")}
+    done = subprocess.run([bash, str(REPO / "configs" / "gpu_finetune_default.sh")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    out = tmp_path / "out"
+    from tumorseg_core.package import open_package
+
+    assert open_package(out / "model").manifest.patch_size_zyx == (16, 16, 16)
+    assert {p.name for p in out.glob("*.csv")} == {"log.csv", "new_tune.csv", "init_tune.csv", "new_eval.csv",
+                                                   "init_eval.csv"}
+    summary = (out / "summary.txt").read_text()
+    assert summary.count("median Dice") == 4 and summary.rstrip().endswith("done")
+    demo_lines = [line for line in summary.splitlines() if "demo Dice" in line]
+    assert [line.split(":")[0].strip() for line in demo_lines] == ["model", "init"]
+    for line in demo_lines:  # one Dice value and one false-positive count, both numbers
+        dice, fp = line.split("demo Dice ")[1].split("; lesion-free false positives ")
+        assert 0.0 <= float(dice) <= 1.0 and int(fp) >= 0
