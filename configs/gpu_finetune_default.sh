@@ -74,15 +74,22 @@ for set in tune eval; do
 done
 
 stage "demo seeds (Dice) and lesion-free demo seeds (false-positive lesions)"
-for model in "$OUT/model" "$INIT"; do
-    dice=() fp=()
-    for seed in $DEMO_SEEDS; do
-        dice+=("$(tumorseg demo "$WORK/demo" --seed "$seed" --model "$model" --device "$DEVICE" | awk '/^Dice/ {print $2}')")
-    done
-    for seed in $FREE_SEEDS; do
-        fp+=("$(tumorseg demo "$WORK/demo" --seed "$seed" --model "$model" --device "$DEVICE" --lesion-free \
-                | awk '/^Lesions/ {print $NF}')")
-    done
-    echo "  $(basename "$model"): demo Dice ${dice[*]}; lesion-free false positives ${fp[*]}" | tee -a "$OUT/summary.txt"
-done
+# One process for every demo (a process per demo would spend most of the call importing torch).
+"$PYTHON" - "$WORK/demo" "$DEVICE" "$DEMO_SEEDS" "$FREE_SEEDS" "$OUT/model" "$INIT" <<'EOF' | tee -a "$OUT/summary.txt"
+import argparse, contextlib, io, os, sys
+from tumorseg_core.commands.demo import run
+folder, device, seeds, free_seeds, models = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4].split(), sys.argv[5:]
+
+def last_field(model, seed, lesion_free, prefix):
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):
+        run(argparse.Namespace(directory=folder, seed=int(seed), model=model, device=device, modality="mri",
+                               lesion_free=lesion_free))
+    return next(line.split()[-1] for line in text.getvalue().splitlines() if line.startswith(prefix))
+
+for model in models:
+    dice = [last_field(model, s, False, "Dice") for s in seeds]
+    fp = [last_field(model, s, True, "Lesions") for s in free_seeds]
+    print(f"  {os.path.basename(model.rstrip('/'))}: demo Dice {' '.join(dice)}; lesion-free false positives {' '.join(fp)}")
+EOF
 stage "done"
