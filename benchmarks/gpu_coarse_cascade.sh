@@ -36,15 +36,9 @@ CLIP_LOW=${CLIP_LOW:--2}
 CLIP_HIGH=${CLIP_HIGH:-4}
 THRESHOLDS=${THRESHOLDS:-0.1 0.03 0.01}
 WORK=${WORK:-/tmp/gpu-coarse}
-OUT=${OUT:-$WORK/out}
-mkdir -p "$WORK" "$OUT"
-export PYTHONUNBUFFERED=1 TUMORSEG_CACHE="$WORK/cache"
-started=$SECONDS
-stage() { echo "[$((SECONDS - started)) s] $*" | tee -a "$OUT/summary.txt"; }
+source benchmarks/device_common.sh
 
-stage "evaluation phantoms (tune: seeds 600000+, eval: 500000+)"
-"$PYTHON" benchmarks/make_eval_phantoms.py "$WORK/tune" --first-seed 600000 -n "$TUNE_N" $PHANTOM_ARGS > "$WORK/tune.log"
-"$PYTHON" benchmarks/make_eval_phantoms.py "$WORK/eval" -n "$EVAL_N" $PHANTOM_ARGS > "$WORK/eval.log"
+make_phantom_sets
 
 stage "distillation set: $N phantoms labelled by $MODEL on $DEVICE in $JOBS process(es)"
 "$PYTHON" benchmarks/make_distillation_set.py "$WORK/distill" -n "$N" --model "$MODEL" --max-size "$MAX_SIZE" \

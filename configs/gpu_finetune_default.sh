@@ -35,16 +35,10 @@ PHANTOM_ARGS=${PHANTOM_ARGS:-}  # e.g. "--size 40 36 24 --spacing 2 2 3" (the te
 DEMO_SEEDS=${DEMO_SEEDS:-424242 1 2 3 4 5 6 7 8 9}
 FREE_SEEDS=${FREE_SEEDS:-424242 11 12 13 14 15 16 17 18 19}
 WORK=${WORK:-/tmp/gpu-finetune}
-OUT=${OUT:-$WORK/out}
-mkdir -p "$WORK" "$OUT"
-export PYTHONUNBUFFERED=1 TUMORSEG_CACHE="$WORK/cache"
-started=$SECONDS
-stage() { echo "[$((SECONDS - started)) s] $*" | tee -a "$OUT/summary.txt"; }
+source benchmarks/device_common.sh
 tumorseg() { "$PYTHON" -m tumorseg_core "$@"; }
 
-stage "evaluation phantoms (tune: seeds 600000+, eval: 500000+)"
-"$PYTHON" benchmarks/make_eval_phantoms.py "$WORK/tune" --first-seed 600000 -n "$TUNE_N" $PHANTOM_ARGS > "$WORK/tune.log"
-"$PYTHON" benchmarks/make_eval_phantoms.py "$WORK/eval" -n "$EVAL_N" $PHANTOM_ARGS > "$WORK/eval.log"
+make_phantom_sets
 
 stage "fine-tune $INIT with $CONFIG: synthetic:$N, $EPOCHS x $ITERS x batch $BATCH, at most $TRAIN_MIN min"
 patch=()
