@@ -17,6 +17,7 @@
 # agreement_tune40.jsonl, agreement_eval20.jsonl and summary.txt. Re-attach here with
 # attach_cascade.py; ship only at the bar (>= 0.98 agreement, no lesion >= 5 mm lost).
 set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."  # the repository root (scripts and configs are named from there)
 
 PYTHON=${PYTHON:-python3}
 MODEL=${MODEL:-default}
@@ -25,10 +26,11 @@ N=${N:-480}                  # distillation phantoms
 MAX_SIZE=${MAX_SIZE:-128}
 JOBS=${JOBS:-8}              # labelling processes sharing the card
 WORKERS=${WORKERS:-12}       # data-loading workers while training
-EPOCHS=${EPOCHS:-150}
+EPOCHS=${EPOCHS:-100}           # sized so the poly schedule ends inside TRAIN_MIN
 ITERS=${ITERS:-100}
 BATCH=${BATCH:-32}
-TRAIN_MIN=${TRAIN_MIN:-4}    # --time-limit: training stops after the last epoch that fits
+TRAIN_MIN=${TRAIN_MIN:-4}
+KWARGS=${KWARGS:-}           # e.g. '{"features": [16, 32, 64], "norm": "instance"}' (default: the config's 8-16-32)    # --time-limit: training stops after the last epoch that fits
 TUNE_N=${TUNE_N:-40}
 EVAL_N=${EVAL_N:-20}
 PHANTOM_ARGS=${PHANTOM_ARGS:-}  # e.g. "--size 40 36 24 --spacing 2 2 3" (the test's small phantoms)
@@ -49,9 +51,12 @@ tail -n 1 "$WORK/distill.log" | tee -a "$OUT/summary.txt"
 SPACING=$("$PYTHON" -c 'import sys; from tumorseg_core.package import open_package
 print(*(2 * s for s in open_package(sys.argv[1]).manifest.spacing_xyz))' "$MODEL")
 stage "coarse network at $SPACING mm: $EPOCHS x $ITERS x batch $BATCH, at most $TRAIN_MIN min"
+kwargs=()
+if [ -n "$KWARGS" ]; then kwargs=(--kwargs "$KWARGS"); fi
 "$PYTHON" -m tumorseg_core train configs/default_model_coarse.json --data "$WORK/distill" -o "$OUT/coarse" \
     --device "$DEVICE" --num-workers "$WORKERS" --epochs "$EPOCHS" --iterations-per-epoch "$ITERS" \
-    --batch-size "$BATCH" --spacing $SPACING --time-limit "$TRAIN_MIN" --val-fraction 0 --workdir "$WORK/coarse.work" --overwrite
+    --batch-size "$BATCH" --spacing $SPACING "${kwargs[@]}" --time-limit "$TRAIN_MIN" --val-fraction 0 \
+    --workdir "$WORK/coarse.work" --overwrite
 cp "$WORK/coarse.work/log.csv" "$OUT/log.csv"
 tail -n 1 "$OUT/log.csv" | tee -a "$OUT/summary.txt"
 

@@ -200,6 +200,7 @@ def test_gpu_coarse_cascade_recipe_runs_end_to_end_on_tiny_settings(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "MODEL": str(fine), "N": "3", "TUNE_N": "1", "EVAL_N": "1",
            "MAX_SIZE": "24", "PHANTOM_ARGS": "--size 40 36 24 --spacing 2 2 3", "DEVICE": "cpu", "JOBS": "1",
            "WORKERS": "0", "EPOCHS": "2", "ITERS": "1", "BATCH": "2", "THRESHOLDS": "0.1 0.03",
+           "KWARGS": '{"features": [4, 8], "norm": "instance"}',
            "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work")}
     done = subprocess.run([bash, str(REPO / "benchmarks" / "gpu_coarse_cascade.sh")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
@@ -209,6 +210,7 @@ def test_gpu_coarse_cascade_recipe_runs_end_to_end_on_tiny_settings(tmp_path):
     from tumorseg_core.package import open_package
 
     coarse = open_package(out / "coarse")
+    assert coarse.manifest.kwargs["features"] == [4, 8]
     assert coarse.manifest.spacing_xyz == pytest.approx([2 * s for s in open_package(fine).manifest.spacing_xyz])
     for name in ("tune", "eval"):
         rows = [json.loads(line) for line in (out / f"agreement_{name}.jsonl").read_text().splitlines()]
@@ -238,7 +240,7 @@ def test_gpu_finetune_recipe_runs_end_to_end_on_tiny_settings(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "CONFIG": str(tmp_path / "tiny.json"), "INIT": str(init),
            "N": "3", "EPOCHS": "1", "ITERS": "2", "BATCH": "1", "WORKERS": "0", "DEVICE": "cpu", "TUNE_N": "1",
            "EVAL_N": "1", "PHANTOM_ARGS": "--size 40 36 24 --spacing 2 2 3", "DEMO_SEEDS": "1", "FREE_SEEDS": "2",
-           "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work")}
+           "SCORE_INIT": "1", "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work")}
     done = subprocess.run([bash, str(REPO / "configs" / "gpu_finetune_default.sh")], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
