@@ -8,7 +8,7 @@ truth lesions (diameter >= ``--min-diameter``) that the exhaustive pass finds an
 cascade does not, and both wall times. Usage::
 
     python benchmarks/make_eval_phantoms.py /tmp/eval20
-    python benchmarks/cascade_agreement.py /tmp/eval20 [--model default [OTHER ...]] [--json] [--device cuda]
+    python benchmarks/cascade_agreement.py /tmp/eval20 [--model default [OTHER ...]] [--json | --json-out ROWS.jsonl] [--device cuda]
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                              "with it (e.g. one package per cascade threshold, same full network)")
     parser.add_argument("--min-diameter", type=float, default=5.0, help="lesions this large must not be lost (mm)")
     parser.add_argument("--json", action="store_true", help="one JSON object per case and model")
+    parser.add_argument("--json-out", type=Path, help="also write those JSON objects to this file (one per line)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda or auto: both passes run there")
     args = parser.parse_args(argv)
 
@@ -65,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     for segmenter in segmenters:
         segmenter.segment(first, cascade=True)
     rows: dict[str, list] = {model: [] for model in args.model}
+    json_out = args.json_out.open("w", encoding="utf-8") if args.json_out else None
     for path in images:
         image = sitk.ReadImage(str(path))
         truth = sitk.GetArrayFromImage(sitk.ReadImage(str(args.data / "labels" / path.name))) > 0
@@ -81,9 +83,14 @@ def main(argv: list[str] | None = None) -> int:
                    "lesions_lost": lesions_lost(exhaustive, cascaded, truth, image.GetSpacing(), args.min_diameter),
                    "exhaustive_s": round(exhaustive_s, 3), "cascade_s": round(cascade_s, 3)}
             rows[model].append(row)
+            if json_out is not None:
+                json_out.write(json.dumps(row) + "\n")
+                json_out.flush()
             print(json.dumps(row) if args.json else
                   f"{row['case']} [{model}]: Dice {row['dice_agreement']:.4f}, lost {row['lesions_lost']}, "
                   f"{row['exhaustive_s']:.2f} s -> {row['cascade_s']:.2f} s", flush=True)
+    if json_out is not None:
+        json_out.close()
     if not args.json:
         for model, model_rows in rows.items():
             dice = [r["dice_agreement"] for r in model_rows]

@@ -5,8 +5,9 @@
 # phantoms (report there). Sized for one lent GPU (~8 min on 16 cores + one H100/H200;
 # a session has 15 device minutes in all, so there is no second try).
 #
-#   on the device (repository root; see benchmarks/README.md "GPU recipe"):
-#     bash benchmarks/gpu_coarse_cascade.sh
+#   on the device (SimpleITK + MONAI wheels in .whl/; benchmarks/README.md "In one device call"):
+#     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
+#       && PYTHONPATH=/tmp/site:$PWD bash benchmarks/gpu_coarse_cascade.sh
 #   here, as the test does (tiny and on the CPU):
 #     MODEL=PKG N=3 TUNE_N=2 EVAL_N=1 MAX_SIZE=24 PHANTOM_ARGS="--size 40 36 24 --spacing 2 2 3" \
 #       DEVICE=cpu JOBS=1 WORKERS=0 EPOCHS=1 ITERS=2 BATCH=2 OUT=/tmp/x WORK=/tmp/x.work \
@@ -14,7 +15,7 @@
 #
 # Everything worth keeping lands in $OUT: coarse/ (the coarse network's package, last
 # weights: validation Dice does not pick a good coarse network, so none is run), log.csv,
-# agreement_tune40.jsonl, agreement_eval20.jsonl and summary.txt. Re-attach here with
+# agreement_tune.jsonl, agreement_eval.jsonl (per case) and summary.txt. Re-attach here with
 # attach_cascade.py; ship only at the bar (>= 0.98 agreement, no lesion >= 5 mm lost).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."  # the repository root (scripts and configs are named from there)
@@ -26,11 +27,11 @@ N=${N:-480}                  # distillation phantoms
 MAX_SIZE=${MAX_SIZE:-128}
 JOBS=${JOBS:-8}              # labelling processes sharing the card
 WORKERS=${WORKERS:-12}       # data-loading workers while training
-EPOCHS=${EPOCHS:-100}           # sized so the poly schedule ends inside TRAIN_MIN
+EPOCHS=${EPOCHS:-100}        # sized so the poly schedule ends inside TRAIN_MIN
 ITERS=${ITERS:-100}
 BATCH=${BATCH:-32}
-TRAIN_MIN=${TRAIN_MIN:-4}
-KWARGS=${KWARGS:-}           # e.g. '{"features": [16, 32, 64], "norm": "instance"}' (default: the config's 8-16-32)    # --time-limit: training stops after the last epoch that fits
+TRAIN_MIN=${TRAIN_MIN:-4}    # --time-limit: training stops after the last epoch that fits
+KWARGS=${KWARGS:-}           # e.g. '{"features": [16, 32, 64], "norm": "instance"}' (default: the config's 8-16-32)
 TUNE_N=${TUNE_N:-40}
 EVAL_N=${EVAL_N:-20}
 PHANTOM_ARGS=${PHANTOM_ARGS:-}  # e.g. "--size 40 36 24 --spacing 2 2 3" (the test's small phantoms)
@@ -70,16 +71,6 @@ done
 for set in tune eval; do
     stage "agreement on $set (exhaustive $MODEL vs each threshold's cascade)"
     "$PYTHON" benchmarks/cascade_agreement.py "$WORK/$set" --model "$MODEL" "${packages[@]}" --device "$DEVICE" \
-        --json > "$OUT/agreement_$set.jsonl"
-    "$PYTHON" - "$OUT/agreement_$set.jsonl" <<'EOF' | tee -a "$OUT/summary.txt"
-import json, statistics, sys
-rows = [json.loads(line) for line in open(sys.argv[1])]
-for model in dict.fromkeys(r["model"] for r in rows):
-    mine = [r for r in rows if r["model"] == model]
-    dice = [r["dice_agreement"] for r in mine]
-    print(f"  {model.rsplit('/', 1)[-1]}: median {statistics.median(dice):.4f} mean {statistics.mean(dice):.4f} "
-          f"min {min(dice):.4f}, lost {sum(r['lesions_lost'] for r in mine)}, "
-          f"{sum(r['exhaustive_s'] for r in mine):.1f} s -> {sum(r['cascade_s'] for r in mine):.1f} s")
-EOF
+        --json-out "$OUT/agreement_$set.jsonl" | grep " cases: " | tee -a "$OUT/summary.txt"
 done
 stage "done"
