@@ -26,7 +26,7 @@ import numpy as np
 from monai.transforms import MapTransform, Randomizable
 
 COORDS_KEY = "fg_coords"
-HARD_KEY = "hard_coords"  # (N, 4) false-positive voxels with their lesion number (hard negatives)
+HARD_KEY = "hard_coords"  # (N, 4) hard voxels (false positives, missed lesion parts) with their lesion number
 MAX_COORDS = 4096  # a random subset is as good for picking centres and bounds the memory
 
 
@@ -47,10 +47,19 @@ def foreground_coordinates(label: np.ndarray, seed: int = 0, per_lesion: bool = 
     from scipy import ndimage
 
     components, n = ndimage.label(spatial, structure=np.ones((3, 3, 3), dtype=bool))
+    return lesion_coordinates(components, n, rng)
+
+
+def lesion_coordinates(lesions: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """(N, 4) int32 ``(z, y, x, lesion)`` of the voxels of a (z, y, x) map of lesion numbers 1..n.
+
+    Subsampled per lesion (up to ``ceil(MAX_COORDS / n)`` each) so every lesion keeps
+    coordinates; rows sorted by lesion.
+    """
     if n == 0:
         return np.zeros((0, 4), dtype=np.int32)
-    coords = np.argwhere(components > 0).astype(np.int32)
-    ids = components[tuple(coords.T)].astype(np.int32)
+    coords = np.argwhere(lesions > 0).astype(np.int32)
+    ids = lesions[tuple(coords.T)].astype(np.int32)
     order = np.argsort(ids, kind="stable")
     coords, ids = coords[order], ids[order]
     per = -(-MAX_COORDS // n)
@@ -93,10 +102,10 @@ class RandForegroundCropd(Randomizable, MapTransform):
     itself. The coordinates key is removed from the output. ``per_lesion``: a foreground
     crop first draws a lesion uniformly, then one of its voxels.
 
-    ``hard_fraction``: where ``data[HARD_KEY]`` holds false-positive voxels (hard
-    negatives, :mod:`tumorseg_core.training.hard_negatives`), that share of the crops is
-    centred on one of them (a false-positive lesion drawn uniformly, then one of its
-    voxels); the other crops follow the pos/neg rule.
+    ``hard_fraction``: where ``data[HARD_KEY]`` holds hard voxels (false positives, and
+    the missed parts of poorly found lesions: :mod:`tumorseg_core.training.hard_negatives`),
+    that share of the crops is centred on one of them (a hard lesion drawn uniformly, then
+    one of its voxels); the other crops follow the pos/neg rule.
     """
 
     def __init__(self, keys: Sequence[Hashable], label_key: str, spatial_size: Sequence[int],

@@ -18,8 +18,10 @@ from tumorseg_core.augment_crop import HARD_KEY, RandForegroundCropd  # noqa: E4
 from tumorseg_core.errors import InputError  # noqa: E402
 from tumorseg_core.training.hard_negatives import (  # noqa: E402
     false_positive_coordinates,
+    hard_coordinates,
     hard_negative_settings,
     mine_hard_negatives,
+    missed_coordinates,
 )
 
 NORMALIZATION = {"type": "zscore", "nonzero": False}  # the tiny packages' normalization
@@ -56,14 +58,45 @@ def test_big_false_positives_are_subsampled_but_every_lesion_keeps_voxels():
     assert all(pred[tuple(r[:3])] for r in coords)
 
 
+def test_missed_parts_of_poorly_found_lesions_are_hard_positives_one_number_per_lesion():
+    truth = np.zeros((20, 20, 20), dtype=np.uint8)
+    pred = np.zeros_like(truth)
+    truth[1:5, 1:5, 1:5] = 1  # 64 voxels, 60 found: recall 0.94, not poor at 0.8
+    pred[1:5, 1:5, 1:5] = 1
+    pred[1, 1, 1:5] = 0
+    truth[8:12, 8:12, 8:12] = 1  # 64 voxels, a middle slab found (recall 0.25): missed in two pieces
+    pred[9, 8:12, 8:12] = 1
+    truth[16, 16, 16] = 1  # a one-voxel lesion, missed entirely
+    pred[18, 2, 2] = 1  # a false positive
+    coords = missed_coordinates(pred[None], truth[None], 0.8)
+    assert coords.dtype == np.int32 and coords.shape == (48 + 1, 4)
+    assert all(truth[tuple(r[:3])] and not pred[tuple(r[:3])] for r in coords)
+    second = {tuple(r[:3]) for r in coords if r[3] == 1}
+    assert len(second) == 48 and {z for z, _, _ in second} == {8, 10, 11}  # both pieces under one number
+    assert {tuple(r[:3]) for r in coords if r[3] == 2} == {(16, 16, 16)}
+    # At recall 0.95 the first lesion is poor too and comes first (the label's order).
+    assert [int((missed_coordinates(pred, truth, 0.95)[:, 3] == n).sum()) for n in (1, 2, 3)] == [4, 48, 1]
+    assert missed_coordinates(pred, np.zeros_like(truth), 0.8).shape == (0, 4)
+    assert missed_coordinates(truth, truth, 1.0).shape == (0, 4)
+    # Combined: false positives first (1..n), then the poorly found lesions numbered after them.
+    both = hard_coordinates(pred, truth, 0.8)
+    assert {tuple(r[:3]) for r in both if r[3] == 1} == {(18, 2, 2)}
+    assert sorted(set(both[:, 3].tolist())) == [1, 2, 3] and int((both[:, 3] == 2).sum()) == 48
+    assert np.array_equal(hard_coordinates(pred, truth, None), false_positive_coordinates(pred, truth))
+    with pytest.raises(ValueError, match="shape"):
+        missed_coordinates(pred, truth[:5], 0.8)
+
+
 def test_settings_default_to_the_fine_tuned_model_and_reject_bad_values():
     assert hard_negative_settings(None, "default") is None
     assert hard_negative_settings(True, "default") == {"model": "default", "fraction": 0.25, "overlap": None,
-                                                       "weights_sha256": None}
+                                                       "missed": None, "weights_sha256": None}
+    assert hard_negative_settings({"missed": 1}, "default")["missed"] == 1
     assert hard_negative_settings({"model": "m", "fraction": 1}, None)["model"] == "m"
     for bad, message in (({"fraction": 0}, "fraction"), ({"fraction": 1.5}, "fraction"), ({"fractoin": 0.2}, "unknown"),
                          ({"overlap": 1.0}, "overlap"), ("yes", "object"), ({}, "model to mine"),
-                         ({"model": 5}, "name, folder or zip"), ({"weights_sha256": "ab"}, "sha256")):
+                         ({"model": 5}, "name, folder or zip"), ({"weights_sha256": "ab"}, "sha256"),
+                         ({"missed": 0}, "missed"), ({"missed": True}, "missed"), ({"missed": 1.2}, "missed")):
         with pytest.raises(InputError, match=message):
             hard_negative_settings(bad, None if message == "model to mine" else "default")
 
@@ -183,6 +216,8 @@ def test_mining_segments_each_case_like_the_model_and_caches_the_result(tmp_path
         mine_hard_negatives(cached, settings, other, tmp_path / "cache")
     with pytest.raises(AssertionError, match="must not run"):
         mine_hard_negatives(cached, dict(settings, overlap=0.5), package, tmp_path / "cache")
+    with pytest.raises(AssertionError, match="must not run"):
+        mine_hard_negatives(cached, dict(settings, missed=0.8), package, tmp_path / "cache")
 
 
 def test_a_mining_model_that_preprocesses_differently_is_refused(tmp_path):

@@ -10,6 +10,12 @@ labelled voxel becomes a *hard negative*. During training a share of the crops
 (``hard_negatives.fraction``) is centred on a voxel of a hard negative, drawn lesion by
 lesion like the ``fg_sampling: "lesion"`` crops.
 
+With ``hard_negatives.missed`` set (a lesion recall, e.g. 0.8), the hard set also holds
+*hard positives*: the voxels the model leaves out of every labelled lesion whose voxel
+recall is below that value (a missed small lesion, the unsegmented part of a large
+low-contrast one). Ordinary lesion-centred crops treat an easy lesion and one the model
+gets wrong alike; these put the share ``fraction`` where the model fails, on both sides.
+
 Mining works on the training cache (model grid, normalised), so the mining model must
 share the run's spacing, orientation and input normalisation; usually it is the model
 being fine-tuned (``init_weights``). Results are cached per case, keyed by the case's
@@ -36,6 +42,9 @@ DEFAULT_HARD_NEGATIVES: dict[str, Any] = {
     "model": None,  # package that mines (name, folder or zip); None = the run's init_weights
     "fraction": 0.25,  # share of training crops centred on a hard negative (when a case has one)
     "overlap": None,  # sliding-window overlap for mining; None = the mining model's own
+    # Also hard positives: the missed voxels of each labelled lesion whose voxel recall is
+    # below this (0 < missed <= 1); None = false positives only.
+    "missed": None,
     # sha256 of the mining model's weights: filled in by the run (so resuming with other
     # weights behind the same name is refused); when given, the model must have them.
     "weights_sha256": None,
@@ -71,6 +80,10 @@ def hard_negative_settings(value: Any, init_weights: Any) -> dict[str, Any] | No
     if overlap is not None and (isinstance(overlap, bool) or not isinstance(overlap, (int, float))
                                 or not 0.0 <= overlap < 1.0):
         raise InputError(f"hard_negatives.overlap must be in [0, 1) or null, got {overlap!r}")
+    missed = settings["missed"]
+    if missed is not None and (isinstance(missed, bool) or not isinstance(missed, (int, float))
+                               or not 0.0 < missed <= 1.0):
+        raise InputError(f"hard_negatives.missed must be a lesion recall in (0, 1] or null, got {missed!r}")
     return settings
 
 
@@ -96,6 +109,44 @@ def false_positive_coordinates(pred: np.ndarray, label: np.ndarray, seed: int = 
     # Whole predicted lesions are kept or dropped, so the false ones are exactly the
     # components of ``false``: the per-lesion foreground sampling numbers and subsamples them.
     return foreground_coordinates(false, seed=seed, per_lesion=True)
+
+
+def missed_coordinates(pred: np.ndarray, label: np.ndarray, max_recall: float, seed: int = 0) -> np.ndarray:
+    """Missed voxels of the labelled lesions whose voxel recall is below ``max_recall``.
+
+    Same shapes and lesion definition as :func:`false_positive_coordinates`. Returns (N, 4)
+    int32 rows ``(z, y, x, lesion)``: the voxels ``label > 0 & pred == 0`` of each such
+    lesion, numbered 1..n in the order of the label's components and subsampled per lesion.
+    """
+    from scipy import ndimage
+
+    from tumorseg_core.augment_crop import lesion_coordinates
+
+    pred = np.asarray(pred[0] if pred.ndim == 4 else pred) > 0
+    truth = np.asarray(label[0] if label.ndim == 4 else label) > 0
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction {pred.shape} and label {truth.shape} differ in shape")
+    components, n = ndimage.label(truth, structure=np.ones((3, 3, 3), dtype=bool))
+    if n == 0:
+        return np.zeros((0, 4), dtype=np.int32)
+    index = np.arange(1, n + 1)
+    recall = ndimage.sum(pred, components, index) / ndimage.sum(truth, components, index)
+    poor = index[recall < max_recall]
+    # The unit is the label's lesion (renumbered 1..len(poor)), not the pieces its
+    # missed voxels fall into, so a lesion is drawn once however it was missed.
+    lesions = np.where(np.isin(components, poor) & ~pred, np.searchsorted(poor, components) + 1, 0)
+    return lesion_coordinates(lesions, len(poor), np.random.default_rng(seed))
+
+
+def hard_coordinates(pred: np.ndarray, label: np.ndarray, missed: float | None, seed: int = 0) -> np.ndarray:
+    """False-positive lesions (1..n), then the missed parts of poorly found lesions (n+1..), as (N, 4) int32."""
+    false = false_positive_coordinates(pred, label, seed=seed)
+    if missed is None:
+        return false
+    poor = missed_coordinates(pred, label, float(missed), seed=seed)
+    if len(poor) and len(false):
+        poor[:, 3] += int(false[:, 3].max())
+    return np.concatenate([false, poor]).astype(np.int32)
 
 
 def _check_compatible(manifest: Any, pre: PreprocessConfig, model: str) -> None:
@@ -131,11 +182,15 @@ def open_mining_model(settings: dict[str, Any], pre: PreprocessConfig) -> Any:
     return package
 
 
-def _mining_key(case: CachedCase, package: Any, overlap: float) -> str:
+def _mining_key(case: CachedCase, package: Any, overlap: float, missed: float | None = None) -> str:
     # The whole manifest (output, inference settings, postprocessing, cascade...) and the
     # weights decide the prediction; the case's cache file name is its preprocessing key.
-    blob = json.dumps({"v": MINING_VERSION, "case": Path(case.image).name, "weights": weight_digests(package),
-                       "manifest": package.manifest.to_dict(), "overlap": overlap}, sort_keys=True)
+    # ``missed`` enters only when set, so results mined without it keep their keys.
+    fields: dict[str, Any] = {"v": MINING_VERSION, "case": Path(case.image).name, "weights": weight_digests(package),
+                              "manifest": package.manifest.to_dict(), "overlap": overlap}
+    if missed is not None:
+        fields["missed"] = float(missed)
+    blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:32]
 
 
@@ -143,7 +198,7 @@ def mine_hard_negatives(cases: Sequence[CachedCase], settings: dict[str, Any], p
                         cache_dir: Path, device: str = "cpu",
                         progress: Callable[[float, str], None] | None = None,
                         share: tuple[int, int] = (0, 1)) -> list[np.ndarray]:
-    """(N, 4) false-positive coordinates per case (see :func:`false_positive_coordinates`).
+    """(N, 4) hard-example coordinates per case (see :func:`hard_coordinates`).
 
     Each case is segmented by ``package`` (from :func:`open_mining_model`) on its cached
     model-grid image, with the model's exhaustive sliding window (no cascade, no TTA:
@@ -166,7 +221,7 @@ def mine_hard_negatives(cases: Sequence[CachedCase], settings: dict[str, Any], p
     for i, case in enumerate(cases):
         if i % world != rank:
             continue
-        key = _mining_key(case, package, float(overlap))
+        key = _mining_key(case, package, float(overlap), settings.get("missed"))
         path = folder / f"{key}.npy"
         if path.is_file():
             out.append(np.load(path, allow_pickle=False))
@@ -180,17 +235,17 @@ def mine_hard_negatives(cases: Sequence[CachedCase], settings: dict[str, Any], p
         if manifest.postprocessing:
             pred = postprocess_labels(pred, manifest.spacing_xyz, manifest.postprocessing)
         # Seeded by the key, so a cached result never depends on the case's place in a list.
-        coords = false_positive_coordinates(pred, arrays["label"], seed=int(key[:8], 16))
+        coords = hard_coordinates(pred, arrays["label"], settings.get("missed"), seed=int(key[:8], 16))
         atomic_save(path, coords)
         out.append(coords)
         if progress is not None:
-            progress((i + 1) / len(cases), f"mined {case.id}: {len(np.unique(coords[:, 3]))} false positive(s)")
+            progress((i + 1) / len(cases), f"mined {case.id}: {len(np.unique(coords[:, 3]))} hard lesion(s)")
     return out
 
 
 def log_summary(model: str, coords: Sequence[np.ndarray]) -> None:
-    """One log line: how many false-positive lesions the mining found, in how many cases."""
+    """One log line: how many hard lesions (false positives, poorly found lesions) the mining found."""
     found = sum(1 for c in coords if len(c))
     lesions = sum(int(c[:, 3].max()) for c in coords if len(c))
-    logger.info("hard negatives from %s: %d false-positive lesion(s) in %d of %d training cases",
-                model, lesions, found, len(coords))
+    logger.info("hard examples from %s: %d hard lesion(s) (false positives, and poorly found lesions where "
+                "hard_negatives.missed is set) in %d of %d training cases", model, lesions, found, len(coords))
