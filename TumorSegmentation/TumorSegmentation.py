@@ -48,7 +48,21 @@ and learned from SlicerMONAIAuto3DSeg, SlicerTotalSegmentator and SlicerNNUNet.
 def onStartupCompleted():
     """Work that needs other modules (Sample Data, Segment Editor) to be loaded first."""
     registerSampleData()
+    registerTerminology()
     registerSegmentEditorEffect()
+
+
+def registerTerminology():
+    """Load TumorSeg's terminology context, which the segments the module makes refer to."""
+    try:
+        from TumorSegmentationLib.terminology import load_into_slicer
+
+        name = load_into_slicer()
+    except Exception:
+        logging.exception("Tumor Segmentation: the terminology file could not be loaded")
+        return
+    if name:
+        logging.info("Tumor Segmentation: terminology context '%s' loaded", name)
 
 
 #
@@ -195,8 +209,11 @@ class TumorSegmentationTest(ScriptedLoadableModuleTest):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
+        from TumorSegmentationLib.effect_selftest import TumorEffectSelfTest
+
         self.setUp()
         self.test_phantom_end_to_end()
+        TumorEffectSelfTest().runTest()  # the Segment Editor effect, clicked through the editor
 
     def test_phantom_end_to_end(self):
         from TumorSegmentationLib import TumorSegmentationLogic
@@ -219,6 +236,13 @@ class TumorSegmentationTest(ScriptedLoadableModuleTest):
         names = [segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())]
         self.assertTrue(names, "no segment was created")
         self.assertTrue(set(names) <= set(expectedNames), f"segments {names} are not among {expectedNames}")
+        # Their terminology names a context that startup loaded into Slicer.
+        from TumorSegmentationLib.terminology import CONTEXT_NAME
+
+        contexts = vtk.vtkStringArray()
+        slicer.modules.terminologies.logic().GetLoadedTerminologyNames(contexts)
+        loaded = [contexts.GetValue(i) for i in range(contexts.GetNumberOfValues())]
+        self.assertIn(CONTEXT_NAME, loaded)
 
         # The result must lie on the input's grid: same spacing and axis directions.
         labelmap = segmentation.GetBinaryLabelmapInternalRepresentation(segments.GetNthSegmentID(0))

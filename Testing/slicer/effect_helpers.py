@@ -21,7 +21,11 @@ if str(SLICER_DIR) not in sys.path:
 
 from TumorSegmentationLib import effect_regions as regions  # noqa: E402
 from TumorSegmentationLib import geometry_bridge as gb  # noqa: E402
-from TumorSegmentationLib.effect_logic import SET, TumorEffectLogic  # noqa: E402
+from TumorSegmentationLib.effect_logic import TumorEffectLogic  # noqa: E402
+
+# The VTK logic's enum, for tests that edit segments through vtkSlicerSegmentEditorLogic directly
+# (the effect's own modes are names: effect_logic.SET / ADD).
+SET = slicer.vtkSlicerSegmentEditorLogic.ModificationModeSet
 
 
 def load_volume(scene, image: sitk.Image, folder: Path, name: str, ext: str = ".nrrd"):

@@ -251,3 +251,23 @@ def test_effect_writes_exactly_what_the_core_computes(scene, tmp_path, geometry)
     core = sitk.GetArrayFromImage(segment_from_seeds(phantom.image, [center]).labels) > 0
     assert core.sum() > 0
     assert np.array_equal(exported(scene, seg, sid, source), core)
+
+
+def test_effect_logic_imports_on_slicer_releases_without_the_segment_editor_vtk_logic():
+    """Slicer 5.6-5.8 have no vtkSlicerSegmentEditorLogic: the effect (which routes edits
+    through the Qt effect there) must still import its logic and map its modes."""
+    code = (
+        "import sys, slicer\n"
+        f"sys.path.insert(0, {str(REPO / 'TumorSegmentation')!r})\n"
+        "del slicer.vtkSlicerSegmentEditorLogic\n"
+        "from TumorSegmentationLib import effect_logic as el\n"
+        "assert (el.SET, el.ADD) == ('Set', 'Add')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # Where the VTK logic exists, the names are its modes.
+    from TumorSegmentationLib import effect_logic as el
+
+    modes = slicer.vtkSlicerSegmentEditorLogic
+    assert getattr(modes, "ModificationMode" + el.SET) == SET == modes.ModificationModeSet
+    assert getattr(modes, "ModificationMode" + el.ADD) == modes.ModificationModeAdd

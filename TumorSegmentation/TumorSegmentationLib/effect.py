@@ -30,10 +30,6 @@ logger = logging.getLogger(__name__)
 ICON_PATH = os.path.join(os.path.dirname(__file__), "..", "Resources", "Icons", "TumorEffect.png")
 ROI_REFERENCE_ROLE = "Tumor.ROI"
 POLL_INTERVAL_MS = 200
-_MODIFICATION_MODES = {  # effect_logic uses the VTK logic's enum; the Qt effect API has its own
-    el.SET: "ModificationModeSet",
-    el.ADD: "ModificationModeAdd",
-}
 
 
 def scriptedEffectClassName(path: str = __file__) -> str:
@@ -75,7 +71,7 @@ class ScriptedEffectBackend:
         self.scriptedEffect.saveStateForUndo()
 
     def modifySelectedSegment(self, labelmap, mode):
-        qtMode = getattr(slicer.qSlicerSegmentEditorAbstractEffect, _MODIFICATION_MODES[mode])
+        qtMode = getattr(slicer.qSlicerSegmentEditorAbstractEffect, "ModificationMode" + mode)  # el.SET / el.ADD
         self.scriptedEffect.modifySelectedSegmentByLabelmap(labelmap, qtMode)
 
     def undo(self):

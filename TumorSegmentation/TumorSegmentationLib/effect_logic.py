@@ -46,8 +46,11 @@ logger = logging.getLogger(__name__)
 
 MODE_AUTO, MODE_SEED, MODE_REFINE = "Auto", "Seed", "Refine"
 MODES = (MODE_AUTO, MODE_SEED, MODE_REFINE)
-SET = slicer.vtkSlicerSegmentEditorLogic.ModificationModeSet
-ADD = slicer.vtkSlicerSegmentEditorLogic.ModificationModeAdd
+# Modification modes by name: each backend maps them onto its own enum
+# ("ModificationMode" + name on vtkSlicerSegmentEditorLogic or on the Qt effect). Nothing
+# here may touch vtkSlicerSegmentEditorLogic at import: Slicer has it only since 5.10, and
+# the effect in Slicer 5.6-5.8 imports this module but uses the Qt effect's modes.
+SET, ADD = "Set", "Add"
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -81,10 +84,11 @@ class EditorBackend:
     def saveStateForUndo(self) -> None:
         self.logic.SaveStateForUndo()
 
-    def modifySelectedSegment(self, labelmap: Any, mode: int) -> None:
+    def modifySelectedSegment(self, labelmap: Any, mode: str) -> None:
         node = self.editorNode
+        vtkMode = getattr(slicer.vtkSlicerSegmentEditorLogic, "ModificationMode" + mode)
         self.logic.ModifySegmentByLabelmap(node.GetSegmentationNode(), node.GetSelectedSegmentID(), labelmap,
-                                           mode, True, False)
+                                           vtkMode, True, False)
 
     def undo(self) -> None:
         self.logic.Undo()
