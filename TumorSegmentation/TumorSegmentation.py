@@ -218,7 +218,7 @@ class TumorSegmentationTest(ScriptedLoadableModuleTest):
     def test_phantom_end_to_end(self):
         from TumorSegmentationLib import TumorSegmentationLogic
 
-        from tumorseg_core.package import open_package
+        from tumorseg_core.modelpkg.package import open_package
 
         self.delayDisplay("Generating the phantom sample")
         registerSampleData()
@@ -231,7 +231,7 @@ class TumorSegmentationTest(ScriptedLoadableModuleTest):
         TumorSegmentationLogic().process([volume], segmentation, model="default", device="cpu",
                                          waitForCompletion=True)
 
-        expectedNames = [label["name"] for label in open_package("default").manifest.label_dicts]
+        expectedNames = [segment.name for segment in open_package("default").manifest.segments]
         segments = segmentation.GetSegmentation()
         names = [segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())]
         self.assertTrue(names, "no segment was created")

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tumorseg_core.package import open_package, write_package
+    from tumorseg_core.modelpkg.package import open_package, write_package
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("package", help="model package (name, folder or .zip)")

@@ -2,7 +2,7 @@
 
 The issue's bar for the cascade: Dice >= 0.98 against the exhaustive pass on phantoms
 and no lesion >= 5 mm lost. For each phantom written by ``make_eval_phantoms.py`` this
-runs one warm :class:`~tumorseg_core.pipeline.Segmenter` twice (``cascade=False`` and
+runs one warm :class:`~tumorseg_core.inference.segmenter.Segmenter` twice (``cascade=False`` and
 ``cascade=True``, same backend) and reports the Dice between the two label maps, the
 truth lesions (diameter >= ``--min-diameter``) that the exhaustive pass finds and the
 cascade does not, and both wall times. Usage::
@@ -43,8 +43,8 @@ def lesions_lost(exhaustive: np.ndarray, cascade: np.ndarray, truth: np.ndarray,
 def main(argv: list[str] | None = None) -> int:
     import SimpleITK as sitk
 
-    from tumorseg_core import metrics
-    from tumorseg_core.pipeline import Segmenter
+    from tumorseg_core.evaluation import metrics
+    from tumorseg_core.inference.segmenter import Segmenter
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path, help="folder with images/ and labels/ (make_eval_phantoms.py)")

@@ -78,7 +78,7 @@ def random_package(folder: Path) -> Path:
     import torch
 
     from tumorseg_core.models.registry import build_network
-    from tumorseg_core.package import write_package
+    from tumorseg_core.modelpkg.package import write_package
 
     if (folder / "manifest.json").is_file():
         return folder
@@ -130,9 +130,9 @@ def run_baseline(source, model: str, out: str | None, device: str = "cpu", sw_ba
     import torch
     from monai.inferers import sliding_window_inference
 
-    from tumorseg_core import geometry, postprocess
-    from tumorseg_core.io import read_images
-    from tumorseg_core.pipeline import Segmenter
+    from tumorseg_core.imaging import geometry, postprocess
+    from tumorseg_core.imaging.io import read_images
+    from tumorseg_core.inference.segmenter import Segmenter
 
     sync(device)
     started = time.perf_counter()
@@ -140,7 +140,7 @@ def run_baseline(source, model: str, out: str | None, device: str = "cpu", sw_ba
     manifest = segmenter.manifest
     networks = segmenter.package.load_networks(device)
     inputs = read_images([source])
-    volume, grid = segmenter._prepare(geometry.align_to_reference(inputs))
+    volume, grid = segmenter.prepare_aligned(geometry.align_to_reference(inputs))
     overlap = float((manifest.inference or {}).get("overlap", 0.5))
     x = torch.from_numpy(volume)[None].to(device)
     with torch.inference_mode():
@@ -183,7 +183,7 @@ def warm_up_image(model: str):
     import numpy as np
     import SimpleITK as sitk
 
-    from tumorseg_core.package import open_package
+    from tumorseg_core.modelpkg.package import open_package
 
     manifest = open_package(model).manifest
     rng = np.random.default_rng(0)
@@ -201,7 +201,7 @@ def worker(args: argparse.Namespace) -> None:
         import torch
 
         from tumorseg_core.inference.predictor import Predictor
-        from tumorseg_core.package import open_package
+        from tumorseg_core.modelpkg.package import open_package
 
         started = time.perf_counter()
         predictor = Predictor.from_package(open_package(args.model), device=args.device, backend="auto")

@@ -49,7 +49,7 @@ stage "distillation set: $N phantoms labelled by $MODEL on $DEVICE in $JOBS proc
 tail -n 1 "$WORK/distill.log" | tee -a "$OUT/summary.txt"
 
 # The distillation set is on the model grid pooled 2x; the coarse network trains on exactly that grid.
-SPACING=$("$PYTHON" -c 'import sys; from tumorseg_core.package import open_package
+SPACING=$("$PYTHON" -c 'import sys; from tumorseg_core.modelpkg.package import open_package
 print(*(2 * s for s in open_package(sys.argv[1]).manifest.spacing_xyz))' "$MODEL")
 stage "coarse network at $SPACING mm: $EPOCHS x $ITERS x batch $BATCH, at most $TRAIN_MIN min"
 kwargs=()

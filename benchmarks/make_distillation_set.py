@@ -70,7 +70,7 @@ _WORKER: dict = {}
 def _start_worker(model: str, device: str, threads: int | None) -> None:
     """Worker process set-up: its own thread share and its own Segmenter (loaded once)."""
     from tumorseg_core.inference.devices import configure_threads
-    from tumorseg_core.pipeline import Segmenter
+    from tumorseg_core.inference.segmenter import Segmenter
 
     if threads:
         configure_threads(threads)

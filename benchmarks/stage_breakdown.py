@@ -2,7 +2,7 @@
 
     python benchmarks/stage_breakdown.py [--case mri256] [--model default] [--backend auto] [--json]
 
-Runs the same stages as ``tumorseg_core.pipeline.Segmenter.segment`` one by one on a
+Runs the same stages as ``tumorseg_core.inference.segmenter.Segmenter.segment`` one by one on a
 phantom written to disk (same generator and sizes as ``cpu_vs_monai.py``), after one
 warm-up call so the exported model is cached and loaded. Prints seconds per stage.
 """
@@ -32,10 +32,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", default=None, help="folder for the phantom and output (default: a temp folder)")
     args = parser.parse_args(argv)
 
-    from tumorseg_core import geometry, postprocess
+    from tumorseg_core.imaging import geometry, postprocess
     from tumorseg_core.inference.devices import configure_threads
-    from tumorseg_core.io import read_images, write_labelmap
-    from tumorseg_core.pipeline import Segmenter, SegmentOptions
+    from tumorseg_core.imaging.io import read_images, write_labelmap
+    from tumorseg_core.inference.segmenter import Segmenter, SegmentOptions
 
     configure_threads()
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="tumorseg-breakdown-"))
@@ -52,14 +52,14 @@ def main(argv: list[str] | None = None) -> None:
         return out
 
     # The pipeline's own read: slab by slab onto the model grid where the file allows it.
-    streamed = timed("read+resample+normalize", segmenter._read_streaming, [str(image_path)], None)
+    streamed = timed("read+resample+normalize", segmenter.read_streaming, [str(image_path)], None)
     if streamed is not None:
         volume, grid, reference = streamed
     else:
         del stages["read+resample+normalize"]
         inputs = timed("read", read_images, [str(image_path)])
         aligned = geometry.align_to_reference(inputs)
-        volume, grid = timed("resample+normalize", segmenter._prepare, aligned)
+        volume, grid = timed("resample+normalize", segmenter.prepare_aligned, aligned)
         reference = geometry.GridGeometry.of(inputs[0])
         del inputs, aligned
     predictor = segmenter.predictor(SegmentOptions(backend=args.backend))

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def _false_positive_volumes(pred: np.ndarray, truth: np.ndarray, voxel_mm3: float) -> list[float]:
     """Volumes (mm³) of predicted lesions that touch no truth voxel, with the lesion
-    connectivity of :func:`tumorseg_core.metrics.lesion_detection` (26-connected), so they
+    connectivity of :func:`tumorseg_core.evaluation.metrics.lesion_detection` (26-connected), so they
     are the lesions that the ``fp_lesions`` column counts."""
     from scipy import ndimage
 
@@ -38,10 +38,10 @@ def _false_positive_volumes(pred: np.ndarray, truth: np.ndarray, voxel_mm3: floa
 def main(argv: list[str] | None = None) -> int:
     import SimpleITK as sitk
 
-    from tumorseg_core.evaluation import find_data, read_labelmap
-    from tumorseg_core.metrics import evaluate_case
-    from tumorseg_core.pipeline import Segmenter
-    from tumorseg_core.postprocess import postprocess_labels
+    from tumorseg_core.evaluation.evaluate import find_data, read_labelmap
+    from tumorseg_core.evaluation.metrics import evaluate_case
+    from tumorseg_core.inference.segmenter import Segmenter
+    from tumorseg_core.imaging.postprocess import postprocess_labels
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")

@@ -28,7 +28,7 @@ __all__ = [
 
 
 def segment(images: Any, model: str = "default", device: str = "auto", **options: Any):
-    """Segment tumors in one case; see :func:`tumorseg_core.pipeline.segment`."""
-    from tumorseg_core.pipeline import segment as _segment
+    """Segment tumors in one case; see :func:`tumorseg_core.inference.segmenter.segment`."""
+    from tumorseg_core.inference.segmenter import segment as _segment
 
     return _segment(images, model=model, device=device, **options)

@@ -21,6 +21,15 @@ class ModelPackageError(TumorSegError):
     """A model package is missing, corrupt, tampered with or names an unknown architecture."""
 
 
+class ModelAlreadyInstalledError(ModelPackageError):
+    """Installing a model whose name is already taken in the models folder (``name``, ``folder``)."""
+
+    def __init__(self, name: str, folder: object) -> None:
+        super().__init__(f"a model named {name!r} is already installed in {folder}; remove it or overwrite")
+        self.name = name
+        self.folder = folder
+
+
 class CancelledError(TumorSegError):
     """The user cancelled a running segmentation."""
 

@@ -2,7 +2,7 @@
 
 The Slicer Logic (and any other client) starts this process once and keeps it warm:
 the first request pays for importing torch/MONAI and loading the model; later requests
-with the same model and device reuse the cached :class:`~tumorseg_core.pipeline.Segmenter`.
+with the same model and device reuse the cached :class:`~tumorseg_core.inference.segmenter.Segmenter`.
 
 Protocol (design §5): JSON objects, one per line. stdout carries *only* protocol lines;
 all logging and any stray output goes to stderr.
@@ -12,7 +12,10 @@ Requests on stdin::
     {"id": 1, "cmd": "segment", "images": ["t1.nrrd"], "output": "labels.nrrd",
      "model": "default", "device": "auto", "options": {"overlap": 0.5}}
     {"id": 2, "cmd": "ping"}
+    {"id": 3, "cmd": "devices"}
     {"cmd": "shutdown"}
+
+``options`` are :class:`~tumorseg_core.options.SegmentOptions` fields (validated there).
 
 Events on stdout::
 
@@ -21,14 +24,11 @@ Events on stdout::
     {"event": "done", "id": 1, "output": "labels.nrrd", "seconds": 2.1, "warm": false, "labels": [...]}
     {"event": "error", "id": 1, "message": "one line"}
     {"event": "pong", "id": 2, "pid": 1234}
+    {"event": "devices", "id": 3, "report": {"cuda_available": false, "gpus": [], ...}}
 
 The worker exits cleanly on ``shutdown``, when stdin closes (the parent died) or after
 ``--idle-timeout`` seconds without a request. Cancelling is done by the parent killing
 the process tree; nothing here needs to cooperate.
-
-Test hook: if the environment variable ``TUMORSEG_WORKER_TEST_DELAY`` is a number of
-seconds, the worker sleeps that long at every progress report, so tests can cancel a
-run in the middle. It has no other effect.
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ from tumorseg_core.errors import TumorSegError
 logger = logging.getLogger("tumorseg_core.worker")
 
 PROTOCOL_VERSION = 1
-TEST_DELAY_ENV = "TUMORSEG_WORKER_TEST_DELAY"
 #: Segmenters kept warm at once; each holds a model's networks in (GPU) memory.
 MAX_CACHED_SEGMENTERS = 2
 #: Progress lines are rate-limited so a model with thousands of windows cannot flood the pipe.
@@ -124,13 +123,6 @@ class Worker:
     def __init__(self, protocol: Protocol) -> None:
         self.protocol = protocol
         self._segmenters: "OrderedDict[Tuple[Any, ...], Any]" = OrderedDict()
-        delay = os.environ.get(TEST_DELAY_ENV, "")
-        try:
-            self._test_delay = max(0.0, float(delay)) if delay else 0.0
-        except ValueError:
-            self._test_delay = 0.0
-        if self._test_delay:
-            logger.warning("%s=%s: sleeping at every progress report (test hook)", TEST_DELAY_ENV, delay)
 
     # ------------------------------------------------------------------ requests
 
@@ -147,11 +139,16 @@ class Worker:
         if cmd == "ping":
             self.protocol.send("pong", id=rid, pid=os.getpid())
             return True
-        if cmd != "segment":
-            self.protocol.send("error", id=rid, message=f"unknown command {cmd!r}; use segment, ping or shutdown")
+        if cmd not in ("segment", "devices"):
+            self.protocol.send("error", id=rid, message=f"unknown command {cmd!r}; use segment, devices, ping or shutdown")
             return True
         try:
-            self._segment(rid, request)
+            if cmd == "devices":
+                from tumorseg_core.inference.devices import device_report
+
+                self.protocol.send("devices", id=rid, report=device_report())
+            else:
+                self._segment(rid, request)
         except TumorSegError as exc:
             logger.info("request %s failed: %s", rid, exc)
             self.protocol.send("error", id=rid, message=_one_line(exc))
@@ -184,12 +181,11 @@ class Worker:
         if not isinstance(model, str) or not isinstance(device, str) or not isinstance(options, dict):
             raise TumorSegError("request 'model' and 'device' must be strings and 'options' an object")
 
-        from tumorseg_core.pipeline import Segmenter, SegmentOptions
+        from tumorseg_core.inference.segmenter import Segmenter
+        from tumorseg_core.options import SegmentOptions
 
-        unknown = sorted(set(options) - set(SegmentOptions.__dataclass_fields__))
-        if unknown:
-            raise TumorSegError(f"unknown option(s) {', '.join(unknown)}; known: "
-                                f"{', '.join(sorted(SegmentOptions.__dataclass_fields__))}")
+        options = SegmentOptions.from_mapping({**options, "device": device})  # every value checked here
+        device = options.device
         key = (_model_key(model), device, model_fingerprint(model))
         segmenter = self._segmenters.get(key)
         warm = segmenter is not None
@@ -215,24 +211,20 @@ class Worker:
             if fraction >= 1.0 or now - last_sent[0] >= _PROGRESS_INTERVAL_S:
                 last_sent[0] = now
                 self.protocol.send("progress", id=rid, fraction=round(float(fraction), 4), message=str(message))
-            if self._test_delay:
-                time.sleep(self._test_delay)
 
+        overrides = {k: v for k, v in options.to_dict().items() if k != "device"}
         try:
-            labels = segmenter.segment(images, progress=progress, **options)
+            segmenter.segment_to_file(images, output, progress=progress, **overrides)
         except TumorSegError:
             raise
         except Exception:
             # A segmenter that failed in an unexpected way may be in a bad state: reload next time.
             self._segmenters.pop(key, None)
             raise
-        from tumorseg_core.io import write_labelmap
-
-        label_dicts = segmenter.package.manifest.label_dicts
-        write_labelmap(labels, output, segments=label_dicts)
+        segments = [s.to_dict() for s in segmenter.manifest.segments]
         seconds = time.perf_counter() - started
         logger.info("request %s done in %.2f s (%s)", rid, seconds, "warm" if warm else "cold")
-        self.protocol.send("done", id=rid, output=output, seconds=round(seconds, 3), warm=warm, labels=label_dicts)
+        self.protocol.send("done", id=rid, output=output, seconds=round(seconds, 3), warm=warm, labels=segments)
 
 
 def _read_stdin(lines: "queue.Queue[Optional[str]]") -> None:

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("monai")
 
-from tumorseg_core.augment import DEFAULT_AUGMENT, _crop_size_zyx, augment_config, build_train_transforms  # noqa: E402
+from tumorseg_core.training.augment import DEFAULT_AUGMENT, _crop_size_zyx, augment_config, build_train_transforms  # noqa: E402
 from tumorseg_core.errors import InputError  # noqa: E402
 
 
@@ -78,7 +78,7 @@ def test_foreground_crop_matches_monai_pad_and_crop():
     coordinates give the same crops as scanning the label."""
     import monai.transforms as mt
 
-    from tumorseg_core.augment_crop import COORDS_KEY, RandForegroundCropd, foreground_coordinates
+    from tumorseg_core.training.foreground_crop import COORDS_KEY, RandForegroundCropd, foreground_coordinates
 
     data = _case(shape=(20, 40, 36))
     crop = RandForegroundCropd(["image", "label"], "label", (33, 24, 24), pos=1.0, neg=0.0)
@@ -98,13 +98,13 @@ def test_foreground_crop_matches_monai_pad_and_crop():
 
 
 def crop_y(crop, dim: int, size: int, axis: int = 1) -> int:
-    from tumorseg_core.augment_crop import crop_start
+    from tumorseg_core.training.foreground_crop import crop_start
 
     return crop_start(crop.center[axis], dim, size)
 
 
 def test_foreground_coordinates_are_bounded_and_exact():
-    from tumorseg_core.augment_crop import MAX_COORDS, foreground_coordinates
+    from tumorseg_core.training.foreground_crop import MAX_COORDS, foreground_coordinates
 
     label = np.zeros((1, 30, 30, 30), np.uint8)
     label[0, 2:22, 2:22, 2:22] = 1  # 8000 voxels
@@ -132,7 +132,7 @@ def test_per_lesion_sampling_centres_small_lesions_as_often_as_big_ones():
     """fg_sampling "lesion": every lesion keeps coordinates (a random 4096-voxel subset of
     a 27000-voxel lesion would leave a 27-voxel one ~4 of them) and foreground crops pick
     lesions uniformly; "voxel" keeps RandCropByPosNegLabeld's voxel-weighted draw."""
-    from tumorseg_core.augment_crop import MAX_COORDS, RandForegroundCropd, foreground_coordinates
+    from tumorseg_core.training.foreground_crop import MAX_COORDS, RandForegroundCropd, foreground_coordinates
 
     label = np.zeros((1, 48, 48, 48), np.uint8)
     label[0, 2:32, 2:32, 2:32] = 1  # big lesion: 27000 voxels

@@ -16,7 +16,7 @@ from tumorseg_core.inference import backends
 from tumorseg_core.inference.backends import export as export_mod
 from tumorseg_core.inference.predictor import Predictor
 from tumorseg_core.models.registry import build_network
-from tumorseg_core.package import open_package, write_package
+from tumorseg_core.modelpkg.package import open_package, write_package
 
 pytest.importorskip("onnx")
 EXPORTED = [b for b in ("onnxruntime", "openvino") if backends.backend_installed(b)]
@@ -176,7 +176,7 @@ def test_auto_falls_back_when_export_fails(package, monkeypatch) -> None:
 
 @pytest.mark.skipif(not EXPORTED, reason="no exported backend installed")
 def test_segmenter_keeps_backend_warm(package, monkeypatch, make_sphere_image) -> None:
-    from tumorseg_core.pipeline import Segmenter
+    from tumorseg_core.inference.segmenter import Segmenter
 
     image, _ = make_sphere_image(radius_mm=8.0, size_xyz=(36, 36, 30), spacing=(1.0, 1.0, 1.0))
     segmenter = Segmenter(package, device="cpu", backend="auto", cascade=False)

@@ -21,7 +21,7 @@ import torch  # noqa: E402
 from model_factory import make_tiny_package, tiny_manifest  # noqa: E402
 
 from tumorseg_core.models.registry import build_network  # noqa: E402
-from tumorseg_core.package import write_package  # noqa: E402
+from tumorseg_core.modelpkg.package import write_package  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -124,8 +124,8 @@ def test_distillation_set_and_attach_cascade_make_a_package_whose_cascade_runs(t
     assert [(r["case"], r["model"]) for r in rows] == [(c, str(m)) for c in ("case_00", "case_01")
                                                         for m in (fine, tmp_path / "both")]
     assert all(0.0 <= r["dice_agreement"] <= 1.0 and r["lesions_lost"] >= 0 for r in rows)
-    from tumorseg_core.package import open_package
-    from tumorseg_core.pipeline import Segmenter
+    from tumorseg_core.modelpkg.package import open_package
+    from tumorseg_core.inference.segmenter import Segmenter
 
     package = open_package(tmp_path / "both")
     spec = package.manifest.cascade
@@ -139,7 +139,7 @@ def test_distillation_set_and_attach_cascade_make_a_package_whose_cascade_runs(t
 
 
 def test_coarse_pair_is_the_cascade_pooling_with_any_foreground_labels(rotation_direction):
-    from tumorseg_core.geometry import GridGeometry
+    from tumorseg_core.imaging.geometry import GridGeometry
 
     distill = _load("make_distillation_set")
     rng = np.random.default_rng(0)
@@ -207,7 +207,7 @@ def test_gpu_coarse_cascade_recipe_runs_end_to_end_on_tiny_settings(tmp_path):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     out = tmp_path / "out"
     assert len((out / "log.csv").read_text().splitlines()) == 3  # header + 2 epochs
-    from tumorseg_core.package import open_package
+    from tumorseg_core.modelpkg.package import open_package
 
     coarse = open_package(out / "coarse")
     assert coarse.manifest.kwargs["features"] == [4, 8]
@@ -245,7 +245,7 @@ def test_gpu_finetune_recipe_runs_end_to_end_on_tiny_settings(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     out = tmp_path / "out"
-    from tumorseg_core.package import open_package
+    from tumorseg_core.modelpkg.package import open_package
 
     assert open_package(out / "model").manifest.patch_size_zyx == (16, 16, 16)
     assert {p.name for p in out.glob("*.csv")} == {"log.csv", "new_tune.csv", "init_tune.csv", "new_eval.csv",

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tumorseg_core import datasets
-from tumorseg_core.datasets import Case, kfold, load_csv, load_dataset, load_msd, split_cases
+from tumorseg_core.training import datasets
+from tumorseg_core.training.datasets import Case, kfold, load_csv, load_dataset, load_msd, split_cases
 from tumorseg_core.errors import InputError
 from tumorseg_core.training import cache as cache_mod
 from tumorseg_core.training.cache import PreprocessConfig, cache_case
@@ -187,7 +187,7 @@ def test_unexpected_label_values_are_a_user_error(tmp_path):
 
 def test_patch_dataset_is_a_function_of_seed_epoch_index(tmp_path):
     pytest.importorskip("monai")
-    from tumorseg_core.augment import build_train_transforms
+    from tumorseg_core.training.augment import build_train_transforms
     from tumorseg_core.training.patches import PatchDataset
 
     cached = []

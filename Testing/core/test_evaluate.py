@@ -1,4 +1,4 @@
-"""tumorseg_core.evaluation and the `tumorseg evaluate` command on tiny label maps written here."""
+"""tumorseg_core.evaluation.evaluate and the `tumorseg evaluate` command on tiny label maps written here."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tumorseg_core import evaluation
+from tumorseg_core.evaluation import evaluate as evaluation
 from tumorseg_core.commands import evaluate as evaluate_command
 from tumorseg_core.errors import InputError, TumorSegError
 
@@ -210,7 +210,7 @@ def test_evaluate_model_on_paired_folders(tmp_path, monkeypatch):
             first = sitk.ReadImage(str(images[0]))
             return sitk.Cast(first > 0, sitk.sitkUInt8)
 
-    import tumorseg_core.pipeline as pipeline
+    import tumorseg_core.inference.segmenter as pipeline
 
     monkeypatch.setattr(pipeline, "Segmenter", FakeSegmenter)
     save = tmp_path / "saved"
@@ -235,7 +235,7 @@ def test_command_passes_tta_and_cascade_to_the_segmenter(tmp_path, monkeypatch, 
         def segment(self, images, cancel=None):
             return sitk.Cast(sitk.ReadImage(str(images[0])) > 0, sitk.sitkUInt8)
 
-    import tumorseg_core.pipeline as pipeline
+    import tumorseg_core.inference.segmenter as pipeline
 
     monkeypatch.setattr(pipeline, "Segmenter", FakeSegmenter)
     assert evaluate_command.run(parse(["--model", "fake", "--data", str(data), "--tta", "--no-cascade"])) == 0

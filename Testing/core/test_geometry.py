@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from tumorseg_core.errors import InputError, TumorSegError
-from tumorseg_core.geometry import (
+from tumorseg_core.imaging.geometry import (
     GridGeometry,
     align_to_reference,
     bbox_to_slices,

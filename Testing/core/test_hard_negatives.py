@@ -14,7 +14,7 @@ pytest.importorskip("monai")
 from dataset_factory import write_labelled_case  # noqa: E402
 from model_factory import make_tiny_package  # noqa: E402
 
-from tumorseg_core.augment_crop import HARD_KEY, RandForegroundCropd  # noqa: E402
+from tumorseg_core.training.foreground_crop import HARD_KEY, RandForegroundCropd  # noqa: E402
 from tumorseg_core.errors import InputError  # noqa: E402
 from tumorseg_core.training.hard_negatives import (  # noqa: E402
     false_positive_coordinates,
@@ -47,7 +47,7 @@ def test_false_positives_are_predicted_lesions_that_touch_no_labelled_voxel():
 
 
 def test_big_false_positives_are_subsampled_but_every_lesion_keeps_voxels():
-    from tumorseg_core.augment_crop import MAX_COORDS
+    from tumorseg_core.training.foreground_crop import MAX_COORDS
 
     pred = np.zeros((40, 40, 40), dtype=np.uint8)
     pred[:30, :30, :30] = 1  # 27000 voxels
@@ -141,7 +141,7 @@ def test_crops_centre_on_hard_negatives_at_the_configured_share_and_not_otherwis
 
 def _cached_cases(root: Path, n: int = 3):
     """n tiny cases on a 2 mm grid, cached like a training run of the tiny packages."""
-    from tumorseg_core.datasets import Case
+    from tumorseg_core.training.datasets import Case
     from tumorseg_core.training.cache import PreprocessConfig, cache_cases
 
     cases = []
@@ -173,7 +173,7 @@ def _false_lesions(pred: np.ndarray, label: np.ndarray) -> list[set]:
 
 def test_mining_segments_each_case_like_the_model_and_caches_the_result(tmp_path, monkeypatch):
     from tumorseg_core.inference.predictor import Predictor
-    from tumorseg_core.postprocess import postprocess_labels
+    from tumorseg_core.imaging.postprocess import postprocess_labels
     from tumorseg_core.training.hard_negatives import open_mining_model
 
     rule = [{"label": 1, "min_volume_mm3": 40.0}]  # 5 voxels of 8 mm³
@@ -236,7 +236,7 @@ def test_a_mining_model_that_preprocesses_differently_is_refused(tmp_path):
 
 
 def test_training_with_hard_negatives_mines_with_init_weights_and_writes_a_package(tmp_path):
-    from tumorseg_core.train import train
+    from tumorseg_core.training.trainer import train
     from tumorseg_core.training import distributed as dist_utils
     from tumorseg_core.training.setup import prepare_data
 

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from tumorseg_core.errors import CancelledError, InputError
-from tumorseg_core.interactive import segment_from_seeds
+from tumorseg_core.interactive.seeds import segment_from_seeds
 from tumorseg_core.synthetic import make_phantom
 
 logger = logging.getLogger(__name__)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tumorseg_core import io
+from tumorseg_core.imaging import io
+from tumorseg_core.imaging.segments import SegmentInfo, terminology_string
 from tumorseg_core.errors import InputError, TumorSegError
-from tumorseg_core.geometry import same_grid
+from tumorseg_core.imaging.geometry import same_grid
 
 TUMOR_TERMINOLOGY = {
     "category": ["SCT", "49755003", "Morphologically Altered Structure"],
@@ -56,9 +57,9 @@ def test_labelmap_round_trip(ext, labelmap, tmp_path):
 
 def test_seg_nrrd_reads_back_with_slicerio(labelmap, tmp_path):
     slicerio = pytest.importorskip("slicerio")
-    segments = [io.SegmentInfo(1, "Tumor", (0.9, 0.3, 0.2), TUMOR_TERMINOLOGY),
-                {"value": 2, "name": "Edema", "color": [0.2, 0.6, 0.9],
-                 "terminology": dict(TUMOR_TERMINOLOGY, modifier=["SCT", "24028007", "Right"])}]
+    segments = [SegmentInfo(1, "Tumor", (0.9, 0.3, 0.2), TUMOR_TERMINOLOGY),
+                SegmentInfo.from_dict({"value": 2, "name": "Edema", "color": [0.2, 0.6, 0.9],
+                                       "terminology": dict(TUMOR_TERMINOLOGY, modifier=["SCT", "24028007", "Right"])})]
     path = io.write_labelmap(labelmap, tmp_path / "result.seg.nrrd", segments)
 
     # SimpleITK sees the exact grid and voxels.
@@ -86,7 +87,7 @@ def test_seg_nrrd_reads_back_with_slicerio(labelmap, tmp_path):
 def test_seg_nrrd_loads_as_slicer_segmentation(labelmap, tmp_path):
     slicer = pytest.importorskip("slicer")
     vtk = pytest.importorskip("vtk")
-    path = io.write_labelmap(labelmap, tmp_path / "result.seg.nrrd", [io.SegmentInfo(1, "Tumor", (0.9, 0.3, 0.2),
+    path = io.write_labelmap(labelmap, tmp_path / "result.seg.nrrd", [SegmentInfo(1, "Tumor", (0.9, 0.3, 0.2),
                                                                                       TUMOR_TERMINOLOGY)])
     scene = slicer.vtkMRMLScene()
     node = slicer.vtkMRMLSegmentationNode()
@@ -141,7 +142,7 @@ def test_dicom_series_largest_is_read(tmp_path, caplog):
     _write_dicom_series(tmp_path, big, (0.8, 0.8, 2.0), (-50.0, 20.0, 100.0), "1.2.826.0.1.3680043.2.1125.11", "big")
     _write_dicom_series(tmp_path, rng.integers(0, 50, (3, 12, 10)), (1.0, 1.0, 3.0), (0.0, 0.0, 0.0),
                         "1.2.826.0.1.3680043.2.1125.22", "small")
-    with caplog.at_level("INFO", logger="tumorseg_core.io"):
+    with caplog.at_level("INFO", logger="tumorseg_core.imaging.io"):
         image = io.read_image(tmp_path)
     assert "2 DICOM series" in caplog.text
     assert image.GetSize() == (10, 12, 5)
@@ -258,12 +259,16 @@ def test_write_into_read_only_folder(labelmap, tmp_path):
 
 
 def test_segment_info_and_terminology_string():
-    assert io.terminology_string(TUMOR_TERMINOLOGY) == (
+    assert terminology_string(TUMOR_TERMINOLOGY) == (
         "Segmentation category and type - 3D Slicer General Anatomy list~SCT^49755003^Morphologically Altered"
         " Structure~SCT^108369006^Neoplasm~^^~Anatomic codes - DICOM master list~^^~^^"
     )
-    assert io.terminology_string(None) is None
+    assert terminology_string(None) is None
     with pytest.raises(TumorSegError, match="RGB"):
-        io.SegmentInfo(1, "Tumor", (255, 0, 0))
+        SegmentInfo(1, "Tumor", (255, 0, 0))
     with pytest.raises(TumorSegError, match="segment description"):
-        io.SegmentInfo.from_any({"name": "no value"})
+        SegmentInfo.from_dict({"name": "no value"})
+    info = SegmentInfo.from_dict({"value": 3, "name": "Edema", "color": [0.2, 0.6, 0.9], "terminology": TUMOR_TERMINOLOGY})
+    assert SegmentInfo.from_dict(info.to_dict()) == info
+    with pytest.raises(TypeError, match="SegmentInfo"):
+        io.write_labelmap(sitk.Image(4, 4, 4, sitk.sitkUInt8), "x.seg.nrrd", [{"value": 1, "name": "Tumor"}])

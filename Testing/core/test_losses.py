@@ -1,4 +1,4 @@
-"""tumorseg_core.losses: every loss builds, is finite, prefers right answers, honours class weights."""
+"""tumorseg_core.training.losses: every loss builds, is finite, prefers right answers, honours class weights."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("monai")
 
 from tumorseg_core.errors import TumorSegError  # noqa: E402
-from tumorseg_core.losses import LOSS_NAMES, build_loss  # noqa: E402
+from tumorseg_core.training.losses import LOSS_NAMES, build_loss  # noqa: E402
 
 SHAPE = (2, 1, 6, 6, 6)  # (B, 1, z, y, x)
 

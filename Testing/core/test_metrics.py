@@ -1,4 +1,4 @@
-"""tumorseg_core.metrics against values computed by hand (arrays are (z, y, x), spacing x, y, z)."""
+"""tumorseg_core.evaluation.metrics against values computed by hand (arrays are (z, y, x), spacing x, y, z)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
-from tumorseg_core import metrics
+from tumorseg_core.evaluation import metrics
 from tumorseg_core.errors import InputError
 
 
@@ -210,7 +210,7 @@ def test_input_errors():
 
 
 def test_metrics_module_does_not_import_torch():
-    code = "import sys, tumorseg_core.metrics, tumorseg_core.losses; assert 'torch' not in sys.modules"
+    code = "import sys, tumorseg_core.evaluation.metrics, tumorseg_core.training.losses; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -110,7 +110,7 @@ def test_json_lists_become_tuples_and_defaults_fill_in():
 
 def test_registry_import_does_not_load_torch():
     code = (
-        "import sys; import tumorseg_core.models.registry, tumorseg_core.manifest; "
+        "import sys; import tumorseg_core.models.registry, tumorseg_core.modelpkg.manifest; "
         "bad = [m for m in ('torch', 'monai') if m in sys.modules]; sys.exit(1 if bad else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -13,13 +13,13 @@ import torch
 from safetensors.torch import save_file
 
 import tumorseg_core
-import tumorseg_core.package as package_mod
-import tumorseg_core.package_zip as package_zip
+import tumorseg_core.modelpkg.package as package_mod
+
 from tumorseg_core.errors import ModelPackageError
-from tumorseg_core.manifest import Manifest
+from tumorseg_core.modelpkg.manifest import Manifest
 from tumorseg_core.models.registry import build_network
-from tumorseg_core.package import install_package, installed_models, open_package, write_package
-from tumorseg_core.package_zip import sha256_file
+from tumorseg_core.modelpkg.package import install_package, installed_models, open_package, write_package
+from tumorseg_core.modelpkg.package import sha256_file
 
 KWARGS = {"in_channels": 1, "out_channels": 3, "features": [2, 4]}
 
@@ -265,7 +265,7 @@ def test_zip_symlink_and_bomb_refused(pkg_dir, tmp_path, monkeypatch):
         zf.writestr(info, "/etc/passwd")
     with pytest.raises(ModelPackageError, match="symbolic link"):
         open_package(zpath)
-    monkeypatch.setattr(package_zip, "MAX_UNCOMPRESSED_BYTES", 1000)
+    monkeypatch.setattr(package_mod, "MAX_UNCOMPRESSED_BYTES", 1000)
     with pytest.raises(ModelPackageError, match="unpacks to more than"):
         open_package(_zip_folder(pkg_dir, tmp_path / "bomb.zip"))
     (tmp_path / "junk.zip").write_bytes(b"PK not really")
@@ -308,7 +308,7 @@ def test_no_checkpoint_loading_outside_the_converter():
     for path in root.rglob("*.py"):
         text = path.read_text(encoding="utf-8")
         checked += 1
-        if path.name != "convert.py":
+        if path.relative_to(root).as_posix() != "modelpkg/convert.py":
             assert "torch.load(" not in text, path
         tree = ast.parse(text)
         for node in ast.walk(tree):
@@ -325,4 +325,4 @@ def test_no_checkpoint_loading_outside_the_converter():
                 if isinstance(func, ast.Attribute) and func.attr == "load" and getattr(func.value, "id", "") == "torch":
                     assert any(kw.arg == "weights_only" for kw in node.keywords), f"{path}:{node.lineno}"
     assert checked > 5
-    assert "pickle" not in (root / "convert.py").read_text(encoding="utf-8")
+    assert "pickle" not in (root / "modelpkg" / "convert.py").read_text(encoding="utf-8")

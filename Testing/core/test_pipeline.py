@@ -8,7 +8,7 @@ import SimpleITK as sitk
 from model_factory import make_tiny_package
 
 from tumorseg_core.errors import CancelledError, InputError
-from tumorseg_core.pipeline import Segmenter, segment
+from tumorseg_core.inference.segmenter import Segmenter, segment
 
 GEOMETRIES = {
     "identity": dict(size_xyz=(40, 40, 40), spacing=(1.0, 1.0, 1.0)),
@@ -104,7 +104,8 @@ def test_nan_input_is_refused(tiny_package, make_image):
 def test_image_files_are_streamed_onto_the_model_grid_with_the_same_result(
         name, ext, tiny_package, make_sphere_image, rotation_direction, tmp_path, monkeypatch):
     """A file is read slab by slab (never whole) and segments like the same image in memory."""
-    from tumorseg_core import pipeline, stream_resample
+    from tumorseg_core.imaging import stream_resample
+    from tumorseg_core.inference import segmenter as pipeline
 
     geometry = dict(GEOMETRIES[name])
     if geometry.get("direction") == "oblique":
@@ -130,7 +131,7 @@ def test_image_files_are_streamed_onto_the_model_grid_with_the_same_result(
 
 def test_files_on_different_grids_and_unstreamable_files_take_the_whole_image_path(
         tmp_path, make_sphere_image, rotation_direction, monkeypatch):
-    from tumorseg_core import pipeline
+    from tumorseg_core.inference import segmenter as pipeline
 
     package = make_tiny_package(tmp_path / "two", modalities=("CT", "PET"))
     first, _ = make_sphere_image(size_xyz=(32, 32, 24), spacing=(1.0, 1.0, 1.5))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tumorseg_core.errors import ModelPackageError
-from tumorseg_core.postprocess import (
+from tumorseg_core.imaging.postprocess import (
     connected_components,
     hole_mask,
     keep_largest_component,

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from tumorseg_core.errors import ModelPackageError
-from tumorseg_core.preprocess import (
+from tumorseg_core.imaging.preprocess import (
     crop_to_foreground,
     denoise,
     estimate_noise_sigma,

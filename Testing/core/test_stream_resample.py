@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tumorseg_core import geometry, io
-from tumorseg_core import stream_resample as sr
+from tumorseg_core.imaging import geometry, io
+from tumorseg_core.imaging import stream_resample as sr
 from tumorseg_core.errors import InputError
-from tumorseg_core.geometry import GridGeometry
+from tumorseg_core.imaging.geometry import GridGeometry
 
 SIZE_ZYX = (30, 36, 40)
 TINY = 1  # slab_voxels that forces chunks of one model slice
@@ -224,7 +224,7 @@ _MEMORY_SCRIPT = """
 import sys
 import SimpleITK as sitk
 sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-from tumorseg_core import geometry, io, stream_resample as sr
+from tumorseg_core.imaging import geometry, io, stream_resample as sr
 
 def status(key):
     for line in open("/proc/self/status"):

@@ -33,7 +33,7 @@ EXPORTED = [b for b in ("openvino", "onnxruntime") if backends.backend_installed
 SCRIPT = """
 import json, sys
 import SimpleITK as sitk
-from tumorseg_core.pipeline import Segmenter
+from tumorseg_core.inference.segmenter import Segmenter
 segmenter = Segmenter(sys.argv[1], device=sys.argv[3], backend=sys.argv[4])
 labels = segmenter.segment(sys.argv[2])
 sitk.WriteImage(labels, sys.argv[5])

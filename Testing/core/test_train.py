@@ -21,7 +21,7 @@ from dataset_factory import write_labelled_case  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from tumorseg_core.errors import CancelledError, InputError  # noqa: E402
-from tumorseg_core.train import train  # noqa: E402
+from tumorseg_core.training.trainer import train  # noqa: E402
 from tumorseg_core.training import checkpoint as ckpt  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,7 +101,7 @@ def test_checkpoint_structure_roundtrip_without_pickle():
 
 
 def test_train_writes_checkpoints_log_and_an_openable_package(full_run):
-    from tumorseg_core.package import open_package
+    from tumorseg_core.modelpkg.package import open_package
 
     package, workdir = full_run
     for name in ("last.safetensors", "best.safetensors", "last.state.safetensors", "last.state.json", "state.json"):
@@ -201,7 +201,7 @@ def test_val_every_skips_validation_but_always_validates_the_last_epoch(data_dir
 
 
 def test_epochs_that_fit_counts_whole_epochs_left_in_the_limit():
-    from tumorseg_core.train import epochs_that_fit
+    from tumorseg_core.training.trainer import epochs_that_fit
 
     assert epochs_that_fit(None, 1e9, 10.0) == float("inf")
     assert epochs_that_fit(1.0, 50.0, 0.0) == float("inf")  # nothing measured yet
@@ -213,7 +213,7 @@ def test_epochs_that_fit_counts_whole_epochs_left_in_the_limit():
 
 def test_time_limit_validates_the_last_epoch_that_fits_writes_the_package_and_resumes(data_dir, tmp_path,
                                                                                     monkeypatch):
-    import tumorseg_core.train as train_module
+    import tumorseg_core.training.trainer as train_module
 
     calls = []
 
@@ -280,7 +280,7 @@ def test_separate_validation_set_trains_on_every_case_and_selects_on_it(data_dir
 
 def test_settings_added_later_keep_older_checkpoints_resumable():
     """val_data, val_synthetic and augment.fg_sampling enter the resume hash only when set."""
-    from tumorseg_core.augment import augment_config
+    from tumorseg_core.training.augment import augment_config
     from tumorseg_core.training.config import config_hash, merge_config
 
     new = merge_config({"data": "synthetic:4"}, {})
@@ -311,11 +311,6 @@ def test_configuration_errors_are_user_errors(data_dir, tmp_path):
 
 def test_cli_trains_on_synthetic_phantoms_and_the_package_segments(tmp_path, data_dir, caplog):
     """``tumorseg train synthetic:4`` then ``tumorseg segment`` with the new package."""
-    synthetic = pytest.importorskip("tumorseg_core.synthetic")
-    if not hasattr(synthetic, "make_phantom"):
-        pytest.skip("tumorseg_core.synthetic.make_phantom is not available yet")
-    if not (REPO / "tumorseg_core" / "pipeline.py").is_file():
-        pytest.skip("tumorseg_core/pipeline.py (segment pipeline) is not available yet")
     from tumorseg_core.cli import main
 
     config = tmp_path / "config.json"
@@ -327,9 +322,9 @@ def test_cli_trains_on_synthetic_phantoms_and_the_package_segments(tmp_path, dat
             "--val-fraction", "0.25", "--seed", "3"]
     assert main(argv) == 0
     # stderr is not a terminal here: no bar, so the log shows one line per epoch (without -v).
-    epochs = [r.getMessage() for r in caplog.records if r.name == "tumorseg_core.train" and "epoch" in r.getMessage()]
+    epochs = [r.getMessage() for r in caplog.records if r.name == "tumorseg_core.training.trainer" and "epoch" in r.getMessage()]
     assert [m.split(":")[0] for m in epochs] == ["epoch 1/2", "epoch 2/2"]
-    assert logging.getLogger("tumorseg_core.train").level == logging.NOTSET  # restored after the run
+    assert logging.getLogger("tumorseg_core.training.trainer").level == logging.NOTSET  # restored after the run
     manifest = json.loads((tmp_path / "pkg" / "manifest.json").read_text())
     assert "synthetic phantoms" in manifest["metrics"]["validation"]["data"]
     assert "--iterations-per-epoch 2" in (tmp_path / "pkg" / "README.md").read_text()
@@ -368,7 +363,7 @@ def test_two_process_ddp_on_cpu_writes_one_package(data_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rank 1 of 2 (gloo)" in result.stderr and "rank 0 of 2 (gloo)" in result.stderr
     assert result.stderr.count("wrote model package") == 2  # package.py + train.py lines, rank 0 only
-    from tumorseg_core.package import open_package
+    from tumorseg_core.modelpkg.package import open_package
 
     pkg = open_package(tmp_path / "pkg")
     assert pkg.manifest.to_dict()["metrics"]["validation"]["epochs"] == 2

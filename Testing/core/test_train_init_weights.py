@@ -14,7 +14,7 @@ pytest.importorskip("monai")
 from test_train import TINY, _make_volumes  # noqa: E402
 
 from tumorseg_core.errors import InputError  # noqa: E402
-from tumorseg_core.train import train  # noqa: E402
+from tumorseg_core.training.trainer import train  # noqa: E402
 
 
 def test_init_weights_are_pinned_by_sha256_in_the_package_and_on_resume(tmp_path):

@@ -112,7 +112,7 @@ def scene():
 @pytest.fixture(scope="session")
 def threshold_package(tmp_path_factory) -> Callable[[Sequence[float]], Path]:
     """Factory: path of the threshold test package for a model spacing (built once per spacing)."""
-    from tumorseg_core.package import write_package
+    from tumorseg_core.modelpkg.package import write_package
 
     root = tmp_path_factory.mktemp("packages")
     built: Dict[Tuple[float, ...], Path] = {}

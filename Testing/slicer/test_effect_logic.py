@@ -149,7 +149,7 @@ def test_background_click_removes_voxels_and_new_click_starts_over(lesion_case, 
 @pytest.mark.parametrize("setting", ["outside_all", "inside_other", "overwrite_all", "overwrite_none", "intensity"])
 def test_masking_settings_are_honoured(lesion_case, scene, setting):
     """The editor's masking rules apply to the seeded result exactly as for any other effect."""
-    from tumorseg_core.interactive import segment_from_seeds
+    from tumorseg_core.interactive.seeds import segment_from_seeds
 
     phantom, source, effect, seg, sid = lesion_case
     center = phantom.lesions[0].center_lps
@@ -241,7 +241,7 @@ def test_refine_keeps_clicked_lesions(scene, tmp_path):
 @pytest.mark.parametrize("geometry", list(GEOMETRIES))
 def test_effect_writes_exactly_what_the_core_computes(scene, tmp_path, geometry):
     """RAS click -> LPS -> core -> editor -> segment loses nothing, on every geometry."""
-    from tumorseg_core.interactive import segment_from_seeds
+    from tumorseg_core.interactive.seeds import segment_from_seeds
 
     phantom = phantom_with_lesions(21, lesion_radius_mm=(8, 8), **GEOMETRIES[geometry])
     source = load_volume(scene, phantom.image, tmp_path, "fidelity")

@@ -219,10 +219,19 @@ def test_python_ui_names_exist(ui_tree, path):
 
 
 def _parameter_fields() -> dict:
-    """{field: annotation AST} of the @parameterNodeWrapper class, plus module-level lists."""
+    """{field: annotation AST} of the @parameterNodeWrapper class, plus the names of choice lists.
+
+    The choice lists are module-level lists or names imported from ``tumorseg_core.options``
+    (the engine's own choices: the module offers what the CLI and the worker take).
+    """
+    from tumorseg_core import options
+
     tree = ast.parse((LIB_DIR / "parameters.py").read_text(encoding="utf-8"))
     constants = {t.id: ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
                  for t in n.targets if isinstance(t, ast.Name) and isinstance(n.value, (ast.List, ast.Tuple))}
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module == "tumorseg_core.options":
+            constants.update({alias.asname or alias.name: getattr(options, alias.name) for alias in node.names})
     classes = [n for n in tree.body if isinstance(n, ast.ClassDef)
                and any(getattr(d, "id", None) == "parameterNodeWrapper" for d in n.decorator_list)]
     assert len(classes) == 1 and classes[0].name == "TumorSegmentationParameterNode"
@@ -234,12 +243,14 @@ def _choices(annotation, constants):
     for node in ast.walk(annotation):
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Choice":
             arg = node.args[0]
+            if isinstance(arg, ast.Call) and getattr(arg.func, "id", None) == "list":  # Choice(list(DEVICES))
+                arg = arg.args[0]
             return list(constants[arg.id]) if isinstance(arg, ast.Name) else ast.literal_eval(arg)
     return None
 
 
 def test_parameter_names_bind(ui_tree):
-    from TumorSegmentationLib import widget_logic
+    from tumorseg_core import options
 
     fields, constants = _parameter_fields()
     bound = {}
@@ -249,7 +260,7 @@ def test_parameter_names_bind(ui_tree):
             assert parameter in fields, f"{name} binds '{parameter}', not a field of TumorSegmentationParameterNode"
             assert parameter not in bound, f"'{parameter}' is bound twice"
             bound[parameter] = widget
-    expected = {f"inputVolume{i}" for i in range(4)} | {"device", "quality", "outputSegmentation"}
+    expected = {f"inputVolume{i}" for i in range(4)} | {"device", "quality", "backend", "cascade", "outputSegmentation"}
     assert set(bound) == expected
     for parameter, widget in bound.items():
         annotation = ast.unparse(fields[parameter])
@@ -260,8 +271,9 @@ def test_parameter_names_bind(ui_tree):
             # parameterNodeWrapper refuses a QComboBox bound to a field without Choice.
             choices = _choices(fields[parameter], constants)
             assert choices, f"{parameter} is bound to a QComboBox but has no Choice annotation"
-            mirror = {"device": widget_logic.DEVICE_CHOICES, "quality": widget_logic.QUALITY_CHOICES}[parameter]
-            assert choices == list(mirror), f"{parameter}: parameters.py and widget_logic disagree on the order"
+            mirror = {"device": options.DEVICES, "quality": options.QUALITIES, "backend": options.BACKENDS,
+                      "cascade": options.CASCADE_CHOICES}[parameter]
+            assert choices == list(mirror), f"{parameter}: parameters.py and tumorseg_core.options disagree"
         else:
             pytest.fail(f"{parameter}: no rule for widget class {widget.get('class')}")
 

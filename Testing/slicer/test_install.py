@@ -80,6 +80,10 @@ def test_classify_pip_error(text, kind):
     assert explanation and "\n" not in explanation
 
 
+def AGREE(plan):
+    return True
+
+
 class Recorder:
     def __init__(self, versions_sequence, fail=None):
         self.versions = list(versions_sequence)
@@ -102,16 +106,16 @@ class Recorder:
 
 def test_ensure_dependencies_does_nothing_when_satisfied():
     rec = Recorder([ALL_GOOD])
-    plan = install.ensure_dependencies(find=rec.find, install_torch=rec.torch, pip_install=rec.pip)
+    plan = install.ensure_dependencies(find=rec.find, install_torch=rec.torch, pip_install=rec.pip, confirm=AGREE)
     assert not plan.needed and rec.calls == []
 
 
 def test_ensure_dependencies_installs_then_rechecks():
     rec = Recorder([dict(ALL_GOOD, torch=None, monai=None), ALL_GOOD])
-    install.ensure_dependencies(find=rec.find, install_torch=rec.torch, pip_install=rec.pip, pytorch_extension=True)
+    install.ensure_dependencies(find=rec.find, install_torch=rec.torch, pip_install=rec.pip, confirm=AGREE, pytorch_extension=True)
     assert rec.calls == [("torch", "torch>=2.1"), ("pip", ["monai>=1.3"])]
     rec = Recorder([dict(ALL_GOOD, torch=None), ALL_GOOD])
-    install.ensure_dependencies(find=rec.find, install_torch=rec.torch, pip_install=rec.pip, pytorch_extension=False)
+    install.ensure_dependencies(find=rec.find, install_torch=rec.torch, pip_install=rec.pip, confirm=AGREE, pytorch_extension=False)
     assert rec.calls == [("pip", ["torch>=2.1"])]
 
 
@@ -120,25 +124,29 @@ def test_ensure_dependencies_explains_pip_failure_from_printed_output():
                    fail="WARNING: Retrying ... NewConnectionError: Failed to establish a new connection")
     stdout = sys.stdout
     with pytest.raises(install.DependencyError, match="could not reach the Python package index"):
-        install.ensure_dependencies(find=rec.find, install_torch=rec.torch, pip_install=rec.pip)
+        install.ensure_dependencies(find=rec.find, install_torch=rec.torch, pip_install=rec.pip, confirm=AGREE)
     assert sys.stdout is stdout  # the capture is undone
 
 
 def test_ensure_dependencies_blocked_and_declined_and_still_missing():
     rec = Recorder([dict(ALL_GOOD, numpy=None)])
     with pytest.raises(install.DependencyError, match="numpy comes with Slicer"):
-        install.ensure_dependencies(find=rec.find, install_torch=rec.torch, pip_install=rec.pip)
+        install.ensure_dependencies(find=rec.find, install_torch=rec.torch, pip_install=rec.pip, confirm=AGREE)
     assert rec.calls == []
 
-    def declined(_requirements):
-        raise RuntimeError("User declined package installation")
+    asked = []
 
-    with pytest.raises(install.DependencyError, match="was cancelled"):
-        install.ensure_dependencies(find=lambda: dict(ALL_GOOD, monai=None), install_torch=rec.torch,
-                                    pip_install=declined)
+    def decline(plan):
+        asked.append(plan.requirements)
+        return False
+
+    rec = Recorder([dict(ALL_GOOD, monai=None)])
+    with pytest.raises(install.InstallCancelled, match="was cancelled"):
+        install.ensure_dependencies(find=rec.find, install_torch=rec.torch, pip_install=rec.pip, confirm=decline)
+    assert rec.calls == [] and len(asked) == 1  # asked once, nothing installed
     rec = Recorder([dict(ALL_GOOD, monai=None)])  # pip "succeeds" but nothing changed
     with pytest.raises(install.DependencyError, match="still missing"):
-        install.ensure_dependencies(find=rec.find, install_torch=rec.torch, pip_install=rec.pip)
+        install.ensure_dependencies(find=rec.find, install_torch=rec.torch, pip_install=rec.pip, confirm=AGREE)
 
 
 def test_find_versions_reads_metadata_without_importing():

@@ -19,6 +19,8 @@ import vtk  # noqa: E402
 from TumorSegmentationLib import TumorSegmentationLogic, geometry_bridge, terminology  # noqa: E402
 from TumorSegmentationLib.logic import MODEL_TAG  # noqa: E402
 
+import slow_worker  # noqa: E402
+
 from tumorseg_core.errors import CancelledError, InputError, TumorSegError  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -138,8 +140,8 @@ def test_written_file_is_lps(case, ext, scene, helpers, tmp_path):
         assert np.allclose(lps, [-ras[0], -ras[1], ras[2]], atol=1e-4)
     assert np.array_equal(sitk.GetArrayFromImage(image), helpers.phantom())
     if ext == ".mha":  # what the logic writes for the worker: exact geometry, read in slabs
-        from tumorseg_core import stream_resample
-        from tumorseg_core.geometry import GridGeometry
+        from tumorseg_core.imaging import stream_resample
+        from tumorseg_core.imaging.geometry import GridGeometry
 
         expected = geometry_bridge.volume_to_sitk(volume)[0]
         assert GridGeometry.of(image) == GridGeometry.of(expected)
@@ -260,12 +262,11 @@ def _pid_alive(pid):
 
 
 def test_cancel_leaves_scene_unchanged(scene, threshold_package, helpers, monkeypatch):
-    monkeypatch.setenv("TUMORSEG_WORKER_TEST_DELAY", "0.3")  # the worker sleeps at each progress report
     volume, _, spacing = _geometry_case("oblique", helpers, scene)
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Out")
     node.GetSegmentation().AddEmptySegment("keep", "Keep me")
     before = _scene_snapshot(scene)
-    lg = TumorSegmentationLogic(idleTimeout=120)
+    lg = TumorSegmentationLogic(runner=slow_worker.runner_class()(idle_timeout=120))  # sleeps at each progress report
     try:
         progress = []
         lg.process([volume], node, model=str(threshold_package(spacing)), device="cpu", waitForCompletion=False,
@@ -297,7 +298,8 @@ def test_failures_leave_scene_unchanged(scene, logic, threshold_package, helpers
     model = str(threshold_package(spacing))
     with pytest.raises(TumorSegError, match="no model package"):
         logic.process([volume], node, model=str(tmp_path / "missing"))
-    # A package tampered with on disk is refused (hash check) before anything runs.
+    # A package tampered with on disk is refused by the worker's hash check before the model runs
+    # (the UI process reads only the manifest); the run ends as an error, the scene unchanged.
     import shutil
 
     bad = tmp_path / "tampered"
@@ -306,6 +308,7 @@ def test_failures_leave_scene_unchanged(scene, logic, threshold_package, helpers
     weights.write_bytes(weights.read_bytes()[:-1] + b"\x01")
     with pytest.raises(TumorSegError, match="(?i)sha256|changed|tamper|hash"):
         logic.process([volume], node, model=str(bad))
+    assert logic.status == "error" and "sha256" in logic.lastError and logic.runner.is_alive
     with pytest.raises(TumorSegError, match="needs 1 input volume"):
         logic.process([volume, volume], node, model=model)
     empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "Empty")
@@ -325,21 +328,21 @@ def test_failures_leave_scene_unchanged(scene, logic, threshold_package, helpers
         logic.process([volume], node, model=model)
     volume.SetAndObserveTransformNodeID(None)
     after_setup = _scene_snapshot(scene)
-    # The worker reports a failure (an unknown option): error raised, scene unchanged, worker kept warm.
-    with pytest.raises(TumorSegError, match="unknown option"):
+    # An unknown option is refused in the UI process by the engine's own SegmentOptions, before
+    # anything starts; the worker stays warm.
+    with pytest.raises(TumorSegError, match="unknown segment option.*bogus"):
         logic.process([volume], node, model=model, options={"bogus": 1})
-    assert logic.status == "error" and "bogus" in logic.lastError and logic.runner.is_alive
+    assert not logic.isRunning and logic.runner.is_alive
     assert _scene_snapshot(scene) == after_setup
     assert [n for n in before[0] if n in after_setup[0]] == before[0]
     assert after_setup[1][node.GetID()] == before[1][node.GetID()]
 
 
 def test_worker_crash_is_reported(scene, threshold_package, helpers, monkeypatch):
-    monkeypatch.setenv("TUMORSEG_WORKER_TEST_DELAY", "0.3")
     volume, _, spacing = _geometry_case("lps_identity", helpers, scene)
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Out")
     before = _scene_snapshot(scene)
-    lg = TumorSegmentationLogic(idleTimeout=120)
+    lg = TumorSegmentationLogic(runner=slow_worker.runner_class()(idle_timeout=120))
     try:
         def kill_worker(fraction, message):
             os.kill(lg.runner.pid, 9)  # the worker dies mid-run (as an out-of-memory kill would)

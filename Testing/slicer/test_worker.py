@@ -17,6 +17,8 @@ import pytest
 import SimpleITK as sitk
 from TumorSegmentationLib.runner import WorkerRunner, engine_search_path
 
+import slow_worker
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -120,7 +122,7 @@ def test_idle_timeout_and_closed_stdin():
 
 def test_runner_cancel_kills_process(helpers, threshold_package, tmp_path):
     path, _, _ = _phantom_file(helpers, tmp_path)
-    runner = WorkerRunner(idle_timeout=60, env={"TUMORSEG_WORKER_TEST_DELAY": "0.3"})
+    runner = slow_worker.runner_class()(idle_timeout=60)  # sleeps at each progress report
     try:
         rid = runner.submit({"cmd": "segment", "images": [str(path)], "output": str(tmp_path / "o.nrrd"),
                              "model": str(threshold_package((1.0, 1.0, 1.0))), "device": "cpu"})

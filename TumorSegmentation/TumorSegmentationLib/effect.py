@@ -23,7 +23,7 @@ from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 from tumorseg_core.errors import TumorSegError
 from TumorSegmentationLib import effect_logic as el
-from TumorSegmentationLib import widget_logic as wl
+from TumorSegmentationLib import panel_state as ps
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ into the selected segment (other segments are not changed).</li>
         self.outputLabelComboBox.toolTip = "Which output of the model is written into the selected segment"
         self.scriptedEffect.addLabeledOptionsWidget("Output:", self.outputLabelComboBox)
         self.deviceComboBox = qt.QComboBox()
-        self.deviceComboBox.addItems(list(wl.DEVICE_CHOICES))
+        self.deviceComboBox.addItems(list(ps.DEVICE_CHOICES))
         self.scriptedEffect.addLabeledOptionsWidget("Device:", self.deviceComboBox)
 
         self.roiSelector = slicer.qMRMLNodeComboBox()
@@ -168,10 +168,10 @@ into the selected segment (other segments are not changed).</li>
         self.clearPointsButton.connect("clicked()", self.onClearPoints)
 
     def refreshModels(self):
-        from tumorseg_core.package import installed_models
+        from tumorseg_core.modelpkg.package import installed_models
 
         try:
-            items = [item for item in wl.model_items(installed_models()) if item.name is not None]
+            items = [item for item in ps.model_items(installed_models(verify=False)) if item.name is not None]
         except Exception as exc:  # noqa: BLE001 - a broken models folder must not break the editor
             logger.warning("could not list models: %s", exc)
             items = []
@@ -189,7 +189,7 @@ into the selected segment (other segments are not changed).</li>
         model = self.modelComboBox.currentData
         if model:
             try:
-                for info in self.segmentationLogic().modelManifest(model).labels:
+                for info in self.segmentationLogic().modelManifest(model).segments:
                     self.outputLabelComboBox.addItem(info.name, int(info.value))
             except Exception as exc:  # noqa: BLE001 - shown to the user; Auto stays unavailable
                 self.statusLabel.text = f"Model '{model}' cannot be opened: {exc}"
@@ -316,7 +316,7 @@ into the selected segment (other segments are not changed).</li>
         self.updateButtons()
 
     def onProgress(self, fraction, message):
-        self.progressBar.value = wl.progress_value(fraction)
+        self.progressBar.value = ps.progress_value(fraction)
         self.statusLabel.text = message or "Segmenting…"
 
     def onTimer(self):

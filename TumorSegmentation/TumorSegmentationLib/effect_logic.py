@@ -8,7 +8,7 @@ seeds, and every edit is one Undo step.
 
 Three modes:
 
-- **Seed**: a click in a lesion segments it (``tumorseg_core.interactive``, no model);
+- **Seed**: a click in a lesion segments it (``tumorseg_core.interactive.seeds``, no model);
   Shift+click adds a seed, Ctrl+click marks background. The clicks of one lesion form
   a *session*: each click recomputes the lesion from all its points and replaces what
   the previous click of the session wrote, keeping what the segment held before.
@@ -239,7 +239,7 @@ class TumorEffectLogic:
             result = self._seeded(image, seeds, background)
             labels, message, bounded = result.labels, str(result.message or ""), bool(result.bounded)
         else:
-            from tumorseg_core.refine import keep_clicked_lesions
+            from tumorseg_core.interactive.refine import keep_clicked_lesions
 
             base_image = regions.mask_to_sitk(session.base, reference)
             labels = keep_clicked_lesions(base_image, seeds, background)
@@ -262,7 +262,7 @@ class TumorEffectLogic:
         return self._done(EffectResult(message, True, voxels, bounded, time.perf_counter() - started))
 
     def _seeded(self, image: Any, seeds: list, background: list) -> Any:
-        from tumorseg_core.interactive import segment_from_seeds
+        from tumorseg_core.interactive.seeds import segment_from_seeds
 
         return segment_from_seeds(image, seeds, background, max_radius_mm=self.maxRadiusMm)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import inspect
 import io
 import logging
 import re
@@ -46,6 +47,10 @@ MIN_PYTHON = (3, 9)
 
 class DependencyError(RuntimeError):
     """Dependencies are missing and could not be installed; the message says why in plain words."""
+
+
+class InstallCancelled(DependencyError):
+    """The user declined the installation TumorSeg asked for."""
 
 
 def version_tuple(version: str) -> tuple:
@@ -254,9 +259,10 @@ def _install_torch(requirement: str) -> None:
     import PyTorchUtils  # the PyTorch extension's module; present because the extension depends on it
 
     minimum = requirement[len("torch"):]
-    torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True, torchVersionRequirement=minimum)
+    # The user already agreed to the whole plan (_confirm_in_slicer): no second question.
+    torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=minimum)
     if torch is None:
-        raise DependencyError("PyTorch installation was cancelled; TumorSeg needs PyTorch to run a model.")
+        raise DependencyError("PyTorch could not be installed; see the Python console, or install the PyTorch extension.")
 
 
 def _pip_install(requirements: list) -> None:
@@ -271,10 +277,22 @@ def _pip_install(requirements: list) -> None:
     except ImportError:
         packaging = None
     if packaging is not None and hasattr(packaging, "pip_ensure"):
-        packaging.pip_ensure(requirements, skip_packages=skip, requester=REQUESTER)
+        # The user already agreed to the whole plan (_confirm_in_slicer): turn pip_ensure's own
+        # question off (its keyword changed name between Slicer releases).
+        accepted = inspect.signature(packaging.pip_ensure).parameters
+        no_prompt = {name: False for name in ("prompt_install", "prompt") if name in accepted}
+        packaging.pip_ensure(requirements, skip_packages=skip, requester=REQUESTER, **no_prompt)
     else:
         # Slicer < 5.12: pip_install takes pip's arguments; --no-deps for the same reason.
         slicer.util.pip_install(["--no-deps", *requirements])
+
+
+def _confirm_in_slicer(plan: InstallPlan) -> bool:
+    import slicer
+
+    return bool(slicer.util.confirmOkCancelDisplay(
+        "TumorSeg needs these Python packages and will install them now:\n\n" + plan.describe()
+        + "\n\nThis changes Slicer's Python environment. Continue?", windowTitle="TumorSeg - Python packages"))
 
 
 def ensure_dependencies(
@@ -282,11 +300,13 @@ def ensure_dependencies(
     install_torch: Callable[[str], None] = _install_torch,
     pip_install: Callable[[list], None] = _pip_install,
     pytorch_extension: Optional[bool] = None,
+    confirm: Callable[[InstallPlan], bool] = _confirm_in_slicer,
 ) -> InstallPlan:
     """Check and, where needed, install; raise :class:`DependencyError` with a plain message.
 
-    Call it from the first Apply (inside Slicer). The installers are parameters so the
-    control flow is testable; the defaults need Slicer. ``pytorch_extension`` None means
+    Call it from the first Apply (inside Slicer). The user is asked once (``confirm``) for
+    the whole plan; declining raises :class:`InstallCancelled`. The installers are parameters
+    so the control flow is testable; the defaults need Slicer. ``pytorch_extension`` None means
     "use it when its PyTorchUtils module is importable".
     """
     if pytorch_extension is None:
@@ -297,6 +317,9 @@ def ensure_dependencies(
         return plan
     if plan.blocked:
         raise DependencyError("\n".join(plan.blocked))
+    if not confirm(plan):
+        raise InstallCancelled(f"Installing {', '.join(plan.requirements)} was cancelled; "
+                               "TumorSeg cannot run without them.")
     logger.info("TumorSeg installs Python packages:\n%s", plan.describe())
     torch_was_loaded = "torch" in sys.modules
     tee = _TeeOutput(sys.stdout)
@@ -310,9 +333,6 @@ def ensure_dependencies(
     except DependencyError:
         raise
     except Exception as exc:
-        if "declined" in str(exc):  # slicer.packaging.pip_ensure: the user pressed Cancel
-            raise DependencyError(f"Installing {', '.join(plan.requirements)} was cancelled; "
-                                  "TumorSeg cannot run without them.") from exc
         kind, explanation = classify_pip_error(_error_text(exc, tee.captured()))
         logger.error("Installing %s failed (%s): %s", ", ".join(plan.requirements), kind, exc)
         raise DependencyError(explanation) from exc

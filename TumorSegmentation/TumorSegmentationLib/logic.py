@@ -103,16 +103,48 @@ class TumorSegmentationLogic(_LogicBase):  # type: ignore[misc, valid-type]
         return self._job is not None
 
     def modelManifest(self, model: str = "default") -> Any:
-        """The validated manifest of a model package (opened and verified once per version on disk)."""
-        from tumorseg_core.package import open_package, resolve_package_path
+        """The validated manifest of a model package (read once per version on disk).
+
+        Only the manifest is read here, in the UI process: the weights are not hashed (the
+        worker verifies every file of the package before it runs the model).
+        """
+        from tumorseg_core.modelpkg.package import read_manifest, resolve_package_path
         from tumorseg_core.worker import model_fingerprint
 
         path = str(resolve_package_path(model))
         key = (path, model_fingerprint(path))
         if key not in self._manifests:
             self._manifests = {k: v for k, v in self._manifests.items() if k[0] != path}
-            self._manifests[key] = open_package(model).manifest
+            self._manifests[key] = read_manifest(path)
         return self._manifests[key]
+
+    def deviceReport(self, timeout: float = 120.0) -> Dict[str, Any]:
+        """What the worker can run on: torch build, GPUs, MPS, threads (``device_report``).
+
+        Asked of the background worker (started if needed), so Slicer's UI process never
+        imports torch. Raises TumorSegError while a segmentation runs or if the worker fails.
+        """
+        if self.isRunning:
+            raise TumorSegError("a segmentation is running; ask for the device report when it has finished")
+        try:
+            rid = self.runner.submit({"cmd": "devices"})
+        except OSError as exc:
+            raise TumorSegError(f"could not start the segmentation worker: {exc}") from exc
+        app = getattr(slicer, "app", None)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in self.runner.poll():
+                if event.get("id") != rid:
+                    continue
+                if event.get("event") == "devices":
+                    return dict(event.get("report") or {})
+                if event.get("event") == "error":
+                    raise TumorSegError(str(event.get("message") or "the worker could not report its devices"))
+            if app is not None:
+                app.processEvents()
+            time.sleep(0.02)
+        self.runner.cancel()
+        raise TumorSegError(f"the worker did not report its devices within {timeout:.0f} s; try again")
 
     def process(
         self,
@@ -145,6 +177,10 @@ class TumorSegmentationLogic(_LogicBase):  # type: ignore[misc, valid-type]
             raise TumorSegError("select an output segmentation node")
         if outputSegmentationNode.GetScene() is None:
             raise TumorSegError("the output segmentation node is not in a scene; add it to the scene first")
+        from tumorseg_core.options import SegmentOptions
+
+        # The engine's own validation, here in the UI process: a bad option fails before anything starts.
+        run_options = SegmentOptions.from_mapping({**dict(options or {}), "device": device})
         manifest = self.modelManifest(model)
         self._validate_inputs(volumes, manifest)
 
@@ -156,12 +192,13 @@ class TumorSegmentationLogic(_LogicBase):  # type: ignore[misc, valid-type]
                 matrices.append(geometry_bridge.write_volume(volume, path, frame_node=outputSegmentationNode))
                 paths.append(str(path))
             # The worker opens exactly the package whose manifest was checked here (its cwd differs).
-            from tumorseg_core.package import resolve_package_path
+            from tumorseg_core.modelpkg.package import resolve_package_path
 
             model_arg = str(Path(resolve_package_path(model)).resolve())
             output_path = temp_dir / "labels.nrrd"
             request = {"cmd": "segment", "images": paths, "output": str(output_path), "model": model_arg,
-                       "device": device, "options": dict(options or {})}
+                       "device": run_options.device,
+                       "options": {k: v for k, v in run_options.to_dict().items() if k != "device"}}
             request_id = self.runner.submit(request)
         except BaseException as exc:
             shutil.rmtree(temp_dir, ignore_errors=True)
@@ -284,7 +321,7 @@ class TumorSegmentationLogic(_LogicBase):  # type: ignore[misc, valid-type]
 
     def _build_segments(self, job: _Job, labels: Any) -> List[Any]:
         """One vtkSegment per manifest label, sharing one labelmap layer (outside any scene)."""
-        label_infos = job.manifest.labels
+        label_infos = job.manifest.segments
         shared = geometry_bridge.shared_label_image(labels, [info.value for info in label_infos], job.ijk_to_frame)
         counts = geometry_bridge.label_counts(labels)
         binary = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()

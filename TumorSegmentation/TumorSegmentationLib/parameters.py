@@ -21,9 +21,8 @@ except ImportError as exc:  # slicer-core or plain Python: no parameterNodeWrapp
         "use TumorSegmentationLogic directly outside the Slicer application"
     ) from exc
 
-# Keep in the same order as widget_logic.DEVICE_CHOICES / QUALITY_CHOICES (combo item order).
-DEVICE_CHOICES = ["auto", "cpu", "cuda"]
-QUALITY_CHOICES = ["fast", "normal", "tta"]
+# The engine's own choices, in their order (the combo items): one definition for every door.
+from tumorseg_core.options import BACKENDS, CASCADE_CHOICES, DEVICES, QUALITIES  # noqa: E402
 
 
 @parameterNodeWrapper
@@ -32,7 +31,9 @@ class TumorSegmentationParameterNode:
     inputVolume0..3 - input images, in the order the model's manifest names its channels.
     model - name (or path) of the installed model package.
     device - "auto" picks a GPU when there is one.
-    quality - fast (less window overlap), normal, tta (test-time augmentation).
+    quality - fast (no window overlap), normal (the model's own settings), tta (test-time augmentation).
+    backend - inference engine; "auto" picks the fastest installed one.
+    cascade - ROI cascade: auto (the model's default), on, off.
     outputSegmentation - segmentation that receives the result (created when empty).
     """
 
@@ -41,8 +42,10 @@ class TumorSegmentationParameterNode:
     inputVolume2: vtkMRMLScalarVolumeNode
     inputVolume3: vtkMRMLScalarVolumeNode
     model: str = "default"
-    device: Annotated[str, Choice(DEVICE_CHOICES)] = "auto"
-    quality: Annotated[str, Choice(QUALITY_CHOICES)] = "normal"
+    device: Annotated[str, Choice(list(DEVICES))] = "auto"
+    quality: Annotated[str, Choice(list(QUALITIES))] = "normal"
+    backend: Annotated[str, Choice(list(BACKENDS))] = "auto"
+    cascade: Annotated[str, Choice(list(CASCADE_CHOICES))] = "auto"
     outputSegmentation: vtkMRMLSegmentationNode
 
     def inputVolumes(self) -> list:

@@ -1,9 +1,9 @@
 """Qt adapter of the Tumor Segmentation panel.
 
-Copies the decisions of :mod:`TumorSegmentationLib.widget_logic` onto the widgets of
+Copies the decisions of :mod:`TumorSegmentationLib.panel_state` onto the widgets of
 ``Resources/UI/TumorSegmentation.ui`` and forwards clicks to the Logic. It holds no
 rules of its own: what a label says, when Apply is enabled, what the status line
-reads are all decided (and unit-tested) in widget_logic. Inference runs in the
+reads are all decided (and unit-tested) in panel_state. Inference runs in the
 Logic's background worker; a QTimer calls ``logic.poll()`` so the UI never freezes,
 and Apply turns into Cancel while it runs.
 """
@@ -16,7 +16,7 @@ import qt
 import slicer
 
 from TumorSegmentationLib import install
-from TumorSegmentationLib import widget_logic as wl
+from TumorSegmentationLib import panel_state as ps
 
 logger = logging.getLogger(__name__)
 
@@ -67,24 +67,24 @@ class TumorSegmentationPanel:
         self.updateState()
 
     def decorateCombos(self) -> None:
-        for index, text in enumerate(wl.device_labels(self._deviceReport)):
+        for index, text in enumerate(ps.device_labels(self._deviceReport)):
             if index < self.ui.deviceComboBox.count:
                 self.ui.deviceComboBox.setItemText(index, text)
-        for index, choice in enumerate(wl.QUALITY_CHOICES):
+        for index, choice in enumerate(ps.QUALITY_CHOICES):
             if index < self.ui.qualityComboBox.count:
-                self.ui.qualityComboBox.setItemText(index, wl.QUALITY_LABELS[choice])
+                self.ui.qualityComboBox.setItemText(index, ps.QUALITY_LABELS[choice])
 
     # -- models ------------------------------------------------------------------------
     def refreshModels(self, select=None) -> None:
-        from tumorseg_core import package
+        from tumorseg_core.modelpkg import package
 
         try:
-            self._modelInfos = list(package.installed_models())
+            self._modelInfos = list(package.installed_models(verify=False))  # manifests only: no hashing here
         except Exception as exc:  # a broken model folder must not break the panel
             logger.error("Could not list installed models: %s", exc)
             self._modelInfos = []
-        self._modelItems = wl.model_items(self._modelInfos)
-        wanted = select or (self._parameterNode.model if self._parameterNode else wl.DEFAULT_MODEL)
+        self._modelItems = ps.model_items(self._modelInfos)
+        wanted = select or (self._parameterNode.model if self._parameterNode else ps.DEFAULT_MODEL)
         combo = self.ui.modelComboBox
         wasBlocked = combo.blockSignals(True)
         combo.clear()
@@ -110,14 +110,14 @@ class TumorSegmentationPanel:
 
     def _applyModel(self, index) -> None:
         info = self._modelInfos[index] if 0 <= index < len(self._modelInfos) else None
-        self._modalities = wl.modalities_of(info) if info is not None else []
+        self._modalities = ps.modalities_of(info) if info is not None else []
         if info is not None and self._parameterNode and self._parameterNode.model != self._modelItems[index].name:
             self._parameterNode.model = self._modelItems[index].name
         try:
-            slots = wl.input_slots(self._modalities)
+            slots = ps.input_slots(self._modalities)
         except ValueError as exc:
             self.ui.statusLabel.text = str(exc)
-            slots = wl.input_slots(self._modalities[: wl.MAX_INPUTS])
+            slots = ps.input_slots(self._modalities[: ps.MAX_INPUTS])
         for slot, (label, selector) in zip(slots, self._inputRows):
             label.visible = selector.visible = slot.visible
             label.text = slot.label
@@ -125,8 +125,8 @@ class TumorSegmentationPanel:
         self.updateState()
 
     def onAddModel(self) -> None:
-        from tumorseg_core import package
-        from tumorseg_core.errors import ModelPackageError
+        from tumorseg_core.errors import ModelAlreadyInstalledError
+        from tumorseg_core.modelpkg import package
 
         path = qt.QFileDialog.getOpenFileName(
             slicer.util.mainWindow(), "Add model: choose a package .zip or the manifest.json in its folder",
@@ -139,9 +139,8 @@ class TumorSegmentationPanel:
             with slicer.util.tryWithErrorDisplay("Could not add the model.", waitCursor=True):
                 try:
                     dest = package.install_package(source)
-                except ModelPackageError as exc:
-                    if "already installed" not in str(exc) or not slicer.util.confirmYesNoDisplay(
-                            f"{exc}.\n\nReplace the installed model?"):
+                except ModelAlreadyInstalledError as exc:
+                    if not slicer.util.confirmYesNoDisplay(f"{exc}.\n\nReplace the installed model?"):
                         raise
                     dest = package.install_package(source, overwrite=True)
         except Exception:
@@ -159,8 +158,8 @@ class TumorSegmentationPanel:
         if pn is None:
             messages = ["The module is not initialized"]
         else:
-            messages = wl.validation_messages(self._inputs(), self._modalities, pn.model, pn.device, self._deviceReport)
-        state = wl.apply_button_state(self._running, messages)
+            messages = ps.validation_messages(self._inputs(), self._modalities, pn.model, pn.device, self._deviceReport)
+        state = ps.apply_button_state(self._running, messages)
         self.ui.applyButton.text = state.text
         self.ui.applyButton.toolTip = state.tooltip
         self.ui.applyButton.enabled = state.enabled
@@ -170,7 +169,7 @@ class TumorSegmentationPanel:
     def onApplyOrCancel(self) -> None:
         if self._running:
             self.logic.cancel()  # kills the worker process tree; the scene is left as it was
-            self._finish(wl.CANCELLED)
+            self._finish(ps.CANCELLED)
             return
         self.start()
 
@@ -185,9 +184,7 @@ class TumorSegmentationPanel:
             return False
         self._dependenciesChecked = True
         try:
-            from tumorseg_core.inference.devices import device_report
-
-            self._deviceReport = device_report()
+            self._deviceReport = self.logic.deviceReport()  # asked of the worker: no torch in Slicer's UI process
         except Exception as exc:
             logger.warning("Could not detect compute devices: %s", exc)
         self.decorateCombos()
@@ -203,7 +200,7 @@ class TumorSegmentationPanel:
             return
         inputs = self._inputs()[: len(self._modalities)]
         if pn.outputSegmentation is None:
-            name = wl.output_segmentation_name(inputs[0].GetName() if inputs and inputs[0] else None)
+            name = ps.output_segmentation_name(inputs[0].GetName() if inputs and inputs[0] else None)
             segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
             segmentation.CreateDefaultDisplayNodes()
             pn.outputSegmentation = segmentation
@@ -215,46 +212,46 @@ class TumorSegmentationPanel:
         try:
             self.logic.process(inputs, pn.outputSegmentation, model=pn.model, device=pn.device,
                                waitForCompletion=False, progressCallback=self.onProgress,
-                               options=wl.quality_options(pn.quality), replaceExisting=True)
+                               options=ps.run_options(pn.quality, pn.backend, pn.cascade), replaceExisting=True)
         except Exception as exc:
             logger.exception("Segmentation could not start")
-            self._finish(wl.FAILED, str(exc))
+            self._finish(ps.FAILED, str(exc))
             return
         self.timer.start()
         self._showStatus()
 
     def onProgress(self, fraction, message="") -> None:
         self._fraction, self._message = fraction, message or self._message
-        self.ui.progressBar.value = wl.progress_value(fraction)
+        self.ui.progressBar.value = ps.progress_value(fraction)
         self._showStatus()
 
     def _showStatus(self) -> None:
-        self.ui.statusLabel.text = wl.status_text(
-            wl.RUNNING, time.monotonic() - self._startTime, self._message, self._fraction)
+        self.ui.statusLabel.text = ps.status_text(
+            ps.RUNNING, time.monotonic() - self._startTime, self._message, self._fraction)
 
     def onTimer(self) -> None:
         try:
             stillRunning = self.logic.poll()
         except Exception as exc:  # a bug, not a user error (those end as status "error")
             logger.exception("Polling the segmentation failed")
-            self._finish(wl.FAILED, str(exc))
+            self._finish(ps.FAILED, str(exc))
             return
         if stillRunning:
             self._showStatus()
             return
         # Logic.status: "done", "cancelled" or "error" (with Logic.lastError).
-        outcome = {"done": wl.DONE, "cancelled": wl.CANCELLED}.get(self.logic.status, wl.FAILED)
-        self._finish(outcome, "" if outcome != wl.FAILED else (self.logic.lastError or ""))
+        outcome = {"done": ps.DONE, "cancelled": ps.CANCELLED}.get(self.logic.status, ps.FAILED)
+        self._finish(outcome, "" if outcome != ps.FAILED else (self.logic.lastError or ""))
 
     def _finish(self, state, message="") -> None:
         self.timer.stop()
         self._running = False
         self.ui.progressBar.visible = False
-        self.ui.statusLabel.text = wl.status_text(state, time.monotonic() - self._startTime, message)
-        if state == wl.FAILED:
+        self.ui.statusLabel.text = ps.status_text(state, time.monotonic() - self._startTime, message)
+        if state == ps.FAILED:
             logger.error("Tumor segmentation failed: %s", message)
         self.updateState()
-        if state == wl.DONE and self.ui.show3DButton.checked:
+        if state == ps.DONE and self.ui.show3DButton.checked:
             self.onShow3D(True)
 
     def onShow3D(self, checked) -> None:

@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 
 from tumorseg_core.errors import TumorSegError
-from tumorseg_core.progress import TerminalProgress
+from tumorseg_core.commands.progress import TerminalProgress
+from tumorseg_core.commands.segment_options import add_segment_options, segment_options
 
 logger = logging.getLogger(__name__)
 
@@ -19,20 +20,19 @@ DEMO_LESION_RADIUS_MM = (5.0, 18.0)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", nargs="?", default="tumorseg-demo", help="output folder (default: ./tumorseg-demo)")
     parser.add_argument("--seed", type=int, default=DEMO_SEED, help=f"phantom seed (default {DEMO_SEED})")
-    parser.add_argument("--model", default="default")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--model", default="default", help="model name, package folder or .zip (default: the shipped one)")
     parser.add_argument("--modality", default="mri", choices=("mri", "ct"))
     parser.add_argument("--lesion-free", action="store_true", help="a phantom without any lesion")
+    add_segment_options(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     import SimpleITK as sitk
 
-    from tumorseg_core import metrics
-    from tumorseg_core.io import write_image, write_labelmap
-    from tumorseg_core.overlay import write_overlay_png
-    from tumorseg_core.pipeline import Segmenter
-    from tumorseg_core.segments import segments_from_manifest
+    from tumorseg_core.evaluation import metrics
+    from tumorseg_core.imaging.io import write_image, write_labelmap
+    from tumorseg_core.imaging.overlay import write_overlay_png
+    from tumorseg_core.inference.segmenter import Segmenter
     from tumorseg_core.synthetic import make_phantom
 
     folder = Path(args.directory)
@@ -43,16 +43,14 @@ def run(args: argparse.Namespace) -> int:
     # A typical demo case: lesions of 10-36 mm diameter (make_phantom defaults go down to 5 mm).
     phantom = make_phantom(args.seed, modality=args.modality, lesion_free=args.lesion_free,
                            lesion_radius_mm=DEMO_LESION_RADIUS_MM)
-    segmenter = Segmenter(args.model, args.device)
-    progress = TerminalProgress()
-    try:
-        result = segmenter.segment(phantom.image, progress=progress)
-    finally:
-        progress.close()
-
+    segmenter = Segmenter.with_options(args.model, segment_options(args))
     write_image(phantom.image, str(folder / "image.nii.gz"))
     write_labelmap(phantom.truth, str(folder / "truth.nii.gz"))
-    write_labelmap(result, str(folder / "result.seg.nrrd"), segments=segments_from_manifest(segmenter.manifest.to_dict()))
+    progress = TerminalProgress()
+    try:
+        result = segmenter.segment_to_file(phantom.image, folder / "result.seg.nrrd", progress=progress)
+    finally:
+        progress.close()
     write_overlay_png(phantom.image, result, str(folder / "overlay.png"), truth=phantom.truth)
 
     pred = sitk.GetArrayViewFromImage(result) > 0

@@ -17,7 +17,9 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from tumorseg_core.commands.segment_options import FLAG_FIELDS, add_segment_options, segment_options
 from tumorseg_core.errors import TumorSegError
+from tumorseg_core.options import SegmentOptions
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", metavar="JSON",
                         help='label names as JSON or a .json file, e.g. \'{"1": "Tumor", "2": "Edema"}\' '
                              "(default: every label found, or the model's labels)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
-                        help="device for --model (default auto)")
     parser.add_argument("--save-predictions", metavar="DIR", help="with --model: write each prediction here")
-    parser.add_argument("--tta", action="store_true", help="with --model: flip test-time augmentation")
-    parser.add_argument("--cascade", action=argparse.BooleanOptionalAction, default=None,
-                        help="with --model: coarse-to-fine ROI cascade on/off (default: the engine's default)")
+    add_segment_options(parser, "with --model")
 
 
 def parse_labels(text: Optional[str]) -> Optional[dict[int, str]]:
@@ -87,9 +85,12 @@ def _check_args(args: argparse.Namespace) -> str:
         raise TumorSegError("--model and --data go together; give both")
     if not folders and not model:
         raise TumorSegError("nothing to evaluate; give --pred DIR --truth DIR, or --model PACKAGE --data DIR")
-    for flag, given in (("--save-predictions", args.save_predictions), ("--tta", args.tta),
-                        ("--cascade/--no-cascade", args.cascade is not None)):
-        if given and not model:
+    defaults = SegmentOptions()
+    given = [("--save-predictions", args.save_predictions is not None)] + [
+        (f"--{dest.replace('_', '-')}", getattr(args, dest) != getattr(defaults, field))
+        for dest, field in FLAG_FIELDS.items()]
+    for flag, was_given in given:
+        if was_given and not model:
             raise TumorSegError(f"{flag} needs --model and --data")
     if not math.isfinite(args.tolerance_mm) or args.tolerance_mm < 0:
         raise TumorSegError(f"--tolerance-mm must be a number >= 0, got {args.tolerance_mm}")
@@ -103,8 +104,8 @@ def _check_args(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tumorseg_core.evaluation import evaluate_folders, evaluate_model, format_table, summarize, write_csv
-    from tumorseg_core.progress import TerminalProgress
+    from tumorseg_core.evaluation.evaluate import evaluate_folders, evaluate_model, format_table, summarize, write_csv
+    from tumorseg_core.commands.progress import TerminalProgress
 
     mode = _check_args(args)
     labels = parse_labels(args.labels)
@@ -114,10 +115,10 @@ def run(args: argparse.Namespace) -> int:
             rows = evaluate_folders(args.pred, args.truth, labels=labels, tolerance_mm=args.tolerance_mm,
                                     min_overlap=args.min_overlap, progress=progress)
         else:
+            options = segment_options(args).to_dict()
             rows = evaluate_model(args.model, args.data, labels=labels, tolerance_mm=args.tolerance_mm,
-                                  min_overlap=args.min_overlap, device=args.device,
-                                  save_dir=args.save_predictions, progress=progress, tta=args.tta,
-                                  cascade=args.cascade)
+                                  min_overlap=args.min_overlap, device=options.pop("device"),
+                                  save_dir=args.save_predictions, progress=progress, **options)
     finally:
         progress.close()
     if args.csv:

@@ -101,7 +101,7 @@ def build_manifest_fields(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Convert the checkpoint(s) and write the package; user errors raise TumorSegError."""
-    from tumorseg_core.convert import import_weights
+    from tumorseg_core.modelpkg.convert import import_weights
 
     kwargs = _json_arg(args.kwargs, "--kwargs")
     if not isinstance(kwargs, dict):

@@ -27,7 +27,7 @@ def _version(name: str) -> str:
 
 def collect() -> dict:
     from tumorseg_core import __version__
-    from tumorseg_core.package import default_models_dir, user_models_dir
+    from tumorseg_core.modelpkg.package import default_models_dir, user_models_dir
 
     report: dict = {
         "tumorseg": __version__,

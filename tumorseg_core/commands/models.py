@@ -10,7 +10,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tumorseg_core.package import install_package, installed_models
+    from tumorseg_core.modelpkg.package import install_package, installed_models
 
     if args.install:
         path = install_package(args.install)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
-from tumorseg_core.errors import InputError, TumorSegError
-from tumorseg_core.progress import TerminalProgress
+from tumorseg_core.commands.progress import TerminalProgress
+from tumorseg_core.commands.segment_options import add_segment_options, segment_options
+from tumorseg_core.errors import InputError
+from tumorseg_core.options import LABELMAP_EXTENSIONS
 
 logger = logging.getLogger(__name__)
-
-OUTPUT_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
 
 
 def parse_point(text: str) -> tuple[float, float, float]:
@@ -31,82 +30,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE",
                         help="input image(s): NIfTI, NRRD, MHA or a DICOM folder; several = the model's "
                              "input channels in the order 'tumorseg models' lists them")
-    parser.add_argument("-o", "--output", required=True, help="output label map (.seg.nrrd, .nii.gz, .nii, .nrrd, .mha)")
+    parser.add_argument("-o", "--output", required=True,
+                        help=f"output label map ({', '.join(LABELMAP_EXTENSIONS)})")
     parser.add_argument("--model", default=None,
                         help="'default', an installed model name, or a package folder/.zip "
                              "(default: 'default'; with --seed and no --model, no model is used)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    parser.add_argument("--tta", action="store_true", help="flip test-time augmentation (slower, a bit more robust)")
-    parser.add_argument("--overlap", type=float, default=None, help="sliding-window overlap 0..0.9 (model default)")
-    parser.add_argument("--window-batch", type=int, default=None, help="windows per network call")
     parser.add_argument("--seed", action="append", default=[], metavar="X,Y,Z",
                         help="a point inside the tumor, LPS mm (repeatable); without --model: seeded segmentation")
     parser.add_argument("--background", action="append", default=[], metavar="X,Y,Z",
                         help="a point that is not tumor, LPS mm (repeatable)")
-    parser.add_argument("--no-postprocess", action="store_true", help="skip the model's postprocessing rules")
-    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime", "openvino"),
-                        help="inference engine (default auto: openvino > onnxruntime > torch on the CPU)")
-    parser.add_argument("--cascade", action=argparse.BooleanOptionalAction, default=None,
-                        help="coarse pass first, full resolution only around candidates "
-                             "(--no-cascade: every window; default: the engine's default)")
-
-
-def check_output_path(path: str) -> Path:
-    """Refuse a bad output path before any work is done."""
-    output = Path(path)
-    if not any(output.name.lower().endswith(ext) for ext in OUTPUT_EXTENSIONS):
-        raise TumorSegError(f"cannot write '{output.name}': use one of {', '.join(OUTPUT_EXTENSIONS)}")
-    parent = output.parent if str(output.parent) else Path(".")
-    if not parent.is_dir():
-        raise TumorSegError(f"output folder '{parent}' does not exist; create it first")
-    if not os.access(parent, os.W_OK):
-        raise TumorSegError(f"output folder '{parent}' is not writable; choose another folder")
-    return output
+    add_segment_options(parser, "with a model")
 
 
 def run(args: argparse.Namespace) -> int:
-    from tumorseg_core.io import write_labelmap
+    from tumorseg_core.imaging.io import check_output_path
 
     output = check_output_path(args.output)
-    if args.overlap is not None and not 0.0 <= args.overlap < 1.0:
-        raise TumorSegError(f"--overlap must be in [0, 1), got {args.overlap}")
     seeds = [parse_point(p) for p in args.seed]
     background = [parse_point(p) for p in args.background]
+    options = segment_options(args, seeds_lps=seeds, background_lps=background)
     progress = TerminalProgress()
     try:
         if seeds and args.model is None:
-            labels, segments = _seeded(args.images, seeds, background)
+            _seeded(args.images, seeds, background, output)
         else:
-            labels, segments = _with_model(args, seeds, background, progress)
+            from tumorseg_core.inference.segmenter import Segmenter
+
+            Segmenter.with_options(args.model or "default", options).segment_to_file(
+                args.images, output, progress=progress)
     finally:
         progress.close()
-    write_labelmap(labels, str(output), segments=segments)
     logger.info("wrote %s", output)
     return 0
 
 
-def _with_model(args: argparse.Namespace, seeds: list, background: list, progress: TerminalProgress):
-    from tumorseg_core.pipeline import Segmenter
-    from tumorseg_core.segments import segments_from_manifest
-
-    segmenter = Segmenter(args.model or "default", args.device)
-    labels = segmenter.segment(
-        args.images, progress=progress, overlap=args.overlap, tta=args.tta, window_batch=args.window_batch,
-        postprocess=not args.no_postprocess, seeds_lps=seeds, background_lps=background,
-        backend=args.backend, cascade=args.cascade,
-    )
-    return labels, segments_from_manifest(segmenter.manifest.to_dict())
-
-
-def _seeded(images: list, seeds: list, background: list):
-    from tumorseg_core.interactive import segment_from_seeds
-    from tumorseg_core.io import read_image
-    from tumorseg_core.segments import SEEDED_TUMOR
+def _seeded(images: list, seeds: list, background: list, output: Path) -> None:
+    from tumorseg_core.imaging.io import read_image, write_labelmap
+    from tumorseg_core.imaging.segments import SEEDED_TUMOR
+    from tumorseg_core.interactive.seeds import segment_from_seeds
 
     if len(images) != 1:
         raise InputError("seeded segmentation without a model takes exactly one image; add --model to use several")
     result = segment_from_seeds(read_image(images[0]), seeds, background)
-    if getattr(result, "message", ""):
+    if result.message:
         logger.warning("%s", result.message)
-    labels = getattr(result, "labels", result)
-    return labels, [SEEDED_TUMOR]
+    write_labelmap(result.labels, output, segments=[SEEDED_TUMOR])

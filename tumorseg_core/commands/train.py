@@ -151,7 +151,7 @@ def _progress_callback() -> Any:
                 bar.set_description(message[:40], refresh=True)
 
             return update, bar.close
-    from tumorseg_core.progress import TerminalProgress
+    from tumorseg_core.commands.progress import TerminalProgress
 
     bar = TerminalProgress()
     return bar, bar.close
@@ -160,7 +160,7 @@ def _progress_callback() -> Any:
 def _epoch_lines_when_piped() -> Any:
     """No bar is drawn when stderr is a file or a pipe (a background or cluster job), so its
     log shows the engine's per-epoch INFO lines instead; returns the function that undoes it."""
-    train_logger = logging.getLogger("tumorseg_core.train")
+    train_logger = logging.getLogger("tumorseg_core.training.trainer")
     previous = train_logger.level
     if not sys.stderr.isatty() and train_logger.getEffectiveLevel() > logging.INFO:
         train_logger.setLevel(logging.INFO)
@@ -190,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     from tumorseg_core.inference.devices import import_torch
 
     import_torch()  # training needs torch: this applies the --threads count to it
-    from tumorseg_core.train import train
+    from tumorseg_core.training.trainer import train
 
     config = config_from_args(args)
     command = command_line(args)

@@ -19,13 +19,13 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from tumorseg_core.errors import TumorSegError
+from tumorseg_core.options import check_device
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
 
 logger = logging.getLogger(__name__)
 
-DEVICE_NAMES = "auto, cpu, cuda, cuda:N or mps"
 
 
 def _mps_available() -> bool:
@@ -47,7 +47,7 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
 
     if isinstance(name, torch.device):
         return name
-    key = str(name).strip().lower()
+    key = check_device(name)  # the one list of device names (tumorseg_core.options)
     if key == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -73,7 +73,7 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         if not _mps_available():
             raise TumorSegError("MPS (Apple GPU) was requested but is not available; use --device cpu or auto")
         return torch.device("mps")
-    raise TumorSegError(f"unknown device '{name}'; use {DEVICE_NAMES}")
+    raise AssertionError(f"check_device accepted {key!r} but resolve_device has no rule for it")
 
 
 # Device files a GPU driver creates on Linux: NVIDIA, NVIDIA Jetson (nvgpu), AMD ROCm

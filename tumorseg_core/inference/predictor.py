@@ -29,7 +29,6 @@ import numpy as np
 from tumorseg_core.errors import CancelledError, InputError, ModelPackageError, TumorSegError
 from tumorseg_core.inference.backends import LazyNetworks, prepare_backend
 from tumorseg_core.inference.devices import device_name
-from tumorseg_core.inference.predictor_settings import _first_conv_in_channels, package_settings
 from tumorseg_core.inference.roi_windows import windows_to_run
 from tumorseg_core.inference.sliding_window import SlabWeights, gaussian_weights, pad_to_window
 from tumorseg_core.inference.stitching import LABEL_SLAB, BandStitcher
@@ -56,6 +55,24 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def _first_conv_in_channels(net: Any) -> int | None:
+    """Input channels of the first convolution in the ``nn.Module`` ``net``, or None if it has none."""
+    from torch import nn
+
+    for module in net.modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return int(module.in_channels)
+    return None
+
+
+def _device_for(device: Any, backend: Any) -> str:
+    """The device name to run on; an exported (CPU-only) backend named explicitly makes "auto" the CPU."""
+    from tumorseg_core.inference.backends import CPU_BACKENDS
+
+    cpu_only = str(backend or "torch").lower() in CPU_BACKENDS
+    return device_name("cpu" if cpu_only and str(device) == "auto" else device)
 
 
 class Predictor:
@@ -153,14 +170,53 @@ class Predictor:
 
     @classmethod
     def from_package(cls, package: Any, device: str | torch.device = "auto", **options: Any) -> Predictor:
-        """Build from an opened ``ModelPackage``: manifest settings, then ``options`` on top.
+        """Build from an opened ``ModelPackage``: the manifest's settings, then ``options`` on top.
 
-        Reads the patch size, output type, label/region values, input modalities and
-        the manifest's ``inference`` defaults (``overlap``, ``tta``, ``window_batch``,
-        ``amp``, ``sigma_scale``); ``None`` in ``options`` means "use the default".
+        :meth:`Manifest.predictor_settings` gives the window, outputs, inputs and the
+        manifest's ``inference`` defaults; ``None`` in ``options`` means "use the default".
+        The networks are :class:`~tumorseg_core.inference.backends.LazyNetworks`: the weights
+        are loaded (and torch imported) only if the backend needs the modules.
         """
-        networks, name, settings = package_settings(package, device, options)
-        return cls(networks, device=name, **settings)
+        settings = package.manifest.predictor_settings()
+        settings.update({key: value for key, value in options.items() if value is not None})
+        name = _device_for(device, settings.get("backend"))
+        settings.setdefault("export_identities", [f"{package.sha256}:{f.name}" for f in package.weight_files])
+
+        def load() -> list:
+            from tumorseg_core.inference.devices import import_torch
+
+            return list(package.load_networks(import_torch().device(name)))
+
+        return cls(LazyNetworks(load, len(package.weight_files)), device=name, **settings)
+
+    @classmethod
+    def for_cascade(cls, package: Any, device: str | torch.device = "auto", **options: Any) -> Predictor:
+        """The package's dedicated coarse network (manifest ``cascade``) as a Predictor.
+
+        Same inputs, output type, backend and window batch as the package's networks and the
+        manifest's overlap (a user's ``overlap`` is about the full-resolution windows); the
+        coarse network's own architecture and window, no TTA, its own export cache entry.
+        """
+        from tumorseg_core.models.registry import size_divisor
+
+        spec = package.manifest.cascade
+        if spec is None:
+            raise ModelPackageError(f"model '{package.manifest.name}' has no cascade network")
+        settings = package.manifest.predictor_settings()
+        settings.update({key: value for key, value in options.items() if value is not None and key != "overlap"})
+        name = _device_for(device, settings.get("backend"))
+        settings.update(patch_size_zyx=tuple(spec.patch_size_zyx), tta=False,
+                        size_divisor=tuple(int(d) for d in size_divisor(spec.architecture, dict(spec.kwargs))),
+                        export_identities=[f"{package.sha256}:{spec.weights}"])
+        if spec.kwargs.get("out_channels") is not None:
+            settings["num_outputs"] = int(spec.kwargs["out_channels"])
+
+        def load() -> list:
+            from tumorseg_core.inference.devices import import_torch
+
+            return [package.load_cascade_network(import_torch().device(name))]
+
+        return cls(LazyNetworks(load, 1), device=name, **settings)
 
     @property
     def device(self) -> torch.device:

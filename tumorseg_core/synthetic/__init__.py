@@ -8,6 +8,9 @@ millimetres and is sampled through the requested grid, so any spacing and any
     from tumorseg_core.synthetic import make_phantom
     ph = make_phantom(3, modality="ct", spacing_xyz=(0.8, 0.8, 3.0))
     ph.image, ph.truth, ph.lesions[0].center_lps
+
+May import: ``tumorseg_core.errors`` and ``tumorseg_core.imaging`` (numpy, scipy, SimpleITK;
+never torch); training and the demo build on it.
 """
 
 from __future__ import annotations

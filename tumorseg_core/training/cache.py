@@ -1,9 +1,9 @@
 """Preprocess each training case once and keep it as ``.npy`` files.
 
 A case is read (4D/vector files split into channels), the first channel is resampled to
-the model grid with :func:`tumorseg_core.geometry.to_model_grid`, the other channels
+the model grid with :func:`tumorseg_core.imaging.geometry.to_model_grid`, the other channels
 (linear) and the label (nearest neighbour) are resampled onto exactly that grid, and each
-channel is normalised with :func:`tumorseg_core.preprocess.normalize`. Results::
+channel is normalised with :func:`tumorseg_core.imaging.preprocess.normalize`. Results::
 
     <cache_dir>/<key>.image.npy   float32 (C, z, y, x)
     <cache_dir>/<key>.label.npy   uint8   (1, z, y, x)
@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from tumorseg_core.datasets import Case
+from tumorseg_core.training.datasets import Case
 from tumorseg_core.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -117,9 +117,9 @@ def preprocess_case(case: Case, config: PreprocessConfig) -> tuple[np.ndarray, n
     Returns:
         ``(image float32 (C, z, y, x), label uint8 (1, z, y, x), spacing_xyz)`` on the model grid.
     """
-    from tumorseg_core.geometry import to_model_grid
-    from tumorseg_core.io import read_channels
-    from tumorseg_core.preprocess import normalize
+    from tumorseg_core.imaging.geometry import to_model_grid
+    from tumorseg_core.imaging.io import read_channels
+    from tumorseg_core.imaging.preprocess import normalize
 
     channels: list[sitk.Image] = []
     for path in case.images:

@@ -97,7 +97,7 @@ def false_positive_coordinates(pred: np.ndarray, label: np.ndarray, seed: int = 
     """
     from scipy import ndimage
 
-    from tumorseg_core.augment_crop import foreground_coordinates
+    from tumorseg_core.training.foreground_crop import foreground_coordinates
 
     pred = np.asarray(pred[0] if pred.ndim == 4 else pred) > 0
     truth = np.asarray(label[0] if label.ndim == 4 else label) > 0
@@ -120,7 +120,7 @@ def missed_coordinates(pred: np.ndarray, label: np.ndarray, max_recall: float, s
     """
     from scipy import ndimage
 
-    from tumorseg_core.augment_crop import lesion_coordinates
+    from tumorseg_core.training.foreground_crop import lesion_coordinates
 
     pred = np.asarray(pred[0] if pred.ndim == 4 else pred) > 0
     truth = np.asarray(label[0] if label.ndim == 4 else label) > 0
@@ -169,7 +169,7 @@ def weight_digests(package: Any) -> list[str]:
 
 def open_mining_model(settings: dict[str, Any], pre: PreprocessConfig) -> Any:
     """The verified mining package; InputError if it preprocesses differently or has other pinned weights."""
-    from tumorseg_core.package import open_package
+    from tumorseg_core.modelpkg.package import open_package
 
     package = open_package(settings["model"])
     _check_compatible(package.manifest, pre, settings["model"])
@@ -207,7 +207,7 @@ def mine_hard_negatives(cases: Sequence[CachedCase], settings: dict[str, Any], p
     the work, then read each other's results from the cache); the others are left out of
     the returned list.
     """
-    from tumorseg_core.postprocess import postprocess_labels
+    from tumorseg_core.imaging.postprocess import postprocess_labels
 
     manifest = package.manifest
     overlap = settings["overlap"]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from tumorseg_core.datasets import DatasetSource, kfold, load_dataset, split_cases
+from tumorseg_core.training.datasets import DatasetSource, kfold, load_dataset, split_cases
 from tumorseg_core.errors import InputError, ModelPackageError
 from tumorseg_core.training import distributed as dist_utils
 from tumorseg_core.training.cache import CachedCase, PreprocessConfig, cache_cases
@@ -85,7 +85,7 @@ def _split(config: dict[str, Any], source: DatasetSource, cache_dir: Path, info:
 
 
 def _count_channels(source: DatasetSource) -> int:
-    from tumorseg_core.io import read_channels
+    from tumorseg_core.imaging.io import read_channels
 
     return sum(len(read_channels(p)) for p in source.cases[0].images)
 
@@ -114,7 +114,7 @@ def _network_kwargs(config: dict[str, Any], n_in: int, n_out: int) -> dict[str, 
 def open_init_weights(spec: str, pinned: str | None) -> Any:
     """The verified package ``init_weights`` names; InputError if it holds no weights or its
     first network (the one fine-tuning loads) is not the ``pinned`` sha256."""
-    from tumorseg_core.package import open_package
+    from tumorseg_core.modelpkg.package import open_package
 
     package = open_package(spec)
     if not package.weight_files:
@@ -140,7 +140,7 @@ def prepare_data(config: dict[str, Any], workdir: Path, info: dist_utils.DistInf
     With ``hard_negatives`` set, the mining model segments the training cases on ``device``
     (rank 0 first; the other ranks read its cached results).
     """
-    from tumorseg_core.augment import augment_config, build_train_transforms
+    from tumorseg_core.training.augment import augment_config, build_train_transforms
 
     config = copy.deepcopy(config)
     cache_dir = Path(config["cache_dir"] or workdir / "cache").expanduser().resolve()

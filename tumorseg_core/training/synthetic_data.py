@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from tumorseg_core.datasets import Case, DatasetSource
+from tumorseg_core.training.datasets import Case, DatasetSource
 from tumorseg_core.errors import InputError
 
 logger = logging.getLogger(__name__)

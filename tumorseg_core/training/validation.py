@@ -43,7 +43,7 @@ def predict_case(
 
 def case_dice(pred: np.ndarray, truth: np.ndarray, label_values: Sequence[int]) -> dict[int, float]:
     """Dice per label value for one case; ``pred``/``truth`` are (z, y, x) label maps."""
-    from tumorseg_core.metrics import dice
+    from tumorseg_core.evaluation.metrics import dice
 
     scores = {}
     for value in label_values:

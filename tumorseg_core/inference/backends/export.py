@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tumorseg_core.errors import TumorSegError
-from tumorseg_core.package_zip import sha256_file
+from tumorseg_core.modelpkg.package import sha256_file
 
 logger = logging.getLogger(__name__)
 

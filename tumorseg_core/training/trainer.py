@@ -4,7 +4,7 @@
 train with augmented foreground-oversampled patches, validate every epoch with
 sliding-window inference (mean foreground Dice), checkpoint every epoch (pickle-free,
 see :mod:`tumorseg_core.training.checkpoint`), and write a package
-:func:`tumorseg_core.package.open_package` loads. The same function runs under
+:func:`tumorseg_core.modelpkg.package.open_package` loads. The same function runs under
 ``torchrun`` (DistributedDataParallel; see :mod:`tumorseg_core.training.distributed`).
 
 Work directory (``config["workdir"]``, default ``<out_dir>.work``)::
@@ -123,7 +123,7 @@ def _initialize_from_package(model: torch.nn.Module, spec: str, pinned: str | No
     The package goes through the same sha256 and strict-safetensors checks as for
     inference; its architecture must produce exactly the model's keys and shapes.
     """
-    from tumorseg_core.package import load_state_dict_strict
+    from tumorseg_core.modelpkg.package import load_state_dict_strict
 
     package = open_init_weights(spec, pinned)
     source = package.load_networks("cpu")[0]
@@ -212,9 +212,9 @@ def train(
     Returns:
         The package path on rank 0, None on the other ranks.
     """
-    from tumorseg_core.losses import build_loss
+    from tumorseg_core.training.losses import build_loss
     from tumorseg_core.models.registry import build_network
-    from tumorseg_core.package import write_package
+    from tumorseg_core.modelpkg.package import write_package
 
     run_started = time.perf_counter()
     config = merge_config(config, {})

@@ -13,12 +13,13 @@ import json
 import logging
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from tumorseg_core.errors import ModelPackageError
-from tumorseg_core.manifest_cascade import CascadeSpec, check_cascade
-from tumorseg_core.models.registry import effective_kwargs, size_divisor
+from tumorseg_core.imaging.segments import SegmentInfo
+from tumorseg_core.models.registry import ARCHITECTURES, effective_kwargs, size_divisor
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ REQUIRED_KEYS = (
 )
 OPTIONAL_KEYS = ("format_version", "postprocessing", "preprocessing", "inference", "metrics", "cascade")
 NORMALIZATION_TYPES = ("ct", "zscore", "minmax", "none")
+#: ``inference`` keys that become Predictor settings (the model's own defaults).
+INFERENCE_SETTINGS = ("overlap", "tta", "window_batch", "amp", "sigma_scale")
 OUTPUT_TYPES = ("softmax", "sigmoid")
 # A package name becomes a folder name when installed, so keep it filesystem-safe.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -84,9 +87,13 @@ def read_manifest_json(path: Path) -> Dict[str, Any]:
     if path.is_symlink() or not path.is_file():
         raise ModelPackageError(f"no manifest.json in {path.parent}; a model package needs one")
     with open(path, "rb") as fh:
-        raw = fh.read(MAX_MANIFEST_BYTES + 1)
+        return parse_manifest_json(fh.read(MAX_MANIFEST_BYTES + 1), str(path))
+
+
+def parse_manifest_json(raw: bytes, where: str) -> Dict[str, Any]:
+    """``manifest.json``'s bytes (read from ``where``) as a JSON object: at most 1 MB, no NaN/Infinity."""
     if len(raw) > MAX_MANIFEST_BYTES:
-        raise ModelPackageError(f"{path} is larger than 1 MB; a manifest is a small JSON file")
+        raise ModelPackageError(f"{where} is larger than 1 MB; a manifest is a small JSON file")
 
     def _no_constants(token: str) -> Any:
         raise ValueError(f"{token} is not valid JSON")
@@ -94,9 +101,9 @@ def read_manifest_json(path: Path) -> Dict[str, Any]:
     try:
         data = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise ModelPackageError(f"{path} is not valid JSON ({str(exc).splitlines()[0]}); fix or replace it") from exc
+        raise ModelPackageError(f"{where} is not valid JSON ({str(exc).splitlines()[0]}); fix or replace it") from exc
     if not isinstance(data, dict):
-        raise ModelPackageError(f"{path} must hold a JSON object")
+        raise ModelPackageError(f"{where} must hold a JSON object")
     return data
 
 
@@ -133,6 +140,14 @@ def _check_labels(labels: Any, field: str) -> List[Dict[str, Any]]:
             raise _fail(f"{where}.color", "must be 3 numbers in 0..1 (RGB)")
         _check_terminology(lab.get("terminology"), f"{where}.terminology")
     return labels
+
+
+def _output_key(output: Dict[str, Any]) -> str:
+    """Where an output's segments are listed: ``labels`` (softmax) or ``regions`` (sigmoid; ``labels``
+    is accepted for sigmoid outputs written before ``regions`` existed)."""
+    if output.get("type") == "sigmoid" and "regions" in output:
+        return "regions"
+    return "labels"
 
 
 def _check_inputs(inputs: Any) -> None:
@@ -187,6 +202,104 @@ def _check_optional(data: Dict[str, Any]) -> None:
     overlap = (data.get("inference") or {}).get("overlap")
     if overlap is not None and not (_is_number(overlap) and 0 <= overlap < 1):
         raise _fail("inference.overlap", "must be a number in [0, 1)")
+
+
+# ------------------------------------------------------------- the 'cascade' section
+# The optional ``cascade`` section of a model manifest: a dedicated coarse network.
+#
+# The ROI cascade (:mod:`tumorseg_core.inference.cascade`) first runs a network on the
+# model-grid volume average-pooled by ``factor``; full-resolution windows then run only
+# where that pass sees foreground. Without this section the package's own network runs the
+# coarse pass. With it, a small network trained for the coarse scale (for instance on the
+# full model's own labels, ``benchmarks/make_distillation_set.py``) does::
+#
+#     "cascade": {
+#       "weights": "coarse.safetensors",      # a file of the package ("files" lists its sha256)
+#       "architecture": "unet3d",
+#       "kwargs": {"features": [8, 16, 32], "in_channels": 1, "out_channels": 2},
+#       "patch_size": [32, 32, 32],           # x y z voxels of the coarse grid
+#       "factor": 2.0,                        # coarse spacing / model spacing (> 1)
+#       "threshold": 0.1,                     # foreground probability that makes a candidate
+#       "margin_mm": 10.0,                    # candidates grow by this much
+#       "input_clip": [-2.0, 4.0],            # optional: clip the pooled volume first (null: don't)
+#       "default": true                       # run the cascade unless the user says --no-cascade
+#     }
+#
+# The coarse network takes the same input channels (the package's normalized volume, pooled,
+# then clipped to ``input_clip``) and has the package's output type; its weights are never
+# part of the package's ensemble. ``input_clip`` exists because a small network trained on
+# z-scored CT (air at -3..-6 next to soft tissue within +-1) learned nothing of the tissue
+# contrast until the air was clipped away (benchmarks/README.md).
+
+CASCADE_DEFAULTS = {"factor": 2.0, "threshold": 0.1, "margin_mm": 10.0, "input_clip": None, "default": True}
+_KEYS = ("weights", "architecture", "kwargs", "patch_size", *CASCADE_DEFAULTS)
+
+
+@dataclass(frozen=True)
+class CascadeSpec:
+    """A validated ``cascade`` section (sizes x, y, z as in the manifest)."""
+
+    weights: str
+    architecture: str
+    kwargs: Dict[str, Any]
+    patch_size_xyz: Tuple[int, int, int]
+    factor: float
+    threshold: float
+    margin_mm: float
+    default: bool
+    input_clip: Optional[Tuple[float, float]] = None
+
+    @property
+    def patch_size_zyx(self) -> Tuple[int, int, int]:
+        return self.patch_size_xyz[::-1]  # type: ignore[return-value]
+
+
+def check_cascade(section: Any, files: Mapping[str, str], in_channels: int, out_channels: Any) -> CascadeSpec:
+    """Validate ``section`` against the package's ``files`` and channels; raise ModelPackageError naming the field."""
+    if not isinstance(section, dict):
+        raise _fail("cascade", "must be a JSON object")
+    unknown = sorted(set(section) - set(_KEYS))
+    if unknown:
+        raise _fail(unknown[0], f"is unknown (known: {', '.join(_KEYS)})")
+    values = {**CASCADE_DEFAULTS, **section}
+    weights = values.get("weights")
+    if not isinstance(weights, str) or not weights.endswith(".safetensors") or weights not in files:
+        raise _fail("cascade.weights", "must name a .safetensors file that 'files' lists")
+    if not any(name.endswith(".safetensors") and name != weights for name in files):
+        raise _fail("cascade.weights", "must not be the package's only network (the full-resolution weights are missing)")
+    architecture = values.get("architecture")
+    if architecture not in ARCHITECTURES:
+        raise _fail("cascade.architecture", f"must be a registered architecture ({', '.join(sorted(ARCHITECTURES))})")
+    kwargs = values.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise _fail("cascade.kwargs", "must be a JSON object")
+    full = effective_kwargs(architecture, kwargs)
+    if full.get("in_channels", in_channels) != in_channels:
+        raise _fail("cascade.kwargs.in_channels", f"must equal the package's {in_channels} input(s)")
+    if out_channels is not None and full.get("out_channels", out_channels) != out_channels:
+        raise _fail("cascade.kwargs.out_channels", f"must equal the package network's {out_channels} outputs")
+    patch = values.get("patch_size")
+    if not isinstance(patch, list) or len(patch) != 3 or not all(
+            isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in patch):
+        raise _fail("cascade.patch_size", "must be three positive integers (x, y, z)")
+    divisor = size_divisor(architecture, kwargs)
+    if any(p % d for p, d in zip(patch[::-1], divisor)):
+        raise _fail("cascade.patch_size", f"must be a multiple of {list(divisor[::-1])} (x, y, z) for {architecture}")
+    if not _is_number(values["factor"]) or not 1.0 < values["factor"] <= 8.0:
+        raise _fail("cascade.factor", "must be a number above 1 and at most 8")
+    if not _is_number(values["threshold"]) or not 0.0 < values["threshold"] < 1.0:
+        raise _fail("cascade.threshold", "must be a probability between 0 and 1")
+    if not _is_number(values["margin_mm"]) or not 0.0 <= values["margin_mm"] <= 200.0:
+        raise _fail("cascade.margin_mm", "must be a number of millimetres from 0 to 200")
+    if not isinstance(values["default"], bool):
+        raise _fail("cascade.default", "must be true or false")
+    clip = values["input_clip"]
+    if clip is not None and not (isinstance(clip, list) and len(clip) == 2 and all(_is_number(v) for v in clip)
+                                 and all(math.isfinite(v) for v in clip) and clip[0] < clip[1]):
+        raise _fail("cascade.input_clip", "must be null or [low, high] with finite low < high")
+    return CascadeSpec(weights, architecture, dict(kwargs), tuple(patch), float(values["factor"]),  # type: ignore[arg-type]
+                       float(values["threshold"]), float(values["margin_mm"]), values["default"],
+                       None if clip is None else (float(clip[0]), float(clip[1])))
 
 
 class Manifest:
@@ -246,10 +359,14 @@ class Manifest:
         out = data["output"]
         if not isinstance(out, dict) or out.get("type") not in OUTPUT_TYPES:
             raise _fail("output.type", f"must be one of {', '.join(OUTPUT_TYPES)}")
-        key = "labels" if out["type"] == "softmax" else "regions"
-        if key not in out and "labels" in out:
-            key = "labels"  # tolerate 'labels' for sigmoid regions too
-        _check_labels(out.get(key), f"output.{key}")
+        unknown = sorted(set(out) - {"type", "labels", "regions"})
+        if unknown:
+            raise _fail(f"output.{unknown[0]}", "is unknown (known: type, labels, regions)")
+        if out["type"] == "softmax" and "regions" in out:
+            raise _fail("output.regions", "belongs to sigmoid outputs; a softmax output lists 'labels'")
+        if out["type"] == "sigmoid" and "regions" in out and "labels" in out:
+            raise _fail("output.labels", "and 'output.regions' are both given; a sigmoid output lists 'regions' only")
+        _check_labels(out.get(_output_key(out)), f"output.{_output_key(out)}")
 
     def _check_channels(self, data: Dict[str, Any]) -> None:
         n_in = self._kwargs_full.get("in_channels")
@@ -257,8 +374,7 @@ class Manifest:
             raise _fail("inputs", f"lists {len(data['inputs'])} input(s) but kwargs.in_channels is {n_in}")
         n_out = self._kwargs_full.get("out_channels")
         out = data["output"]
-        labels = out.get("regions") or out.get("labels")
-        values = [lab["value"] for lab in labels]
+        values = [lab["value"] for lab in out[_output_key(out)]]
         if out["type"] == "softmax" and isinstance(n_out, int) and max(values) >= n_out:
             raise _fail("output.labels", f"has value {max(values)} but the network has only {n_out} channels (0 = background)")
         if out["type"] == "sigmoid" and isinstance(n_out, int) and len(values) != n_out:
@@ -269,12 +385,6 @@ class Manifest:
     def to_dict(self) -> Dict[str, Any]:
         """A deep copy of the validated manifest (with ``format_version`` filled in)."""
         return copy.deepcopy(self._data)
-
-    def __getitem__(self, key: str) -> Any:
-        return copy.deepcopy(self._data[key])
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return copy.deepcopy(self._data.get(key, default))
 
     @property
     def name(self) -> str:
@@ -349,21 +459,12 @@ class Manifest:
         return self._data["output"]["type"]
 
     @property
-    def label_dicts(self) -> List[Dict[str, Any]]:
-        """Labels (softmax) or regions (sigmoid) as manifest dicts, in manifest order."""
+    def segments(self) -> List[SegmentInfo]:
+        """One :class:`SegmentInfo` per output label (softmax) or region (sigmoid), in manifest order."""
         out = self._data["output"]
-        return copy.deepcopy(out.get("regions") or out.get("labels"))
-
-    @property
-    def labels(self) -> list:
-        """Labels/regions as ``tumorseg_core.io.SegmentInfo`` (value, name, color, terminology)."""
-        from tumorseg_core.io import SegmentInfo  # lazy: io pulls in SimpleITK
-
-        return [
-            SegmentInfo(value=d["value"], name=d["name"], color=tuple(float(c) for c in d["color"]),
-                        terminology=d.get("terminology"))
-            for d in self.label_dicts
-        ]
+        return [SegmentInfo(value=d["value"], name=d["name"], color=tuple(float(c) for c in d["color"]),
+                            terminology=copy.deepcopy(d.get("terminology")))
+                for d in out[_output_key(out)]]
 
     @property
     def postprocessing(self) -> List[Dict[str, Any]]:
@@ -383,12 +484,40 @@ class Manifest:
 
     @property
     def cascade(self) -> Optional[CascadeSpec]:
-        """The dedicated coarse network of the ROI cascade, or None (see manifest_cascade)."""
+        """The dedicated coarse network of the ROI cascade, or None (the 'cascade' section above)."""
         return self._cascade
 
     @property
     def files(self) -> Dict[str, str]:
         return dict(self._data["files"])
+
+    def predictor_settings(self) -> Dict[str, Any]:
+        """The :class:`~tumorseg_core.inference.predictor.Predictor` keyword arguments this model asks for.
+
+        Window (``patch_size_zyx``, ``size_divisor``), outputs (``num_outputs``, ``output_type``,
+        ``region_values`` for sigmoid models), inputs (``in_channels``, ``modalities``) and the
+        manifest's ``inference`` defaults (``overlap``, ``tta``, ``window_batch``, ``amp``,
+        ``sigma_scale``) where it sets them.
+        """
+        values = [s.value for s in self.segments]
+        sigmoid = self.output_type == "sigmoid"
+        num_outputs = self._kwargs_full.get("out_channels")
+        if not isinstance(num_outputs, int):
+            num_outputs = len(values) if sigmoid else max(values) + 1
+        settings: Dict[str, Any] = {
+            "patch_size_zyx": self.patch_size_zyx,
+            "num_outputs": int(num_outputs),
+            "output_type": self.output_type,
+            "in_channels": self.num_inputs,
+            "modalities": self.input_modalities,
+            "size_divisor": tuple(int(d) for d in self.size_divisor_zyx),
+        }
+        if sigmoid:
+            settings["region_values"] = values
+        for key, value in self.inference.items():
+            if key in INFERENCE_SETTINGS and value is not None:
+                settings[key] = value
+        return settings
 
     def __repr__(self) -> str:
         return f"Manifest(name={self.name!r}, version={self.version!r}, architecture={self.architecture!r})"

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import ModelPackageError
+from tumorseg_core.errors import ModelPackageError
 
 logger = logging.getLogger(__name__)
 

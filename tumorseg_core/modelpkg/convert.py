@@ -98,7 +98,7 @@ def import_weights(
             ``inputs``, ``spacing``, ``patch_size``, ``output``, ...); ``version``,
             ``license``, ``orientation`` and ``format_version`` have defaults.
     """
-    from tumorseg_core.package import load_state_dict_strict, write_package
+    from tumorseg_core.modelpkg.package import load_state_dict_strict, write_package
 
     paths: List[PathLike] = [pt_path] if isinstance(pt_path, (str, os.PathLike)) else list(pt_path)
     if not paths:

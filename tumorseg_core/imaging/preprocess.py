@@ -13,7 +13,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import ModelPackageError
+from tumorseg_core.errors import ModelPackageError
 
 logger = logging.getLogger(__name__)
 

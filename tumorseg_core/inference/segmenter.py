@@ -14,15 +14,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
 
-from tumorseg_core import geometry, postprocess, preprocess, stream_resample
+from tumorseg_core.imaging import geometry, postprocess, preprocess, stream_resample
 from tumorseg_core.errors import CancelledError, InputError
-from tumorseg_core.io import read_images
+from tumorseg_core.imaging.io import check_output_path, read_images, write_labelmap
+from tumorseg_core.options import SegmentOptions
 
 logger = logging.getLogger(__name__)
 
@@ -32,28 +32,6 @@ ImageLike = Union[str, "sitk.Image", Any]
 
 # Share of the progress bar given to each stage; the network dominates run time.
 _READ, _PREPARE, _PREDICT_END = 0.05, 0.12, 0.92
-
-
-@dataclass
-class SegmentOptions:
-    """Per-call options; the model's manifest supplies defaults for ``None`` values."""
-
-    overlap: Optional[float] = None
-    tta: bool = False
-    window_batch: Optional[int] = None
-    postprocess: bool = True
-    seeds_lps: Sequence[Sequence[float]] = field(default_factory=tuple)
-    background_lps: Sequence[Sequence[float]] = field(default_factory=tuple)
-    backend: str = "auto"  # auto | torch | onnxruntime | openvino (inference/backends)
-    cascade: Optional[bool] = None  # ROI cascade (inference/cascade.py); None: its default
-
-    @classmethod
-    def from_kwargs(cls, **kwargs: Any) -> "SegmentOptions":
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise TypeError(f"unknown segment option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**kwargs)
 
 
 def _report(progress: Optional[ProgressFn], fraction: float, message: str) -> None:
@@ -81,15 +59,22 @@ class Segmenter:
     """
 
     def __init__(self, model: Any = "default", device: str = "auto", **options: Any) -> None:
-        from tumorseg_core.package import ModelPackage, open_package
+        from tumorseg_core.modelpkg.package import ModelPackage, open_package
 
+        # Options first: a bad value fails before the package is opened and verified.
+        self.options = SegmentOptions.from_mapping({**options, "device": device})
         self.package = model if isinstance(model, ModelPackage) else open_package(model)
-        self.device = device
-        self.options = SegmentOptions.from_kwargs(**options)
+        self.device = self.options.device
         self._predictor = None
         self._predictor_key: Optional[tuple] = None
         self._backend: Optional[str] = None
         self._coarse: Optional[tuple] = None  # (backend option, Predictor of the cascade's coarse network)
+
+    @classmethod
+    def with_options(cls, model: Any, options: SegmentOptions) -> "Segmenter":
+        """A Segmenter for ``model`` with validated :class:`~tumorseg_core.options.SegmentOptions`."""
+        values = options.to_dict()
+        return cls(model, values.pop("device"), **values)
 
     @property
     def manifest(self):
@@ -99,20 +84,21 @@ class Segmenter:
         """The warm Predictor for these options (rebuilt only if they change)."""
         from tumorseg_core.inference.predictor import Predictor
 
-        defaults = dict(self.manifest.inference or {})
-        overlap = options.overlap if options.overlap is not None else float(defaults.get("overlap", 0.5))
-        key = (overlap, bool(options.tta), options.window_batch)
+        defaults = self.manifest.inference
+        overlap = options.window_overlap
+        overlap = overlap if overlap is not None else float(defaults.get("overlap", 0.5))
+        key = (overlap, options.use_tta, options.window_batch)
         if self._predictor is None or (self._backend is not None and options.backend != self._backend):
             # The backend's session (export, load) is kept warm; only a new backend rebuilds.
             self._predictor = Predictor.from_package(
-                self.package, device=self.device, overlap=overlap, tta=options.tta,
+                self.package, device=self.device, overlap=overlap, tta=options.use_tta,
                 window_batch=options.window_batch, backend=options.backend,
             )
             self._backend = options.backend
         elif key != self._predictor_key:
             # Same networks, new sliding-window settings: no reload needed.
             self._predictor.overlap = overlap
-            self._predictor.tta = bool(options.tta)
+            self._predictor.tta = options.use_tta
             if options.window_batch is not None:
                 self._predictor.window_batch = options.window_batch
         self._predictor_key = key
@@ -127,11 +113,10 @@ class Segmenter:
             return None
         if self._coarse is None or self._coarse[0] != options.backend:
             from tumorseg_core.inference.predictor import Predictor
-            from tumorseg_core.inference.predictor_settings import cascade_settings
 
-            networks, name, settings = cascade_settings(
-                self.package, self.device, {"backend": options.backend, "window_batch": options.window_batch})
-            self._coarse = (options.backend, Predictor(networks, device=name, **settings))
+            coarse = Predictor.for_cascade(self.package, self.device, backend=options.backend,
+                                           window_batch=options.window_batch)
+            self._coarse = (options.backend, coarse)
         elif options.window_batch is not None:
             self._coarse[1].window_batch = options.window_batch  # same networks, new batch size
         return self._coarse[1]
@@ -144,7 +129,7 @@ class Segmenter:
         **overrides: Any,
     ) -> sitk.Image:
         """Segment one case; returns a uint8 label map on the first image's exact grid."""
-        options = SegmentOptions.from_kwargs(**{**self.options.__dict__, **overrides})
+        options = self._options_for(overrides)
         started = time.perf_counter()
         _report(progress, 0.0, "reading images")
         volume, model_grid, reference = self.prepare(images, cancel, _scaled_progress(progress, 0.0, _PREPARE))
@@ -157,11 +142,39 @@ class Segmenter:
         label_image = model_grid.apply_to(sitk.GetImageFromArray(labels.astype(np.uint8, copy=False)))
         result = geometry.labels_to_reference(label_image, reference)
         if options.seeds_lps or options.background_lps:
-            from tumorseg_core.refine import keep_clicked_lesions
+            from tumorseg_core.interactive.refine import keep_clicked_lesions
 
             result = keep_clicked_lesions(result, options.seeds_lps, options.background_lps)
         _report(progress, 1.0, f"done in {time.perf_counter() - started:.1f} s")
         return result
+
+    def segment_to_file(
+        self,
+        images: Union[ImageLike, Sequence[ImageLike]],
+        output: Union[str, "os.PathLike[str]"],
+        progress: Optional[ProgressFn] = None,
+        cancel: Optional[CancelFn] = None,
+        **overrides: Any,
+    ) -> sitk.Image:
+        """Segment one case and write its label map to ``output``; returns the label map.
+
+        The one place a model's result is written (CLI, demo, worker): the format follows
+        the extension (:data:`~tumorseg_core.options.LABELMAP_EXTENSIONS`), ``.seg.nrrd``
+        carries the manifest's segment names, colors and terminology, and the write is
+        atomic. The output path is checked before any work is done.
+        """
+        check_output_path(output)
+        labels = self.segment(images, progress=progress, cancel=cancel, **overrides)
+        _check_cancel(cancel)
+        write_labelmap(labels, output, segments=self.manifest.segments)
+        return labels
+
+    def _options_for(self, overrides: dict) -> SegmentOptions:
+        """This Segmenter's options with a call's ``overrides``; the device is fixed at construction."""
+        options = self.options.replace(**overrides) if overrides else self.options
+        if options.device != self.options.device:
+            raise InputError(f"this Segmenter runs on {self.options.device}; make another one for {options.device}")
+        return options
 
     def model_grid_labels(self, volume: np.ndarray, progress: Optional[ProgressFn] = None,
                           cancel: Optional[CancelFn] = None, options: Optional[SegmentOptions] = None) -> np.ndarray:
@@ -188,12 +201,12 @@ class Segmenter:
         """The network's input for one case: ``(volume, model grid, input grid)``.
 
         ``volume`` is (C, z, y, x) float32, resampled and normalized on the model grid
-        (a :class:`~tumorseg_core.geometry.GridGeometry`); the input grid is the first
+        (a :class:`~tumorseg_core.imaging.geometry.GridGeometry`); the input grid is the first
         image's, where :meth:`segment` puts its labels back.
         """
         manifest = self.manifest
         items = _as_list(images)
-        streamed = self._read_streaming(items, cancel)
+        streamed = self.read_streaming(items, cancel)
         if streamed is not None:
             return streamed
         inputs = read_images(items)
@@ -207,13 +220,13 @@ class Segmenter:
         aligned = geometry.align_to_reference(inputs)
         _check_cancel(cancel)
         _report(progress, _READ / _PREPARE, "resampling to the model grid")
-        volume, model_grid = self._prepare(aligned)
+        volume, model_grid = self.prepare_aligned(aligned)
         # The inputs' voxels are not needed any more (only their grid): images this call
         # read are freed here, before the model and the output's allocations.
         del inputs, aligned
         return volume, model_grid, reference
 
-    def _read_streaming(self, items: list, cancel: Optional[CancelFn]) -> Optional[tuple]:
+    def read_streaming(self, items: list, cancel: Optional[CancelFn]) -> Optional[tuple]:
         """``(volume, model grid, input grid)`` read slab by slab, or None where that would differ.
 
         Streams only what gives the whole-image path's grid and voxels (up to the float
@@ -242,7 +255,7 @@ class Segmenter:
         volume = arrays[0][None] if len(arrays) == 1 else np.stack(arrays)
         return volume.astype(np.float32, copy=False), model_grid, grids[0]
 
-    def _prepare(self, aligned: list) -> tuple:
+    def prepare_aligned(self, aligned: list) -> tuple:
         """Resample and normalize every channel on the model grid.
 
         Returns ``(volume (C, z, y, x) float32, the model grid (channel 0's))``.

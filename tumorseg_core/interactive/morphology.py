@@ -1,4 +1,4 @@
-"""Binary morphology helpers in millimetres for :mod:`tumorseg_core.interactive`.
+"""Binary morphology helpers in millimetres for :mod:`tumorseg_core.interactive.seeds`.
 
 All operations work on the bounding box of the mask (lesions are small compared with the
 crop around a seed) and use Euclidean distance transforms with the voxel spacing, so

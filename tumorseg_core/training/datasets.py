@@ -6,7 +6,7 @@ case in :mod:`tumorseg_core.training.cache` (``.npy`` cache). Layouts understood
 
 * Medical Segmentation Decathlon: ``dataset.json`` with a ``training`` list of
   ``{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}``; a 4D image
-  (Task01_BrainTumour) is split into channels when read (:func:`tumorseg_core.io.read_channels`).
+  (Task01_BrainTumour) is split into channels when read (:func:`tumorseg_core.imaging.io.read_channels`).
 * Paired folders: ``images/`` (or ``imagesTr/``) + ``labels/`` (or ``labelsTr/``) with
   the same stems; nnU-Net multi-channel ``case_0000.nii.gz``, ``case_0001.nii.gz`` with
   ``labels/case.nii.gz``; or a flat folder of ``X_image.nii.gz`` / ``X_label.nii.gz``

@@ -4,7 +4,7 @@ The user clicks inside a lesion (Shift+click adds seeds, Ctrl+click marks backgr
 For each seed, in a ball of ``max_radius_mm`` around it:
 
 1. smooth (Gaussian, ~1 mm) and take the median intensity in thin spherical shells
-   around the seed (the radial profile, :mod:`tumorseg_core.interactive_profile`);
+   around the seed (the radial profile, :mod:`tumorseg_core.interactive.profile`);
 2. the profile gives the lesion's outer boundary radius r (the first sharp transition
    after which the profile stays at one level; for a rim or necrotic lesion the outer
    edge of the rim), the surrounding organ's level (shell [1.3 r, 2 r]) and the level of
@@ -32,8 +32,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from tumorseg_core.errors import CancelledError, InputError
-from tumorseg_core.interactive_morph import component, fill_holes, open_mm
-from tumorseg_core.interactive_profile import (
+from tumorseg_core.interactive.morphology import component, fill_holes, open_mm
+from tumorseg_core.interactive.profile import (
     Levels,
     analyse_profile,
     core_in_organ,

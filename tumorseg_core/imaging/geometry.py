@@ -19,7 +19,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError, TumorSegError
+from tumorseg_core.errors import InputError, TumorSegError
 
 logger = logging.getLogger(__name__)
 

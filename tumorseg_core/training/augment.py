@@ -8,7 +8,7 @@ and return one training patch of the same layout with spatial size ``patch_size_
 Order (nnU-Net style, so the expensive spatial resampling runs on a patch, not the case):
 
 1. crop the (enlarged) crop size with foreground oversampling, padding short axes
-   (:class:`~tumorseg_core.augment_crop.RandForegroundCropd`, ``RandCropByPosNegLabeld``
+   (:class:`~tumorseg_core.training.foreground_crop.RandForegroundCropd`, ``RandCropByPosNegLabeld``
    semantics from precomputed foreground coordinates; ``pos:neg`` = 2:1 by default);
 2. spatial: rotation + scaling (``RandAffined``, which also centre-crops the enlarged
    crop to the patch so rotated corners are real data, not padding), optional elastic
@@ -110,7 +110,7 @@ def build_train_transforms(patch_size_zyx: Sequence[int], config: dict[str, Any]
     import monai.transforms as mt
     import numpy as np
 
-    from tumorseg_core.augment_crop import RandForegroundCropd
+    from tumorseg_core.training.foreground_crop import RandForegroundCropd
 
     cfg = augment_config(config)
     patch = [int(p) for p in patch_size_zyx]
@@ -118,7 +118,7 @@ def build_train_transforms(patch_size_zyx: Sequence[int], config: dict[str, Any]
     keys = ["image", "label"]
     chain: list[Any] = [
         # Pad + foreground-oversampled crop in one cheap copy (RandCropByPosNegLabeld
-        # semantics without scanning the whole label per sample; see augment_crop.py).
+        # semantics without scanning the whole label per sample; see foreground_crop.py).
         RandForegroundCropd(keys, "label", crop, pos=float(cfg["pos"]), neg=float(cfg["neg"]),
                             per_lesion=cfg["fg_sampling"] == "lesion", hard_fraction=hard_fraction),
         mt.EnsureTyped(keys=keys, data_type="tensor", track_meta=False),

@@ -1,7 +1,7 @@
 """Model packages: open (verify first), load weights safely, write, list and install.
 
 A package is a folder or ``.zip`` holding ``manifest.json`` (see
-:mod:`tumorseg_core.manifest`), one ``*.safetensors`` file per fold/ensemble member
+:mod:`tumorseg_core.modelpkg.manifest`), one ``*.safetensors`` file per fold/ensemble member
 and optionally ``README.md``. Opening one checks, before anything else is parsed or
 loaded, that every file is listed in the manifest's ``files`` and that every listed
 file exists with the listed sha256. Weights are read only with ``safetensors``;
@@ -18,23 +18,25 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import stat
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
-from tumorseg_core.errors import ModelPackageError
-from tumorseg_core.manifest import (
+from tumorseg_core.errors import ModelAlreadyInstalledError, ModelPackageError
+from tumorseg_core.modelpkg.manifest import (
     MANIFEST_NAME,
     Manifest,
     check_file_name,
     check_files_dict,
+    parse_manifest_json,
     read_manifest_json,
 )
-from tumorseg_core.manifest_cascade import reserve_cascade_weights
 from tumorseg_core.models.registry import build_network
-from tumorseg_core.package_zip import extract_zip, sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
@@ -42,11 +44,11 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
-SHIPPED_DEFAULT = Path(__file__).resolve().parent / "data" / "models" / "default"
+SHIPPED_DEFAULT = Path(__file__).resolve().parent.parent / "data" / "models" / "default"
 
 __all__ = [
-    "Manifest", "ModelInfo", "ModelPackage", "default_models_dir", "import_weights", "install_package",
-    "installed_models", "open_package", "user_models_dir", "write_package",
+    "Manifest", "ModelInfo", "ModelPackage", "default_models_dir", "install_package",
+    "installed_models", "open_package", "read_manifest", "user_models_dir", "write_package",
 ]
 
 
@@ -60,6 +62,136 @@ def user_models_dir() -> Path:
     env = os.environ.get("TUMORSEG_MODELS")
     return Path(env).expanduser() if env else Path.home() / ".tumorseg" / "models"
 
+
+# ------------------------------------------------------------------ zipped packages
+# Safe handling of zipped model packages and file hashing.
+#
+# A ``.zip`` package is extracted once into a private cache folder named after the
+# zip's sha256 (``$TUMORSEG_CACHE`` or ``~/.tumorseg/cache``, subfolder ``packages``).
+# Extraction refuses anything that could write outside that folder or exhaust the disk:
+# absolute paths, drive letters, ``..`` components, backslashes, symlinks, encrypted or
+# duplicate entries, too many entries, and more than ``MAX_UNCOMPRESSED_BYTES`` in all
+# (counted while writing, so a lying header does not help). It writes into a temporary
+# folder and renames it into place, so a failed or concurrent extraction never leaves a
+# half-written package behind. The extracted files are then verified like any folder.
+
+MAX_UNCOMPRESSED_BYTES = 4 * 1024**3
+MAX_ENTRIES = 256
+MAX_MANIFEST_BYTES_IN_ZIP = 1024 * 1024
+_CHUNK = 1024 * 1024
+_DRIVE_RE = re.compile(r"^[A-Za-z]:")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (weights can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    """Root of TumorSeg's private cache (``$TUMORSEG_CACHE`` or ``~/.tumorseg/cache``)."""
+    env = os.environ.get("TUMORSEG_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".tumorseg" / "cache"
+
+
+def _safe_parts(name: str, zip_path: Path) -> List[str]:
+    """Split a zip entry name into path parts, refusing anything that could escape."""
+    bad = (
+        not name or name.startswith(("/", "\\")) or "\\" in name or "\x00" in name
+        or _DRIVE_RE.match(name) is not None
+    )
+    parts = [p for p in name.split("/") if p != ""]
+    if bad or any(p in (".", "..") for p in parts) or not parts:
+        raise ModelPackageError(f"{zip_path.name} has an unsafe entry {name!r} (absolute path or '..'); refusing to extract it")
+    return parts
+
+
+def _plan(zf: zipfile.ZipFile, zip_path: Path) -> List[tuple]:
+    """Check every entry; return ``[(ZipInfo, relative parts)]`` for the files to write."""
+    infos = zf.infolist()
+    if len(infos) > MAX_ENTRIES:
+        raise ModelPackageError(f"{zip_path.name} has {len(infos)} entries; a model package has only a few files")
+    files, seen, total = [], set(), 0
+    for info in infos:
+        parts = _safe_parts(info.filename, zip_path)
+        mode = info.external_attr >> 16
+        if stat.S_ISLNK(mode):
+            raise ModelPackageError(f"{zip_path.name} contains a symbolic link {info.filename!r}; refusing to extract it")
+        if info.flag_bits & 0x1:
+            raise ModelPackageError(f"{zip_path.name} has an encrypted entry {info.filename!r}; use an unencrypted zip")
+        if info.is_dir():
+            continue
+        key = "/".join(parts)
+        if key in seen:
+            raise ModelPackageError(f"{zip_path.name} lists {key!r} twice; rebuild the zip")
+        seen.add(key)
+        total += info.file_size
+        if total > MAX_UNCOMPRESSED_BYTES:
+            raise ModelPackageError(f"{zip_path.name} unpacks to more than {MAX_UNCOMPRESSED_BYTES} bytes; refusing it")
+        files.append((info, parts))
+    # Zipping a folder usually adds one top-level directory; strip it if that is all there is.
+    if files and not any(p == ["manifest.json"] for _, p in files):
+        tops = {p[0] for _, p in files}
+        if len(tops) == 1 and all(len(p) > 1 for _, p in files):
+            files = [(info, parts[1:]) for info, parts in files]
+    return files
+
+
+def _extract_to(zf: zipfile.ZipFile, files: List[tuple], dest: Path, zip_path: Path) -> None:
+    written = 0
+    for info, parts in files:
+        target = dest.joinpath(*parts)
+        # Resolve and compare so nothing can land outside ``dest`` whatever the name.
+        if os.path.commonpath([str(target.resolve()), str(dest.resolve())]) != str(dest.resolve()):
+            raise ModelPackageError(f"{zip_path.name} entry {info.filename!r} points outside the package; refusing it")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with zf.open(info) as src, open(target, "xb") as out:
+            for chunk in iter(lambda: src.read(_CHUNK), b""):
+                written += len(chunk)
+                if written > MAX_UNCOMPRESSED_BYTES:
+                    raise ModelPackageError(f"{zip_path.name} unpacks to more than {MAX_UNCOMPRESSED_BYTES} bytes; refusing it")
+                out.write(chunk)
+
+
+def extract_zip(zip_path: Path, cache_root: Optional[Path] = None) -> Path:
+    """Extract a zipped package safely into the cache; return the extracted folder.
+
+    The folder is ``<cache>/packages/<sha256 of the zip>``; if it already exists it is
+    reused (the caller verifies every file's hash anyway). Raises ModelPackageError
+    for a missing, corrupt or unsafe zip.
+    """
+    zip_path = Path(zip_path)
+    if not zip_path.is_file():
+        raise ModelPackageError(f"model package {zip_path} does not exist; check the path")
+    root = Path(cache_root) if cache_root is not None else cache_dir() / "packages"
+    dest = root / sha256_file(zip_path)
+    if dest.is_dir():
+        return dest
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=root))
+    try:
+        try:
+            with zipfile.ZipFile(zip_path) as zf:
+                files = _plan(zf, zip_path)
+                _extract_to(zf, files, tmp, zip_path)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as exc:
+            raise ModelPackageError(f"{zip_path.name} is not a readable zip file ({exc}); re-download or rebuild it") from exc
+        try:
+            os.replace(tmp, dest)
+        except OSError:
+            if not dest.is_dir():  # not a lost race with another process: a real error
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("extracted %s into %s", zip_path, dest)
+    return dest
+
+
+# ------------------------------------------------------------------ folders
 
 def verify_folder(root: Path) -> Dict[str, Any]:
     """Verify a package folder's files against its manifest; return the manifest dict.
@@ -222,6 +354,36 @@ def open_package(name_or_path: PathLike) -> ModelPackage:
     return ModelPackage(root, manifest, os.fspath(name_or_path))
 
 
+def read_manifest(name_or_path: PathLike) -> Manifest:
+    """The validated manifest of a package, without hashing its files (nothing is extracted).
+
+    For listing models and checking a model's inputs where weights are not needed (Slicer's
+    UI process). Running a model goes through :func:`open_package`, which verifies every
+    file first, so a package whose weights were altered is still refused before it runs.
+    """
+    path = resolve_package_path(name_or_path)
+    if path.is_dir():
+        return Manifest(read_manifest_json(path / MANIFEST_NAME))
+    if not (path.is_file() and path.suffix.lower() == ".zip"):
+        raise ModelPackageError(f"{path} is neither a folder nor a .zip model package")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = [info for info in zf.infolist() if not info.is_dir()]
+            entry = next((i for i in names if i.filename == MANIFEST_NAME), None)
+            tops = {i.filename.split("/")[0] for i in names}
+            if entry is None and len(tops) == 1:  # zipped folder: one top-level directory
+                entry = next((i for i in names if i.filename == f"{tops.pop()}/{MANIFEST_NAME}"), None)
+            if entry is None:
+                raise ModelPackageError(f"no manifest.json in {path.name}; a model package needs one")
+            if entry.file_size > MAX_MANIFEST_BYTES_IN_ZIP:
+                raise ModelPackageError(f"{path.name}: manifest.json is larger than 1 MB; a manifest is a small JSON file")
+            with zf.open(entry) as fh:
+                raw = fh.read(MAX_MANIFEST_BYTES_IN_ZIP + 1)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError) as exc:
+        raise ModelPackageError(f"{path.name} is not a readable zip file ({exc}); re-download or rebuild it") from exc
+    return Manifest(parse_manifest_json(raw, f"{path.name}:manifest.json"))
+
+
 def _clean_state_dict(state: Dict[str, Any], index: int) -> Dict[str, "torch.Tensor"]:
     import torch
 
@@ -234,6 +396,19 @@ def _clean_state_dict(state: Dict[str, Any], index: int) -> Dict[str, "torch.Ten
         # safetensors refuses shared or non-contiguous storage: give each tensor its own copy.
         out[key] = value.detach().to("cpu").contiguous().clone()
     return out
+
+
+def reserve_cascade_weights(manifest: Dict[str, Any], have_weights: bool) -> None:
+    """Writing a package: list the ``cascade`` section's weights in ``manifest["files"]``
+    (placeholder digest) after the ensemble's ``fold{i}`` files; refuse a mismatch."""
+    section = manifest.get("cascade")
+    name = section.get("weights") if isinstance(section, dict) else None
+    if have_weights != (name is not None):
+        raise ModelPackageError("give the cascade weights together with a manifest 'cascade' section, or neither")
+    if name in manifest["files"]:
+        raise ModelPackageError(f"cascade weights {name!r} would replace an ensemble member; name them otherwise")
+    if name is not None:
+        manifest["files"][name] = "0" * 64
 
 
 def write_package(
@@ -344,10 +519,13 @@ class ModelInfo:
     source: str  # "shipped" or "user"
 
 
-def installed_models(models_dir: Optional[PathLike] = None) -> List[ModelInfo]:
+def installed_models(models_dir: Optional[PathLike] = None, verify: bool = True) -> List[ModelInfo]:
     """The shipped default and every valid package in the user model folder.
 
-    Each is fully verified (hashes included); broken ones are skipped with a warning.
+    With ``verify`` (the CLI's ``tumorseg models``) each is fully verified, hashes included;
+    ``verify=False`` reads only the manifests (Slicer's UI process: listing stays instant
+    whatever the weights weigh; the worker verifies before running). Broken ones are
+    skipped with a warning.
     """
     candidates = []
     if (SHIPPED_DEFAULT / MANIFEST_NAME).is_file():
@@ -360,11 +538,10 @@ def installed_models(models_dir: Optional[PathLike] = None) -> List[ModelInfo]:
     infos = []
     for key, path, source in candidates:
         try:
-            pkg = open_package(path)
+            m = open_package(path).manifest if verify else read_manifest(path)
         except ModelPackageError as exc:
             logger.warning("skipping model %s: %s", path, exc)
             continue
-        m = pkg.manifest
         infos.append(ModelInfo(key, m.name, m.version, m.description, path, m.input_modalities, source))
     return infos
 
@@ -379,7 +556,7 @@ def install_package(src: PathLike, models_dir: Optional[PathLike] = None, overwr
     folder = Path(models_dir) if models_dir is not None else user_models_dir()
     dest = folder / pkg.manifest.name
     if dest.exists() and not overwrite:
-        raise ModelPackageError(f"a model named {pkg.manifest.name!r} is already installed in {folder}; remove it or overwrite")
+        raise ModelAlreadyInstalledError(pkg.manifest.name, folder)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=folder))
     try:
@@ -392,10 +569,3 @@ def install_package(src: PathLike, models_dir: Optional[PathLike] = None, overwr
             shutil.rmtree(tmp, ignore_errors=True)
     logger.info("installed model %s into %s", pkg.manifest.name, dest)
     return dest
-
-
-def import_weights(pt_path: Any, architecture: str, kwargs: Dict[str, Any], out_dir: PathLike, **manifest_fields: Any) -> Path:
-    """Convert PyTorch ``.pt`` state dict(s) into a package; see :func:`tumorseg_core.convert.import_weights`."""
-    from tumorseg_core.convert import import_weights as _import_weights
-
-    return _import_weights(pt_path, architecture, kwargs, out_dir, **manifest_fields)

@@ -15,66 +15,24 @@ import errno
 import logging
 import os
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError, TumorSegError
-from .seg_nrrd import seg_nrrd_metadata
-from .seg_nrrd import terminology_string as terminology_string  # public here too (manifests, Logic)
+from tumorseg_core.errors import InputError, TumorSegError
+from tumorseg_core.imaging.seg_nrrd import seg_nrrd_metadata
+from tumorseg_core.imaging.segments import SegmentInfo, complete_segments
+from tumorseg_core.options import LABELMAP_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: Output formats by extension (``.seg.nrrd`` is checked before ``.nrrd``).
-LABELMAP_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 #: A 4D image whose 4th axis is longer than this is a time series, not channels.
 MAX_CHANNELS = 16
-
-# Colors for label values that come without a SegmentInfo (RGB in 0..1).
-_AUTO_COLORS = (
-    (0.90, 0.30, 0.20), (0.25, 0.65, 0.30), (0.20, 0.45, 0.85), (0.95, 0.80, 0.20),
-    (0.70, 0.35, 0.80), (0.20, 0.80, 0.80), (0.95, 0.55, 0.15), (0.60, 0.60, 0.60),
-)
-
-
-@dataclass(frozen=True)
-class SegmentInfo:
-    """Name, color and terminology of one label value.
-
-    ``color`` is RGB in 0..1. ``terminology`` is ``None`` or a dict with ``category`` and
-    ``type`` (and optionally ``modifier``), each a ``[scheme, code, meaning]`` triple, e.g.
-    ``{"category": ["SCT", "49755003", "Morphologically Altered Structure"],
-    "type": ["SCT", "108369006", "Neoplasm"]}``.
-    """
-
-    value: int
-    name: str
-    color: tuple[float, float, float] = (0.9, 0.3, 0.2)
-    terminology: dict | None = None
-
-    def __post_init__(self) -> None:
-        if len(self.color) != 3 or not all(0.0 <= float(c) <= 1.0 for c in self.color):
-            raise TumorSegError(f"segment {self.name!r} color {self.color} is invalid; give three RGB values in 0..1")
-
-    @classmethod
-    def from_any(cls, item: SegmentInfo | dict) -> SegmentInfo:
-        """Build from a SegmentInfo or a manifest label dict (``value``, ``name``, ``color``, ``terminology``)."""
-        if isinstance(item, SegmentInfo):
-            return item
-        try:
-            value = int(item["value"])
-            name = str(item.get("name", f"Segment_{value}"))
-            color = tuple(float(c) for c in item.get("color", _AUTO_COLORS[(value - 1) % len(_AUTO_COLORS)]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise TumorSegError(f"segment description {item!r} is invalid ({exc}); give value, name and color") from exc
-        return cls(value, name, color, item.get("terminology"))  # type: ignore[arg-type]
-
 
 # ----------------------------------------------------------------------------- reading
 
@@ -302,17 +260,16 @@ def write_image(image: sitk.Image, path: PathLike) -> Path:
     return p
 
 
-def _segment_infos(labels_array: np.ndarray, segments: Sequence[SegmentInfo | dict] | None) -> list[SegmentInfo]:
-    """The given segments plus an auto-named one for every other label value present."""
-    infos = [SegmentInfo.from_any(s) for s in (segments or ())]
-    known = {s.value for s in infos}
-    for value in np.unique(labels_array):
-        v = int(value)
-        if v != 0 and v not in known:
-            if segments:
-                logger.warning("label value %d has no segment description; naming it Segment_%d", v, v)
-            infos.append(SegmentInfo(v, f"Segment_{v}", _AUTO_COLORS[(v - 1) % len(_AUTO_COLORS)]))
-    return sorted(infos, key=lambda s: s.value)
+def _segment_infos(labels_array: np.ndarray, segments: Sequence[SegmentInfo] | None) -> list[SegmentInfo]:
+    """The given segments plus an auto-named one for every other label value present, by value."""
+    for s in segments or ():
+        if not isinstance(s, SegmentInfo):
+            raise TypeError(f"segments must be SegmentInfo objects, not {type(s).__name__}")
+    values = [int(v) for v in np.unique(labels_array) if v]
+    missing = sorted(set(values) - {s.value for s in segments or ()})
+    if segments and missing:
+        logger.warning("label value(s) %s have no segment description; naming them Segment_<value>", missing)
+    return sorted(complete_segments(values, list(segments or ())), key=lambda s: s.value)
 
 
 def _as_label_image(labels: sitk.Image) -> sitk.Image:
@@ -333,8 +290,24 @@ def _as_label_image(labels: sitk.Image) -> sitk.Image:
     return out
 
 
+def check_output_path(path: PathLike) -> Path:
+    """Refuse a label map path that could not be written, before any work is done.
+
+    The extension must be one of :data:`~tumorseg_core.options.LABELMAP_EXTENSIONS` and
+    the folder must exist and be writable. Returns the path.
+    """
+    output = Path(path)
+    _extension(output, LABELMAP_EXTENSIONS)
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.is_dir():
+        raise TumorSegError(f"output folder '{parent}' does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise TumorSegError(f"output folder '{parent}' is not writable; choose another folder")
+    return output
+
+
 def write_labelmap(
-    labels: sitk.Image, path: PathLike, segments: Sequence[SegmentInfo | dict] | None = None
+    labels: sitk.Image, path: PathLike, segments: Sequence[SegmentInfo] | None = None
 ) -> Path:
     """Write a label map atomically; the format follows the extension.
 

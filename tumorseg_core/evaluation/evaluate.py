@@ -4,7 +4,7 @@ Files are paired by **case name**: the file name without its extension (``.seg.n
 ``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``), so ``pred/case_07.nii.gz`` is compared with
 ``truth/case_07.seg.nrrd``. A prediction must lie on exactly its truth's voxel grid
 (same size, spacing, origin, direction): nothing is resampled, a mismatch is an error.
-Metric definitions and the empty-mask policy are in :mod:`tumorseg_core.metrics`.
+Metric definitions and the empty-mask policy are in :mod:`tumorseg_core.evaluation.metrics`.
 
 Rows (one per case and label) are dicts with ``case``, ``label``, ``name``, the
 metric keys and the lesion counts; :func:`summarize` turns them into per-label
@@ -26,7 +26,7 @@ from typing import Any, Optional, Union
 import numpy as np
 import SimpleITK as sitk
 
-from tumorseg_core import metrics
+from tumorseg_core.evaluation import metrics
 from tumorseg_core.errors import CancelledError, InputError, TumorSegError
 
 logger = logging.getLogger(__name__)
@@ -98,11 +98,11 @@ def evaluate_images(
     tolerance_mm: float = 2.0,
     min_overlap: float = 0.0,
 ) -> list[dict[str, Any]]:
-    """Metrics of one case (see :func:`tumorseg_core.metrics.evaluate_case`), each row with ``case``.
+    """Metrics of one case (see :func:`tumorseg_core.evaluation.metrics.evaluate_case`), each row with ``case``.
 
     Raises InputError naming the case if the two images are not on the same grid.
     """
-    from tumorseg_core.geometry import same_grid
+    from tumorseg_core.imaging.geometry import same_grid
 
     if not same_grid(pred, truth):
         raise InputError(
@@ -236,17 +236,17 @@ def evaluate_model(
         data_dir: folder laid out as :func:`find_data` describes.
         labels: value -> name; None: the model's labels/regions.
         save_dir: if given, each prediction is also written there as ``<case>.nii.gz``.
-        options: passed to :class:`tumorseg_core.pipeline.Segmenter` (``overlap``, ``tta``, ...).
+        options: passed to :class:`tumorseg_core.inference.segmenter.Segmenter` (``overlap``, ``tta``, ...).
 
     Returns:
         Rows as :func:`evaluate_folders` returns them.
     """
-    from tumorseg_core.pipeline import Segmenter  # lazy: pulls in torch
+    from tumorseg_core.inference.segmenter import Segmenter  # lazy: pulls in torch
 
     images, label_files = find_data(data_dir)
     segmenter = Segmenter(package_or_name, device=device, **options)
     if labels is None:
-        labels = {int(d["value"]): str(d["name"]) for d in segmenter.manifest.label_dicts}
+        labels = {s.value: s.name for s in segmenter.manifest.segments}
     rows: list[dict[str, Any]] = []
     for i, case in enumerate(images):
         if cancel is not None and cancel():
@@ -255,12 +255,12 @@ def evaluate_model(
             progress(i / len(images), f"segmenting {case} ({i + 1}/{len(images)})")
         inputs: list[Any] = list(images[case])
         if len(inputs) == 1 and segmenter.manifest.num_inputs > 1:
-            from tumorseg_core.io import read_channels  # MSD Task01 style: one 4D file per case
+            from tumorseg_core.imaging.io import read_channels  # MSD Task01 style: one 4D file per case
 
             inputs = read_channels(inputs[0])
         pred = segmenter.segment(inputs, cancel=cancel)
         if save_dir is not None:
-            from tumorseg_core.io import write_labelmap
+            from tumorseg_core.imaging.io import write_labelmap
 
             write_labelmap(pred, Path(save_dir) / f"{case}.nii.gz")
         rows.extend(evaluate_images(pred, read_labelmap(label_files[case]), case, labels, tolerance_mm,

@@ -1,4 +1,4 @@
-"""Qt-free decisions behind the Tumor Segmentation module panel.
+"""Qt-free state of the Tumor Segmentation module panel: what every widget shows.
 
 The Qt adapter (:mod:`TumorSegmentationLib.widget`) only copies what these functions
 return onto widgets, so everything a user can see change (which input selectors are
@@ -12,32 +12,35 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
+from tumorseg_core.options import (
+    BACKENDS,
+    DEVICES,
+    QUALITIES,
+    QUALITY_LABELS,
+    SegmentOptions,
+    cascade_from_choice,
+)
+
 MAX_INPUTS = 4
 DEFAULT_MODEL = "default"
 ADD_MODEL_ITEM = "Add model from file or folder…"
 
-# Order matters: it is the order of the items in the combo boxes (parameters.py uses it).
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
-QUALITY_CHOICES = ("fast", "normal", "tta")
-
-QUALITY_LABELS = {
-    "fast": "Fast (less window overlap)",
-    "normal": "Normal",
-    "tta": "Best (test-time augmentation, slower)",
-}
-_QUALITY_OPTIONS = {
-    "fast": {"overlap": 0.25, "tta": False},
-    "normal": {"overlap": 0.5},
-    "tta": {"overlap": 0.5, "tta": True},
-}
+# The choices of the device, quality, backend and cascade combo boxes are the engine's own
+# (tumorseg_core.options): the panel offers exactly what the CLI, the API and the worker take.
+DEVICE_CHOICES = DEVICES
+QUALITY_CHOICES = QUALITIES
+BACKEND_CHOICES = BACKENDS
 
 
-def quality_options(quality: str) -> dict:
-    """Options passed to ``Logic.process(options=...)`` for a quality choice."""
-    try:
-        return dict(_QUALITY_OPTIONS[quality])
-    except KeyError:
-        raise ValueError(f"unknown quality '{quality}'; use one of {', '.join(QUALITY_CHOICES)}") from None
+def run_options(quality: str = "normal", backend: str = "auto", cascade: str = "auto") -> dict:
+    """The ``options`` the panel passes to ``Logic.process`` (validated by SegmentOptions).
+
+    ``quality`` ``normal`` means the model's own settings: the same windows, and so the same
+    label map, as ``tumorseg segment`` with that model.
+    """
+    options = {"quality": quality, "backend": backend, "cascade": cascade_from_choice(cascade)}
+    SegmentOptions.from_mapping(options)  # one validation, the engine's
+    return options
 
 
 @dataclass(frozen=True)
@@ -115,11 +118,12 @@ def model_items(installed: Sequence[Any]) -> list:
 def device_labels(report: Optional[Mapping] = None) -> list:
     """Text of the device combo items (same order as DEVICE_CHOICES), saying what was detected.
 
-    ``report`` is ``tumorseg_core.inference.devices.device_report()``, or None when torch
-    has not been checked yet (it is imported only after the dependency check).
+    ``report`` is the worker's device report (``Logic.deviceReport()``, which runs
+    ``tumorseg_core.inference.devices.device_report`` in the worker process: torch is never
+    imported in Slicer's UI process), or None when no report was asked for yet.
     """
     if report is None:
-        return ["auto (detected on first run)", "cpu", "cuda (not checked yet)"]
+        return ["auto (detected on first run)", "cpu", "cuda (not checked yet)", "mps (Apple GPU, not checked yet)"]
     gpus = list(report.get("gpus") or [])
     if report.get("cuda_available") and gpus:
         first = gpus[0]
@@ -129,10 +133,12 @@ def device_labels(report: Optional[Mapping] = None) -> list:
         cuda = f"cuda ({gpu_text})"
     else:
         cuda = "cuda (no NVIDIA GPU detected)"
+    mps = "mps (Apple GPU)" if report.get("mps_available") else "mps (no Apple GPU detected)"
     auto_device = str(report.get("auto_device") or ("cuda" if report.get("cuda_available") else "cpu"))
     threads = report.get("torch_threads") or report.get("cpu_count")
     cpu = f"cpu ({threads} threads)" if threads else "cpu"
-    return [f"auto (uses {auto_device})", cpu, cuda]
+    labels = {"auto": f"auto (uses {auto_device})", "cpu": cpu, "cuda": cuda, "mps": mps}
+    return [labels[choice] for choice in DEVICE_CHOICES]
 
 
 @dataclass(frozen=True)
@@ -181,6 +187,8 @@ def validation_messages(
         messages.append(f"Unknown device '{device}'; choose one of {', '.join(DEVICE_CHOICES)}")
     elif device == "cuda" and report is not None and not report.get("cuda_available"):
         messages.append("CUDA is selected but no NVIDIA GPU was detected; choose auto or cpu")
+    elif device == "mps" and report is not None and not report.get("mps_available"):
+        messages.append("MPS is selected but no Apple GPU was detected; choose auto or cpu")
     return messages
 
 

@@ -6,36 +6,12 @@ key/value pairs are what make Slicer (and slicerio) read it as a segmentation.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
-from tumorseg_core.errors import TumorSegError
-
-if TYPE_CHECKING:
-    from tumorseg_core.io import SegmentInfo
-
-_TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
-_ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
-
-
-def terminology_string(terminology: dict | None) -> str | None:
-    """Slicer ``TerminologyEntry`` tag value for a ``{category, type, modifier}`` dict, or None."""
-    if not terminology:
-        return None
-
-    def code(key: str) -> str:
-        # "typeModifier" is slicerio's name for the manifest's "modifier".
-        triple = terminology.get(key) or terminology.get("typeModifier" if key == "modifier" else key) or ["", "", ""]
-        if len(triple) != 3:
-            raise TumorSegError(f"terminology {key} {triple!r} is invalid; give [scheme, code, meaning]")
-        return "^".join(str(t) for t in triple)
-
-    return "~".join([
-        terminology.get("contextName", _TERMINOLOGY_CONTEXT), code("category"), code("type"), code("modifier"),
-        _ANATOMIC_CONTEXT, "^^", "^^",
-    ])
+from tumorseg_core.imaging.segments import SegmentInfo, terminology_string
 
 
 def _ras_geometry_string(image: sitk.Image) -> str:
@@ -50,7 +26,7 @@ def _ras_geometry_string(image: sitk.Image) -> str:
     return ";".join(values + extent) + ";"
 
 
-def seg_nrrd_metadata(labels: sitk.Image, infos: Sequence["SegmentInfo"]) -> dict[str, str]:
+def seg_nrrd_metadata(labels: sitk.Image, infos: Sequence[SegmentInfo]) -> dict[str, str]:
     """The Slicer segmentation header fields (``Segment{i}_*``, ``Segmentation_*``) for a labelmap."""
     size = labels.GetSize()
     full_extent = " ".join(str(v) for n in size for v in (0, n - 1))

@@ -1,4 +1,4 @@
-"""The panel's decisions, tested without Qt or Slicer (TumorSegmentationLib.widget_logic and widget)."""
+"""The panel's decisions, tested without Qt or Slicer (TumorSegmentationLib.panel_state and widget)."""
 
 import importlib
 import sys
@@ -12,11 +12,11 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT / "TumorSegmentation") not in sys.path:
     sys.path.insert(0, str(ROOT / "TumorSegmentation"))
 
-from TumorSegmentationLib import widget_logic as wl  # noqa: E402
+from TumorSegmentationLib import panel_state as ps  # noqa: E402
 
 
 @dataclass
-class FakeModelInfo:  # the fields of tumorseg_core.package.ModelInfo the panel reads
+class FakeModelInfo:  # the fields of tumorseg_core.modelpkg.package.ModelInfo the panel reads
     key: str
     name: str
     version: str = "1.0.0"
@@ -29,91 +29,95 @@ class Node:  # stands for a volume node; identity matters, not content
         self.name = name
 
 
-def test_quality_options():
-    assert wl.quality_options("fast") == {"overlap": 0.25, "tta": False}
-    assert wl.quality_options("normal") == {"overlap": 0.5}
-    assert wl.quality_options("tta") == {"overlap": 0.5, "tta": True}
-    wl.quality_options("fast")["overlap"] = 9  # callers get a copy
-    assert wl.quality_options("fast")["overlap"] == 0.25
-    with pytest.raises(ValueError, match="unknown quality 'best'"):
-        wl.quality_options("best")
-    assert set(wl.QUALITY_LABELS) == set(wl.QUALITY_CHOICES)
+def test_run_options_are_the_engines():
+    from tumorseg_core.options import SegmentOptions, TumorSegError
 
+    assert ps.run_options() == {"quality": "normal", "backend": "auto", "cascade": None}
+    assert ps.run_options("fast", "openvino", "off") == {"quality": "fast", "backend": "openvino", "cascade": False}
+    # normal = the model's own settings: no overlap or TTA is forced on the engine
+    resolved = SegmentOptions.from_mapping(ps.run_options("normal"))
+    assert resolved.window_overlap is None and resolved.use_tta is False
+    assert SegmentOptions.from_mapping(ps.run_options("tta")).use_tta is True
+    with pytest.raises(TumorSegError, match="unknown quality 'best'"):
+        ps.run_options("best")
+    with pytest.raises(TumorSegError, match="unknown backend"):
+        ps.run_options(backend="tensorrt")
+    assert set(ps.QUALITY_LABELS) == set(ps.QUALITY_CHOICES)
 
 def test_input_slots_follow_manifest_modalities():
-    slots = wl.input_slots(["T1c", "T1", "T2", "FLAIR"])
+    slots = ps.input_slots(["T1c", "T1", "T2", "FLAIR"])
     assert [s.visible for s in slots] == [True] * 4
     assert [s.label for s in slots] == ["T1c:", "T1:", "T2:", "FLAIR:"]
     assert "channel 4" in slots[3].tooltip and "FLAIR" in slots[3].tooltip
-    slots = wl.input_slots(["CT"])
+    slots = ps.input_slots(["CT"])
     assert [s.visible for s in slots] == [True, False, False, False]
     assert slots[0].label == "CT:" and slots[1].label == "Input 2:"
     assert [s.index for s in slots] == [0, 1, 2, 3]
-    assert not any(s.visible for s in wl.input_slots([]))
+    assert not any(s.visible for s in ps.input_slots([]))
     with pytest.raises(ValueError, match="at most 4"):
-        wl.input_slots(["a", "b", "c", "d", "e"])
+        ps.input_slots(["a", "b", "c", "d", "e"])
 
 
 def test_modalities_of_accepts_model_info_manifest_and_dict():
-    assert wl.modalities_of(FakeModelInfo("default", "tumorseg-default", input_modalities=["T1", "FLAIR"])) == ["T1", "FLAIR"]
-    assert wl.modalities_of({"inputs": [{"modality": "CT", "normalization": {}}, {"normalization": {}}]}) == ["CT", "Input 2"]
-    assert wl.modalities_of({"input_modalities": ["MRI"]}) == ["MRI"]
-    assert wl.modalities_of(None) == []
-    assert wl.modalities_of(object()) == ["Image"]
+    assert ps.modalities_of(FakeModelInfo("default", "tumorseg-default", input_modalities=["T1", "FLAIR"])) == ["T1", "FLAIR"]
+    assert ps.modalities_of({"inputs": [{"modality": "CT", "normalization": {}}, {"normalization": {}}]}) == ["CT", "Input 2"]
+    assert ps.modalities_of({"input_modalities": ["MRI"]}) == ["MRI"]
+    assert ps.modalities_of(None) == []
+    assert ps.modalities_of(object()) == ["Image"]
 
 
 def test_model_items_use_key_and_end_with_add_entry():
-    items = wl.model_items([FakeModelInfo("default", "tumorseg-default", description="Brain MRI"),
+    items = ps.model_items([FakeModelInfo("default", "tumorseg-default", description="Brain MRI"),
                             FakeModelInfo("liver", "liver", version="2.1", input_modalities=["CT", "CT late"])])
     assert [i.name for i in items] == ["default", "liver", None]
     assert items[0].text == "tumorseg-default 1.0.0 [default]"
     assert items[1].text == "liver 2.1"
     assert "Brain MRI" in items[0].tooltip and "Inputs: CT, CT late" in items[1].tooltip
-    assert items[-1].text == wl.ADD_MODEL_ITEM
-    assert wl.model_items([])[0].name is None
+    assert items[-1].text == ps.ADD_MODEL_ITEM
+    assert ps.model_items([])[0].name is None
 
 
 def test_device_labels_say_what_was_detected():
-    assert len(wl.device_labels(None)) == len(wl.DEVICE_CHOICES)
-    assert "not checked" in wl.device_labels(None)[2]
+    assert len(ps.device_labels(None)) == len(ps.DEVICE_CHOICES)
+    assert "not checked" in ps.device_labels(None)[2]
     gpu = {"cuda_available": True, "auto_device": "cuda", "torch_threads": 8,
            "gpus": [{"index": 0, "name": "NVIDIA RTX 4090", "memory_gib": 24.0}, {"index": 1, "name": "x"}]}
-    auto, cpu, cuda = wl.device_labels(gpu)
+    auto, cpu, cuda, mps = ps.device_labels(gpu)
     assert auto == "auto (uses cuda)" and cpu == "cpu (8 threads)"
     assert cuda == "cuda (NVIDIA RTX 4090, 24.0 GiB, +1 more)"
     no_gpu = {"cuda_available": False, "gpus": [], "cpu_count": 2}
-    auto, cpu, cuda = wl.device_labels(no_gpu)
+    auto, cpu, cuda, mps = ps.device_labels(no_gpu)
     assert auto == "auto (uses cpu)" and cpu == "cpu (2 threads)" and cuda == "cuda (no NVIDIA GPU detected)"
     # Each label starts with its choice, so the combo and the parameter stay readable together.
-    for choice, label in zip(wl.DEVICE_CHOICES, wl.device_labels(gpu)):
+    for choice, label in zip(ps.DEVICE_CHOICES, ps.device_labels(gpu)):
         assert label.startswith(choice)
 
 
 def test_apply_button_state():
-    running = wl.apply_button_state(True, ["Select an input volume for T1"])
+    running = ps.apply_button_state(True, ["Select an input volume for T1"])
     assert (running.text, running.enabled) == ("Cancel", True)
-    blocked = wl.apply_button_state(False, ["Select an input volume for T1", "other"])
+    blocked = ps.apply_button_state(False, ["Select an input volume for T1", "other"])
     assert (blocked.text, blocked.enabled, blocked.tooltip) == ("Apply", False, "Select an input volume for T1")
-    ready = wl.apply_button_state(False, [])
+    ready = ps.apply_button_state(False, [])
     assert (ready.text, ready.enabled) == ("Apply", True)
 
 
 def test_validation_messages():
     t1, flair = Node("t1"), Node("flair")
-    assert wl.validation_messages([t1, flair, None, None], ["T1", "FLAIR"]) == []
-    assert wl.validation_messages([t1, None, None, None], ["T1", "FLAIR"]) == ["Select an input volume for FLAIR"]
-    assert wl.validation_messages([], ["CT"]) == ["Select an input volume for CT"]
+    assert ps.validation_messages([t1, flair, None, None], ["T1", "FLAIR"]) == []
+    assert ps.validation_messages([t1, None, None, None], ["T1", "FLAIR"]) == ["Select an input volume for FLAIR"]
+    assert ps.validation_messages([], ["CT"]) == ["Select an input volume for CT"]
     # hidden selectors beyond the model's inputs are ignored, even if they hold the same node
-    assert wl.validation_messages([t1, None, t1, t1], ["T1"]) == []
-    same = wl.validation_messages([t1, t1], ["T1", "FLAIR"])
+    assert ps.validation_messages([t1, None, t1, t1], ["T1"]) == []
+    same = ps.validation_messages([t1, t1], ["T1", "FLAIR"])
     assert same == ["The same volume is selected for two inputs; select a different volume for each"]
-    assert wl.validation_messages([t1], ["T1"], model="") == ["Select a model"]
-    assert "not installed" in wl.validation_messages([t1], [], model="default")[0]
-    assert "Unknown device" in wl.validation_messages([t1], ["T1"], device="tpu")[0]
+    assert ps.validation_messages([t1], ["T1"], model="") == ["Select a model"]
+    assert "not installed" in ps.validation_messages([t1], [], model="default")[0]
+    assert "Unknown device" in ps.validation_messages([t1], ["T1"], device="tpu")[0]
     no_gpu = {"cuda_available": False}
-    assert "no NVIDIA GPU" in wl.validation_messages([t1], ["T1"], device="cuda", report=no_gpu)[0]
-    assert wl.validation_messages([t1], ["T1"], device="cuda", report=None) == []  # not checked yet
-    assert wl.validation_messages([t1], ["T1"], device="cuda", report={"cuda_available": True}) == []
+    assert "no NVIDIA GPU" in ps.validation_messages([t1], ["T1"], device="cuda", report=no_gpu)[0]
+    assert ps.validation_messages([t1], ["T1"], device="cuda", report=None) == []  # not checked yet
+    assert ps.validation_messages([t1], ["T1"], device="cuda", report={"cuda_available": True}) == []
 
 
 @pytest.mark.parametrize("seconds, text", [
@@ -121,26 +125,26 @@ def test_validation_messages():
     (3725, "1:02:05"), (-3, "0:00"), (float("nan"), "0:00"), (float("inf"), "0:00"),
 ])
 def test_format_elapsed(seconds, text):
-    assert wl.format_elapsed(seconds) == text
+    assert ps.format_elapsed(seconds) == text
 
 
 def test_status_text():
-    assert wl.status_text(wl.IDLE) == "Ready"
-    assert wl.status_text(wl.RUNNING, 75, "window 12/30", 0.4) == "window 12/30 — 40% — elapsed 1:15"
-    assert wl.status_text(wl.RUNNING, 3, "", None) == "Segmenting — elapsed 0:03"
-    assert wl.status_text(wl.RUNNING, 3, "x", 1.7) == "x — 100% — elapsed 0:03"
-    assert wl.status_text(wl.DONE, 42) == "Done in 0:42"
-    assert wl.status_text(wl.FAILED, 12, "CUDA out of memory") == "Failed after 0:12: CUDA out of memory"
-    assert "Python console" in wl.status_text(wl.FAILED, 1)
-    assert wl.status_text(wl.CANCELLED, 3).startswith("Cancelled after 0:03")
+    assert ps.status_text(ps.IDLE) == "Ready"
+    assert ps.status_text(ps.RUNNING, 75, "window 12/30", 0.4) == "window 12/30 — 40% — elapsed 1:15"
+    assert ps.status_text(ps.RUNNING, 3, "", None) == "Segmenting — elapsed 0:03"
+    assert ps.status_text(ps.RUNNING, 3, "x", 1.7) == "x — 100% — elapsed 0:03"
+    assert ps.status_text(ps.DONE, 42) == "Done in 0:42"
+    assert ps.status_text(ps.FAILED, 12, "CUDA out of memory") == "Failed after 0:12: CUDA out of memory"
+    assert "Python console" in ps.status_text(ps.FAILED, 1)
+    assert ps.status_text(ps.CANCELLED, 3).startswith("Cancelled after 0:03")
     with pytest.raises(ValueError):
-        wl.status_text("paused")
+        ps.status_text("paused")
 
 
 def test_progress_value_and_output_name():
-    assert [wl.progress_value(f) for f in (None, float("nan"), -1, 0.004, 0.5, 1, 2)] == [0, 0, 0, 0, 50, 100, 100]
-    assert wl.output_segmentation_name("Brain T1") == "Brain T1 tumor segmentation"
-    assert wl.output_segmentation_name(None) == "Tumor segmentation"
+    assert [ps.progress_value(f) for f in (None, float("nan"), -1, 0.004, 0.5, 1, 2)] == [0, 0, 0, 0, 50, 100, 100]
+    assert ps.output_segmentation_name("Brain T1") == "Brain T1 tumor segmentation"
+    assert ps.output_segmentation_name(None) == "Tumor segmentation"
 
 
 # -- The Qt adapter (widget.py) driven with stand-in widgets -----------------------------
@@ -224,6 +228,9 @@ class FakeLogic:
     def shutdown(self):
         self.calls.append(("shutdown",))
 
+    def deviceReport(self):  # the real Logic asks its worker process (no torch in the UI process)
+        return {"cuda_available": False, "gpus": [], "torch_threads": 2, "auto_device": "cpu"}
+
 
 @pytest.fixture
 def panel(monkeypatch):
@@ -255,28 +262,26 @@ def panel(monkeypatch):
     slicer = types.SimpleNamespace(
         mrmlScene=types.SimpleNamespace(AddNewNodeByClass=add_node),
         util=types.SimpleNamespace(errorDisplay=lambda text, **kw: errors.append(text), mainWindow=lambda: None))
-    report = {"cuda_available": False, "gpus": [], "torch_threads": 2, "auto_device": "cpu"}
-    devices = types.SimpleNamespace(device_report=lambda: report)
     monkeypatch.setitem(sys.modules, "qt", qt)
     monkeypatch.setitem(sys.modules, "slicer", slicer)
-    monkeypatch.setitem(sys.modules, "tumorseg_core.inference.devices", devices)
     monkeypatch.delitem(sys.modules, "TumorSegmentationLib.widget", raising=False)
     widget = importlib.import_module("TumorSegmentationLib.widget")
     monkeypatch.setattr(widget.install, "ensure_dependencies", lambda: None)
-    import tumorseg_core.package
+    import tumorseg_core.modelpkg.package
 
-    monkeypatch.setattr(tumorseg_core.package, "installed_models", lambda: [
+    monkeypatch.setattr(tumorseg_core.modelpkg.package, "installed_models", lambda verify: [
         FakeModelInfo("default", "tumorseg-default", input_modalities=["T1c", "FLAIR"]),
         FakeModelInfo("ct", "ct", input_modalities=["CT"])])
     names = ["applyButton", "addModelButton", "show3DButton", "progressBar", "statusLabel"]
     ui = types.SimpleNamespace(**{n: FakeWidget() for n in names})
-    ui.modelComboBox, ui.deviceComboBox, ui.qualityComboBox = FakeCombo(), FakeCombo(wl.DEVICE_CHOICES), FakeCombo(wl.QUALITY_CHOICES)
+    ui.modelComboBox, ui.deviceComboBox, ui.qualityComboBox = FakeCombo(), FakeCombo(ps.DEVICE_CHOICES), FakeCombo(ps.QUALITY_CHOICES)
     for i in range(4):
         setattr(ui, f"inputVolume{i}Label", FakeWidget())
         setattr(ui, f"inputVolume{i}Selector", FakeSelector())
     logic = FakeLogic()
     p = widget.TumorSegmentationPanel(ui, logic)
-    pn = types.SimpleNamespace(model="default", device="auto", quality="fast", outputSegmentation=None)
+    pn = types.SimpleNamespace(model="default", device="auto", quality="fast", backend="auto", cascade="off",
+                               outputSegmentation=None)
     p.setParameterNode(pn)
     yield types.SimpleNamespace(panel=p, ui=ui, logic=logic, pn=pn, timer=timers[0], created=created, errors=errors)
     sys.modules.pop("TumorSegmentationLib.widget", None)  # it was bound to the fake qt/slicer
@@ -284,10 +289,10 @@ def panel(monkeypatch):
 
 def test_adapter_shows_model_inputs_and_blocks_apply(panel):
     ui = panel.ui
-    assert ui.modelComboBox.items == ["tumorseg-default 1.0.0 [default]", "ct 1.0.0", wl.ADD_MODEL_ITEM]
+    assert ui.modelComboBox.items == ["tumorseg-default 1.0.0 [default]", "ct 1.0.0", ps.ADD_MODEL_ITEM]
     assert [ui.inputVolume0Label.text, ui.inputVolume1Label.text] == ["T1c:", "FLAIR:"]
     assert [getattr(ui, f"inputVolume{i}Selector").visible for i in range(4)] == [True, True, False, False]
-    assert ui.qualityComboBox.items[2] == wl.QUALITY_LABELS["tta"]
+    assert ui.qualityComboBox.items[2] == ps.QUALITY_LABELS["tta"]
     assert (ui.applyButton.text, ui.applyButton.enabled) == ("Apply", False)
     assert ui.applyButton.toolTip == "Select an input volume for T1c"
     ui.modelComboBox.currentIndex = 1
@@ -304,8 +309,9 @@ def test_adapter_run_progress_done_cancel_and_error(panel):
     _, inputs, output, kwargs = logic.calls[0]
     assert [n.name for n in inputs] == ["t1c", "flair"] and output.name == "t1c tumor segmentation"
     assert panel.pn.outputSegmentation is output and panel.created == [("vtkMRMLSegmentationNode", output.name)]
-    assert kwargs["options"] == {"overlap": 0.25, "tta": False} and kwargs["waitForCompletion"] is False
-    assert ui.deviceComboBox.items == wl.device_labels({"cuda_available": False, "torch_threads": 2, "auto_device": "cpu"})
+    assert kwargs["options"] == {"quality": "fast", "backend": "auto", "cascade": False}
+    assert kwargs["waitForCompletion"] is False
+    assert ui.deviceComboBox.items == ps.device_labels({"cuda_available": False, "torch_threads": 2, "auto_device": "cpu"})
     assert (ui.applyButton.text, ui.applyButton.enabled, panel.timer.active, ui.progressBar.visible) == ("Cancel", True, True, True)
     kwargs["progressCallback"](0.5, "window 3/6")
     assert ui.progressBar.value == 50 and ui.statusLabel.text.startswith("window 3/6 — 50% — elapsed 0:0")
