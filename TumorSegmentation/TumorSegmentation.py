@@ -109,14 +109,11 @@ def downloadPhantomSample(source=None):
 
 
 def registerSegmentEditorEffect():
-    """Register the Segment Editor effect when TumorSegmentationLib/effect.py is installed."""
+    """Register the Tumor effect (TumorSegmentationLib/effect.py, shipped with the module)."""
     try:
         from TumorSegmentationLib.effect import registerEffect
-    except ImportError as exc:
-        # Not shipped yet is normal; shipped but failing to import is a bug worth an error.
-        shipped = os.path.isfile(os.path.join(os.path.dirname(__file__), "TumorSegmentationLib", "effect.py"))
-        logging.log(logging.ERROR if shipped else logging.INFO,
-                    "Tumor Segmentation: no Segment Editor effect registered (%s)", exc)
+    except ImportError as exc:  # the effect ships with the module: failing to import it is a bug
+        logging.error("Tumor Segmentation: no Segment Editor effect registered (%s)", exc)
         return
     try:
         # effect.registerEffect() handles setPythonSource's class lookup ("effectEffect" on

@@ -77,8 +77,8 @@ def random_package(folder: Path) -> Path:
     """A random-init unet3d (16, 32, 64, 128) package at 1.5 mm with a 96^3 window."""
     import torch
 
-    from tumorseg_core.models.registry import build_network
     from tumorseg_core.modelpkg.package import write_package
+    from tumorseg_core.models.registry import build_network
 
     if (folder / "manifest.json").is_file():
         return folder

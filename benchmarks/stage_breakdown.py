@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from tumorseg_core.imaging import geometry, postprocess
-    from tumorseg_core.inference.devices import configure_threads
     from tumorseg_core.imaging.io import read_images, write_labelmap
+    from tumorseg_core.inference.devices import configure_threads
     from tumorseg_core.inference.segmenter import Segmenter, SegmentOptions
 
     configure_threads()

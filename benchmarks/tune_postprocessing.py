@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from tumorseg_core.evaluation.evaluate import find_data, read_labelmap
     from tumorseg_core.evaluation.metrics import evaluate_case
-    from tumorseg_core.inference.segmenter import Segmenter
     from tumorseg_core.imaging.postprocess import postprocess_labels
+    from tumorseg_core.inference.segmenter import Segmenter
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")

@@ -75,14 +75,16 @@ stage "demo seeds (Dice) and lesion-free demo seeds (false-positive lesions)"
 # One process for every demo (a process per demo would spend most of the call importing torch).
 "$PYTHON" - "$WORK/demo" "$DEVICE" "$DEMO_SEEDS" "$FREE_SEEDS" "${models[@]}" <<'EOF' | tee -a "$OUT/summary.txt"
 import argparse, contextlib, io, os, sys
-from tumorseg_core.commands.demo import run
+from tumorseg_core.commands.demo import add_arguments, run
 folder, device, seeds, free_seeds, models = sys.argv[1], sys.argv[2], sys.argv[3].split(), sys.argv[4].split(), sys.argv[5:]
+parser = argparse.ArgumentParser()
+add_arguments(parser)  # every flag of `tumorseg demo` at its default, as on the command line
 
 def last_field(model, seed, lesion_free, prefix):
     text = io.StringIO()
+    argv = [folder, "--seed", str(seed), "--model", model, "--device", device, "--modality", "mri"]
     with contextlib.redirect_stdout(text):
-        run(argparse.Namespace(directory=folder, seed=int(seed), model=model, device=device, modality="mri",
-                               lesion_free=lesion_free))
+        run(parser.parse_args(argv + (["--lesion-free"] if lesion_free else [])))
     return next(line.split()[-1] for line in text.getvalue().splitlines() if line.startswith(prefix))
 
 for model in models:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from tumorseg_core.errors import CancelledError, InputError, ModelPackageError, TumorSegError
+from tumorseg_core.options import SegmentOptions
 
 __version__ = "0.1.0"
 
@@ -21,8 +22,10 @@ __all__ = [
     "CancelledError",
     "InputError",
     "ModelPackageError",
+    "SegmentOptions",
     "TumorSegError",
     "__version__",
+    "import_model",
     "segment",
 ]
 
@@ -32,3 +35,11 @@ def segment(images: Any, model: str = "default", device: str = "auto", **options
     from tumorseg_core.inference.segmenter import segment as _segment
 
     return _segment(images, model=model, device=device, **options)
+
+
+def import_model(source: Any, out_dir: Any = None, install: bool = False, **fields: Any):
+    """Import a pretrained model as a TumorSeg package and return its folder;
+    see :func:`tumorseg_core.modelpkg.convert.import_model`."""
+    from tumorseg_core.modelpkg.convert import import_model as _import_model
+
+    return _import_model(source, out_dir=out_dir, install=install, **fields)

@@ -35,7 +35,16 @@ class _OneLineErrorParser(argparse.ArgumentParser):
 
 def _commands() -> dict[str, ModuleType]:
     # An explicit table, not names resolved from strings at run time.
-    from tumorseg_core.commands import demo, evaluate, import_weights, info, models, segment, train
+    from tumorseg_core.commands import (
+        demo,
+        evaluate,
+        import_model,
+        import_weights,
+        info,
+        models,
+        segment,
+        train,
+    )
 
     return {
         "segment": segment,
@@ -44,7 +53,8 @@ def _commands() -> dict[str, ModuleType]:
         "info": info,
         "train": train,
         "evaluate": evaluate,
-        "import-weights": import_weights,
+        "import": import_model,
+        "import-weights": import_weights,  # alias of "import" for state dicts, original interface
     }
 
 

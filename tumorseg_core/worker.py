@@ -4,7 +4,7 @@ The Slicer Logic (and any other client) starts this process once and keeps it wa
 the first request pays for importing torch/MONAI and loading the model; later requests
 with the same model and device reuse the cached :class:`~tumorseg_core.inference.segmenter.Segmenter`.
 
-Protocol (design §5): JSON objects, one per line. stdout carries *only* protocol lines;
+Protocol (docs/core_interfaces.md): JSON objects, one per line. stdout carries *only* protocol lines;
 all logging and any stray output goes to stderr.
 
 Requests on stdin::

@@ -7,8 +7,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from tumorseg_core.models.registry import build_network
 from tumorseg_core.modelpkg.package import write_package
+from tumorseg_core.models.registry import build_network
 
 
 def tiny_manifest(modalities: Sequence[str] = ("MRI",), spacing=(2.0, 2.0, 2.0), patch=(16, 16, 16),

@@ -31,7 +31,7 @@ ALLOWED = {
     "commands": {"errors", "options", "imaging", "models", "modelpkg", "inference", "interactive", "synthetic",
                  "evaluation", "training", "worker", "__init__"},
     "cli": {"errors", "options", "commands", "inference", "__init__"},
-    "__init__": {"errors", "options", "inference"},
+    "__init__": {"errors", "options", "inference", "modelpkg"},
     "__main__": {"cli"},
 }
 FORBIDDEN_TOP = {"slicer", "qt", "ctk", "vtk", "vtkmodules", "PythonQt"}

@@ -7,8 +7,13 @@ import pytest
 
 pytest.importorskip("monai")
 
-from tumorseg_core.training.augment import DEFAULT_AUGMENT, _crop_size_zyx, augment_config, build_train_transforms  # noqa: E402
 from tumorseg_core.errors import InputError  # noqa: E402
+from tumorseg_core.training.augment import (  # noqa: E402
+    DEFAULT_AUGMENT,
+    _crop_size_zyx,
+    augment_config,
+    build_train_transforms,
+)
 
 
 def _case(shape=(20, 40, 36), channels=2, seed=0):

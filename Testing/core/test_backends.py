@@ -15,8 +15,8 @@ from tumorseg_core.errors import TumorSegError
 from tumorseg_core.inference import backends
 from tumorseg_core.inference.backends import export as export_mod
 from tumorseg_core.inference.predictor import Predictor
-from tumorseg_core.models.registry import build_network
 from tumorseg_core.modelpkg.package import open_package, write_package
+from tumorseg_core.models.registry import build_network
 
 pytest.importorskip("onnx")
 EXPORTED = [b for b in ("onnxruntime", "openvino") if backends.backend_installed(b)]

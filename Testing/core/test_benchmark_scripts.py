@@ -20,8 +20,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from model_factory import make_tiny_package, tiny_manifest  # noqa: E402
 
-from tumorseg_core.models.registry import build_network  # noqa: E402
 from tumorseg_core.modelpkg.package import write_package  # noqa: E402
+from tumorseg_core.models.registry import build_network  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -124,8 +124,8 @@ def test_distillation_set_and_attach_cascade_make_a_package_whose_cascade_runs(t
     assert [(r["case"], r["model"]) for r in rows] == [(c, str(m)) for c in ("case_00", "case_01")
                                                         for m in (fine, tmp_path / "both")]
     assert all(0.0 <= r["dice_agreement"] <= 1.0 and r["lesions_lost"] >= 0 for r in rows)
-    from tumorseg_core.modelpkg.package import open_package
     from tumorseg_core.inference.segmenter import Segmenter
+    from tumorseg_core.modelpkg.package import open_package
 
     package = open_package(tmp_path / "both")
     spec = package.manifest.cascade

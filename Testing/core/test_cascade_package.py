@@ -13,10 +13,10 @@ torch = pytest.importorskip("torch")
 
 from tumorseg_core.errors import ModelPackageError  # noqa: E402
 from tumorseg_core.inference.cascade import area_pool  # noqa: E402
-from tumorseg_core.modelpkg.manifest import Manifest  # noqa: E402
-from tumorseg_core.models.registry import build_network  # noqa: E402
-from tumorseg_core.modelpkg.package import open_package, write_package  # noqa: E402
 from tumorseg_core.inference.segmenter import Segmenter  # noqa: E402
+from tumorseg_core.modelpkg.manifest import Manifest  # noqa: E402
+from tumorseg_core.modelpkg.package import open_package, write_package  # noqa: E402
+from tumorseg_core.models.registry import build_network  # noqa: E402
 
 FINE = {"in_channels": 1, "out_channels": 2, "features": [4, 8]}
 COARSE = {"in_channels": 1, "out_channels": 2, "features": [2, 4]}

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tumorseg_core.training.augment import augment_config
 from tumorseg_core.training import synthetic_data
+from tumorseg_core.training.augment import augment_config
 from tumorseg_core.training.config import check_config, load_config, merge_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.json"))

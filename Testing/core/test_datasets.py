@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tumorseg_core.training import datasets
-from tumorseg_core.training.datasets import Case, kfold, load_csv, load_dataset, load_msd, split_cases
 from tumorseg_core.errors import InputError
 from tumorseg_core.training import cache as cache_mod
+from tumorseg_core.training import datasets
 from tumorseg_core.training.cache import PreprocessConfig, cache_case
+from tumorseg_core.training.datasets import Case, kfold, load_csv, load_dataset, load_msd, split_cases
+from tumorseg_core.training.synthetic_data import synthetic_cases
 
 SHAPE_ZYX = (12, 14, 16)
 
@@ -210,7 +211,7 @@ def test_synthetic_cases_are_varied_and_generated_once(tmp_path):
     if not hasattr(synthetic, "make_phantom"):
         pytest.skip("tumorseg_core.synthetic.make_phantom is not available yet")
     options = {"fov_mm": [30.0, 50.0], "max_size": 24, "min_size": 12}
-    cases = datasets.synthetic_cases(6, 0, options, tmp_path)
+    cases = synthetic_cases(6, 0, options, tmp_path)
     assert len(cases) == 6 and all(c.label.is_file() and c.images[0].is_file() for c in cases)
     meta = json.loads((cases[0].label.parent.parent / "phantoms.json").read_text())
     spacings = {tuple(c["spacing_xyz"]) for c in meta["cases"]}
@@ -218,7 +219,8 @@ def test_synthetic_cases_are_varied_and_generated_once(tmp_path):
     img = sitk.ReadImage(str(cases[0].images[0]))
     assert list(img.GetSpacing()) == pytest.approx(meta["cases"][0]["spacing_xyz"], rel=1e-3)
     mtime = cases[0].images[0].stat().st_mtime_ns
-    again = datasets.synthetic_cases(6, 0, options, tmp_path)
+    again = synthetic_cases(6, 0, options, tmp_path)
     assert again == cases and cases[0].images[0].stat().st_mtime_ns == mtime
     with pytest.raises(InputError, match="unknown synthetic option"):
-        datasets.synthetic_cases(2, 0, {"nope": 1}, tmp_path)
+        synthetic_cases(2, 0, {"nope": 1}, tmp_path)
+    assert not hasattr(datasets, "synthetic_cases")  # one home: training.synthetic_data

@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tumorseg_core.evaluation import evaluate as evaluation
 from tumorseg_core.commands import evaluate as evaluate_command
 from tumorseg_core.errors import InputError, TumorSegError
+from tumorseg_core.evaluation import evaluate as evaluation
+from tumorseg_core.imaging.io import write_labelmap
+from tumorseg_core.imaging.segments import SegmentInfo
+from tumorseg_core.options import SegmentOptions
 
 SPACING = (1.0, 1.0, 2.0)  # x, y, z
 SHAPE = (8, 12, 12)  # z, y, x
@@ -178,6 +181,13 @@ def test_cli_exit_code_2_on_grid_mismatch(tmp_path, capsys):
     (["--pred", "p", "--truth", "t", "--labels", "{bad json"], "not valid JSON"),
     (["--pred", "p", "--truth", "t", "--tta"], "--tta needs --model"),
     (["--pred", "p", "--truth", "t", "--no-cascade"], "--cascade/--no-cascade needs --model"),
+    (["--pred", "p", "--truth", "t", "--cascade"], "--cascade/--no-cascade needs --model"),
+    (["--pred", "p", "--truth", "t", "--no-postprocess"], "--no-postprocess needs --model"),
+    (["--pred", "p", "--truth", "t", "--overlap", "0.25"], "--overlap needs --model"),
+    (["--pred", "p", "--truth", "t", "--window-batch", "2"], "--window-batch needs --model"),
+    (["--pred", "p", "--truth", "t", "--device", "cpu"], "--device needs --model"),
+    (["--pred", "p", "--truth", "t", "--quality", "fast"], "--quality needs --model"),
+    (["--pred", "p", "--truth", "t", "--backend", "torch"], "--backend needs --model"),
 ])
 def test_command_argument_errors(argv, match):
     with pytest.raises(TumorSegError, match=match):
@@ -199,16 +209,22 @@ def test_evaluate_model_on_paired_folders(tmp_path, monkeypatch):
         write_labels(data / "labelsTr" / f"{case}.nii.gz", cube(2, 2, 2 + shift))
     write_labels(data / "imagesTr" / "unlabelled_0000.nii.gz", cube(2, 2, 2))
 
-    calls = []
+    calls, written = [], []
 
     class FakeSegmenter:
         def __init__(self, model, device="auto", **options):
-            self.manifest = SimpleNamespace(label_dicts=[{"value": 1, "name": "Tumor"}], num_inputs=2)
+            self.manifest = SimpleNamespace(segments=[SegmentInfo(1, "Tumor", (0.9, 0.3, 0.2))], num_inputs=2)
 
         def segment(self, images, cancel=None):
             calls.append([Path(p).name for p in images])
             first = sitk.ReadImage(str(images[0]))
             return sitk.Cast(first > 0, sitk.sitkUInt8)
+
+        def segment_to_file(self, images, output, progress=None, cancel=None):
+            written.append(Path(output).name)
+            labels = self.segment(images, cancel=cancel)
+            write_labelmap(labels, output, segments=self.manifest.segments)
+            return labels
 
     import tumorseg_core.inference.segmenter as pipeline
 
@@ -219,6 +235,12 @@ def test_evaluate_model_on_paired_folders(tmp_path, monkeypatch):
     assert [(r["case"], r["name"]) for r in rows] == [("p1", "Tumor"), ("p2", "Tumor")]
     assert rows[0]["dice"] == 1.0 and rows[1]["dice"] == pytest.approx(0.5)
     assert sorted(p.name for p in save.iterdir()) == ["p1.nii.gz", "p2.nii.gz"]
+    assert written == ["p1.nii.gz", "p2.nii.gz"]  # saved predictions are written by the Segmenter
+    saved = sitk.GetArrayFromImage(sitk.ReadImage(str(save / "p2.nii.gz")))
+    np.testing.assert_array_equal(saved, cube(2, 2, 2) > 0)
+    calls.clear()
+    assert evaluation.evaluate_model("fake", data) == rows  # without save_dir: nothing written
+    assert len(calls) == 2 and written == ["p1.nii.gz", "p2.nii.gz"]
 
 
 def test_command_passes_tta_and_cascade_to_the_segmenter(tmp_path, monkeypatch, capsys):
@@ -230,7 +252,7 @@ def test_command_passes_tta_and_cascade_to_the_segmenter(tmp_path, monkeypatch, 
     class FakeSegmenter:
         def __init__(self, model, device="auto", **options):
             seen.append(options)
-            self.manifest = SimpleNamespace(label_dicts=[{"value": 1, "name": "Tumor"}], num_inputs=1)
+            self.manifest = SimpleNamespace(segments=[SegmentInfo(1, "Tumor", (0.9, 0.3, 0.2))], num_inputs=1)
 
         def segment(self, images, cancel=None):
             return sitk.Cast(sitk.ReadImage(str(images[0])) > 0, sitk.sitkUInt8)
@@ -239,5 +261,9 @@ def test_command_passes_tta_and_cascade_to_the_segmenter(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(pipeline, "Segmenter", FakeSegmenter)
     assert evaluate_command.run(parse(["--model", "fake", "--data", str(data), "--tta", "--no-cascade"])) == 0
-    assert seen == [{"tta": True, "cascade": False}]
+    # every SegmentOptions field but the device (a keyword of its own) reaches the Segmenter
+    expected = SegmentOptions(tta=True, cascade=False).to_dict()
+    del expected["device"]
+    assert seen == [expected]
+    assert seen[0]["tta"] is True and seen[0]["cascade"] is False
     assert "1 case(s)" in capsys.readouterr().out

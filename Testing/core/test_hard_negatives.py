@@ -14,8 +14,8 @@ pytest.importorskip("monai")
 from dataset_factory import write_labelled_case  # noqa: E402
 from model_factory import make_tiny_package  # noqa: E402
 
-from tumorseg_core.training.foreground_crop import HARD_KEY, RandForegroundCropd  # noqa: E402
 from tumorseg_core.errors import InputError  # noqa: E402
+from tumorseg_core.training.foreground_crop import HARD_KEY, RandForegroundCropd  # noqa: E402
 from tumorseg_core.training.hard_negatives import (  # noqa: E402
     false_positive_coordinates,
     hard_coordinates,
@@ -141,8 +141,8 @@ def test_crops_centre_on_hard_negatives_at_the_configured_share_and_not_otherwis
 
 def _cached_cases(root: Path, n: int = 3):
     """n tiny cases on a 2 mm grid, cached like a training run of the tiny packages."""
-    from tumorseg_core.training.datasets import Case
     from tumorseg_core.training.cache import PreprocessConfig, cache_cases
+    from tumorseg_core.training.datasets import Case
 
     cases = []
     for i in range(n):
@@ -172,8 +172,8 @@ def _false_lesions(pred: np.ndarray, label: np.ndarray) -> list[set]:
 
 
 def test_mining_segments_each_case_like_the_model_and_caches_the_result(tmp_path, monkeypatch):
-    from tumorseg_core.inference.predictor import Predictor
     from tumorseg_core.imaging.postprocess import postprocess_labels
+    from tumorseg_core.inference.predictor import Predictor
     from tumorseg_core.training.hard_negatives import open_mining_model
 
     rule = [{"label": 1, "min_volume_mm3": 40.0}]  # 5 voxels of 8 mm³
@@ -236,9 +236,9 @@ def test_a_mining_model_that_preprocesses_differently_is_refused(tmp_path):
 
 
 def test_training_with_hard_negatives_mines_with_init_weights_and_writes_a_package(tmp_path):
-    from tumorseg_core.training.trainer import train
     from tumorseg_core.training import distributed as dist_utils
     from tumorseg_core.training.setup import prepare_data
+    from tumorseg_core.training.trainer import train
 
     package = make_tiny_package(tmp_path / "pkg", seed=3)
     _cached_cases(tmp_path / "data")

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from tumorseg_core.commands import import_weights as cmd
-from tumorseg_core.modelpkg.convert import import_weights
 from tumorseg_core.errors import ModelPackageError, TumorSegError
-from tumorseg_core.models.registry import build_network
+from tumorseg_core.modelpkg.convert import import_weights
 from tumorseg_core.modelpkg.package import open_package
+from tumorseg_core.models.registry import build_network
 
 KWARGS = {"in_channels": 2, "out_channels": 2, "features": [2, 4]}
 LABELS = [{"value": 1, "name": "Tumor", "color": [0.9, 0.3, 0.2]}]

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tumorseg_core.imaging import io
-from tumorseg_core.imaging.segments import SegmentInfo, terminology_string
 from tumorseg_core.errors import InputError, TumorSegError
+from tumorseg_core.imaging import io
 from tumorseg_core.imaging.geometry import same_grid
+from tumorseg_core.imaging.segments import SegmentInfo, terminology_string
 
 TUMOR_TERMINOLOGY = {
     "category": ["SCT", "49755003", "Morphologically Altered Structure"],

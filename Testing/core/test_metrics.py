@@ -11,8 +11,8 @@ import pytest
 from scipy import ndimage
 from scipy.spatial.distance import cdist
 
-from tumorseg_core.evaluation import metrics
 from tumorseg_core.errors import InputError
+from tumorseg_core.evaluation import metrics
 
 
 def box(shape, z, y, x):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tumorseg_core.imaging import nifti_slabs, stream_resample
 from tumorseg_core.errors import InputError
+from tumorseg_core.imaging import nifti_slabs, stream_resample
 from tumorseg_core.imaging.geometry import to_model_grid
 from tumorseg_core.imaging.io import read_image
 

@@ -14,12 +14,18 @@ from safetensors.torch import save_file
 
 import tumorseg_core
 import tumorseg_core.modelpkg.package as package_mod
-
-from tumorseg_core.errors import ModelPackageError
+from tumorseg_core.errors import ModelAlreadyInstalledError, ModelPackageError
+from tumorseg_core.imaging.segments import SegmentInfo
 from tumorseg_core.modelpkg.manifest import Manifest
+from tumorseg_core.modelpkg.package import (
+    install_package,
+    installed_models,
+    open_package,
+    read_manifest,
+    sha256_file,
+    write_package,
+)
 from tumorseg_core.models.registry import build_network
-from tumorseg_core.modelpkg.package import install_package, installed_models, open_package, write_package
-from tumorseg_core.modelpkg.package import sha256_file
 
 KWARGS = {"in_channels": 1, "out_channels": 3, "features": [2, 4]}
 
@@ -96,11 +102,97 @@ def test_manifest_accessors(pkg_dir):
     assert m.patch_size_xyz == (8, 4, 6) and m.patch_size_zyx == (6, 4, 8)
     assert m.input_modalities == ["MRI"] and m.num_inputs == 1 and m.output_type == "softmax"
     assert m.orientation == "LPS" and m.size_divisor_zyx == (2, 2, 2)
-    labels = m.labels
-    assert [(s.value, s.name) for s in labels] == [(1, "Tumor"), (2, "Edema")]
-    assert labels[0].terminology["type"][1] == "108369006" and labels[1].terminology is None
-    assert tuple(labels[0].color) == (0.9, 0.3, 0.2)
+    segments = m.segments
+    assert all(isinstance(s, SegmentInfo) for s in segments)
+    assert [(s.value, s.name) for s in segments] == [(1, "Tumor"), (2, "Edema")]
+    assert segments[0].terminology["type"][1] == "108369006" and segments[1].terminology is None
+    assert tuple(segments[0].color) == (0.9, 0.3, 0.2)
     assert set(m.files) == {"README.md", "fold0.safetensors", "fold1.safetensors"}
+    assert m.name == "tiny-test" and m.version == "0.1.0" and m.format_version == 1
+    assert m.inference == {"overlap": 0.5} and m.metrics == {"validation": {"dice": 0.5}}
+    assert m.postprocessing == [{"label": 1, "min_volume_mm3": 20, "fill_holes": True}]
+
+
+def test_manifest_has_no_dict_access_but_typed_accessors_and_to_dict(pkg_dir):
+    """The manifest is read through typed accessors; ``to_dict()`` is the raw data, a private copy."""
+    m = open_package(pkg_dir).manifest
+    with pytest.raises(TypeError):
+        m["name"]  # noqa: B018 - no dict access any more
+    assert not hasattr(m, "get") and not hasattr(m, "labels") and not hasattr(m, "label_dicts")
+    data = m.to_dict()
+    expected = make_manifest()
+    del data["files"], expected["files"]
+    assert data == expected  # every field as written (format_version included)
+    raw = m.to_dict()
+    raw["output"]["labels"][0]["name"] = "changed"
+    raw["inference"]["overlap"] = 0.0
+    m.segments[0].terminology["type"][1] = "changed"
+    assert m.segments[0].name == "Tumor" and m.inference == {"overlap": 0.5}
+    assert m.segments[0].terminology["type"][1] == "108369006"  # segments are copies too
+    assert Manifest(m.to_dict()).to_dict() == m.to_dict()
+
+
+def test_sigmoid_segments_are_the_regions():
+    manifest = make_manifest(output={"type": "sigmoid", "regions": [
+        {"value": 2, "name": "Whole", "color": [0.1, 0.2, 0.3]},
+        {"value": 1, "name": "Core", "color": [0.4, 0.5, 0.6]},
+        {"value": 4, "name": "Enhancing", "color": [0.7, 0.8, 0.9]}]})
+    manifest["files"] = {"fold0.safetensors": "a" * 64}
+    m = Manifest(manifest)
+    assert [(s.value, s.name) for s in m.segments] == [(2, "Whole"), (1, "Core"), (4, "Enhancing")]
+    assert m.segments[2].color == (0.7, 0.8, 0.9)
+    # written before 'regions' existed: a sigmoid output listing 'labels' still reads
+    old = make_manifest(output={"type": "sigmoid", "labels": manifest["output"]["regions"]})
+    old["files"] = manifest["files"]
+    assert Manifest(old).segments == m.segments
+
+
+def test_predictor_settings_softmax(pkg_dir):
+    settings = open_package(pkg_dir).manifest.predictor_settings()
+    assert settings == {
+        "patch_size_zyx": (6, 4, 8), "num_outputs": 3, "output_type": "softmax", "in_channels": 1,
+        "modalities": ["MRI"], "size_divisor": (2, 2, 2),
+        "overlap": 0.5,  # the manifest's inference default
+    }
+
+
+def test_predictor_settings_sigmoid_with_inference_defaults():
+    manifest = make_manifest(
+        output={"type": "sigmoid", "regions": [
+            {"value": 3, "name": "Whole", "color": [0.1, 0.2, 0.3]},
+            {"value": 1, "name": "Core", "color": [0.4, 0.5, 0.6]},
+            {"value": 7, "name": "Enhancing", "color": [0.7, 0.8, 0.9]}]},
+        inputs=[{"modality": m, "normalization": {"type": "zscore"}} for m in ("T1", "FLAIR")],
+        kwargs={**KWARGS, "in_channels": 2},
+        inference={"overlap": 0.25, "tta": True, "window_batch": 3, "amp": False, "sigma_scale": 0.25,
+                   "tta_axes": [0], "window_batch_gpu": None})
+    manifest["files"] = {"fold0.safetensors": "a" * 64}
+    settings = Manifest(manifest).predictor_settings()
+    assert settings == {
+        "patch_size_zyx": (6, 4, 8), "num_outputs": 3, "output_type": "sigmoid", "in_channels": 2,
+        "modalities": ["T1", "FLAIR"], "size_divisor": (2, 2, 2), "region_values": [3, 1, 7],
+        "overlap": 0.25, "tta": True, "window_batch": 3, "amp": False, "sigma_scale": 0.25,
+    }  # inference keys a Predictor does not take are not passed on
+    no_defaults = Manifest({**manifest, "inference": {"overlap": None}}).predictor_settings()
+    assert not {"overlap", "tta", "window_batch", "amp", "sigma_scale"} & set(no_defaults)
+
+
+@pytest.mark.parametrize("output, match", [
+    ({"type": "softmax", "labels": [{"value": 1, "name": "x", "color": [1, 0, 0]}],
+      "regions": [{"value": 1, "name": "x", "color": [1, 0, 0]}]}, r"output\.regions.*belongs to sigmoid"),
+    ({"type": "softmax", "regions": [{"value": 1, "name": "x", "color": [1, 0, 0]}]}, r"output\.regions"),
+    ({"type": "sigmoid", "labels": [{"value": 1, "name": "x", "color": [1, 0, 0]}] * 1
+      + [{"value": 2, "name": "y", "color": [0, 1, 0]}, {"value": 3, "name": "z", "color": [0, 0, 1]}],
+      "regions": [{"value": 1, "name": "x", "color": [1, 0, 0]}, {"value": 2, "name": "y", "color": [0, 1, 0]},
+                  {"value": 3, "name": "z", "color": [0, 0, 1]}]}, r"output\.labels.*both given"),
+    ({"type": "softmax", "labels": [{"value": 1, "name": "x", "color": [1, 0, 0]}], "classes": 3},
+     r"output\.classes.*is unknown"),
+])
+def test_refused_output_shapes(output, match):
+    manifest = make_manifest(output=output)
+    manifest["files"] = {"fold0.safetensors": "a" * 64}
+    with pytest.raises(ModelPackageError, match=match):
+        Manifest(manifest)
 
 
 def test_tampered_weights_refused(pkg_dir):
@@ -278,8 +370,10 @@ def test_install_and_list_models(pkg_dir, tmp_path, monkeypatch):
     assert installed_models() == []
     dest = install_package(pkg_dir)
     assert dest == tmp_path / "models" / "tiny-test"
-    with pytest.raises(ModelPackageError, match="already installed"):
+    with pytest.raises(ModelAlreadyInstalledError, match="already installed") as info:
         install_package(pkg_dir)
+    assert isinstance(info.value, ModelPackageError)  # callers catching the general error still do
+    assert info.value.name == "tiny-test" and Path(info.value.folder) == tmp_path / "models"
     install_package(_zip_folder(pkg_dir, tmp_path / "p.zip"), overwrite=True)
     assert open_package("tiny-test").root == dest
     broken = write_package(tmp_path / "models" / "broken", make_manifest(name="broken"), [tiny_nets(1)[0].state_dict()])
@@ -290,6 +384,80 @@ def test_install_and_list_models(pkg_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(package_mod, "SHIPPED_DEFAULT", pkg_dir)
     assert [i.key for i in installed_models()] == ["default", "tiny-test"]
     assert open_package("default").root == pkg_dir
+
+
+def test_already_installed_error_from_a_zip_and_overwrite(pkg_dir, tmp_path, monkeypatch):
+    zpath = _zip_folder(pkg_dir, tmp_path / "p.zip")
+    dest = install_package(zpath)
+    before = sha256_file(dest / "fold0.safetensors")
+    with pytest.raises(ModelAlreadyInstalledError, match="'tiny-test' is already installed"):
+        install_package(zpath)
+    assert sha256_file(dest / "fold0.safetensors") == before  # the installed copy was left alone
+    assert install_package(zpath, overwrite=True) == dest
+
+
+@pytest.mark.parametrize("how", ["folder", "zip", "zipped folder", "installed name"])
+def test_read_manifest_does_not_hash(pkg_dir, tmp_path, how):
+    """read_manifest gives the manifest of a package whose weights were altered; open_package refuses it."""
+    weights = pkg_dir / "fold1.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))
+    if how == "folder":
+        source = pkg_dir
+    elif how == "installed name":
+        (tmp_path / "models").mkdir()
+        pkg_dir.rename(tmp_path / "models" / "tiny-test")
+        source = "tiny-test"
+    else:
+        source = _zip_folder(pkg_dir, tmp_path / "tiny.zip", "tiny-test/" if how == "zipped folder" else "")
+    m = read_manifest(source)
+    assert isinstance(m, Manifest) and m.name == "tiny-test" and m.input_modalities == ["MRI"]
+    assert [s.name for s in m.segments] == ["Tumor", "Edema"]
+    assert m.to_dict() == json.loads((tmp_path / "models" / "tiny-test" / "manifest.json" if how == "installed name"
+                                      else pkg_dir / "manifest.json").read_text())
+    assert not (tmp_path / "cache").exists()  # nothing was extracted
+    with pytest.raises(ModelPackageError, match="does not match its sha256"):
+        open_package(source)
+
+
+def test_read_manifest_still_validates(pkg_dir, tmp_path):
+    edit_manifest(pkg_dir, architecture="resnet_evil")
+    with pytest.raises(ModelPackageError, match="unknown architecture 'resnet_evil'"):
+        read_manifest(pkg_dir)
+    with pytest.raises(ModelPackageError, match="unknown architecture 'resnet_evil'"):
+        read_manifest(_zip_folder(pkg_dir, tmp_path / "evil.zip"))
+    (pkg_dir / "manifest.json").unlink()
+    with pytest.raises(ModelPackageError, match="no manifest.json"):
+        read_manifest(pkg_dir)
+    with pytest.raises(ModelPackageError, match="no manifest.json"):
+        read_manifest(_zip_folder(pkg_dir, tmp_path / "none.zip"))
+    (tmp_path / "junk.zip").write_bytes(b"PK not really")
+    with pytest.raises(ModelPackageError, match="not a readable zip"):
+        read_manifest(tmp_path / "junk.zip")
+    with pytest.raises(ModelPackageError, match="no model package 'nope'"):
+        read_manifest("nope")
+
+
+def test_installed_models_without_verifying(pkg_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(package_mod, "SHIPPED_DEFAULT", tmp_path / "no-default")
+    install_package(pkg_dir)
+    altered = write_package(tmp_path / "models" / "altered", make_manifest(name="altered"),
+                            [tiny_nets(1)[0].state_dict()])
+    (altered / "fold0.safetensors").write_bytes(b"not the listed weights")
+    invalid = write_package(tmp_path / "models" / "invalid", make_manifest(name="invalid"),
+                            [tiny_nets(1)[0].state_dict()])
+    (invalid / "manifest.json").write_text("{not json")
+    calls = []
+    monkeypatch.setattr(package_mod, "sha256_file", lambda path: calls.append(path) or "0" * 64)
+    fast = installed_models(tmp_path / "models", verify=False)
+    assert calls == []  # no file was hashed
+    # the altered weights are listed (the worker verifies before running); a broken manifest is not
+    assert [(i.key, i.name, i.input_modalities, i.source) for i in fast] == [
+        ("altered", "altered", ["MRI"], "user"), ("tiny-test", "tiny-test", ["MRI"], "user")]
+    monkeypatch.undo()
+    monkeypatch.setattr(package_mod, "SHIPPED_DEFAULT", tmp_path / "no-default")
+    assert [i.key for i in installed_models(tmp_path / "models")] == ["tiny-test"]  # verify=True hashes
 
 
 def test_missing_default_and_unknown_name(tmp_path, monkeypatch):

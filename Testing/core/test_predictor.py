@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,6 +14,7 @@ from torch import nn
 from tumorseg_core.errors import CancelledError, InputError, ModelPackageError, TumorSegError
 from tumorseg_core.inference.devices import configure_threads, device_report, resolve_device
 from tumorseg_core.inference.predictor import Predictor
+from tumorseg_core.modelpkg.manifest import Manifest
 
 SHAPE = (50, 61, 47)
 PATCH = (32, 32, 32)
@@ -314,37 +316,61 @@ def test_option_validation() -> None:
         predictor.overlap = -0.1
 
 
-def test_from_package_reads_the_manifest() -> None:
-    manifest = SimpleNamespace(data={
-        "architecture": "no-such-architecture-in-this-test",
-        "kwargs": {"in_channels": 1, "out_channels": 2},
-        "inputs": [{"modality": "CT"}],
+def region_manifest(**inference) -> Manifest:
+    """A real, validated sigmoid manifest: regions 3 and 7, window 32 x 24 x 16 (x, y, z)."""
+    return Manifest({
+        "name": "regions-test", "version": "1", "license": "Apache-2.0", "description": "two regions",
+        "architecture": "unet3d",
+        "kwargs": {"in_channels": 1, "out_channels": 2, "features": [2, 4], "norm": "none"},
+        "inputs": [{"modality": "CT", "normalization": {"type": "zscore"}}],
+        "spacing": [1.0, 1.0, 1.0], "orientation": "LPS",
         "patch_size": [32, 24, 16],  # x, y, z
-        "output": {"type": "sigmoid", "regions": [{"value": 3}, {"value": 7}]},
-        "inference": {"overlap": 0.25, "tta": False},
+        "output": {"type": "sigmoid", "regions": [
+            {"value": 3, "name": "Whole", "color": [0.1, 0.2, 0.3]},
+            {"value": 7, "name": "Core", "color": [0.4, 0.5, 0.6]}]},
+        "inference": inference,
+        "files": {"fold0.safetensors": "0" * 64},
     })
+
+
+def test_from_package_reads_the_manifest() -> None:
+    manifest = region_manifest(overlap=0.25, tta=False)
     loaded: list[torch.device] = []
 
     def load_networks(device: torch.device) -> list[nn.Module]:
         loaded.append(device)
         return [region_conv([0.3, 0.7])]
 
-    package = SimpleNamespace(manifest=manifest, load_networks=load_networks)
+    package = SimpleNamespace(manifest=manifest, load_networks=load_networks, sha256="f" * 64,
+                              weight_files=[Path("fold0.safetensors")])
     predictor = Predictor.from_package(package, device="cpu", window_batch=2, tta=None)
     assert loaded == [torch.device("cpu")]
     assert predictor.patch_size_zyx == (16, 24, 32)
     assert predictor.output_type == "sigmoid" and predictor.region_values == (3, 7)
     assert predictor.overlap == 0.25 and predictor.window_batch == 2 and predictor.in_channels == 1
+    assert predictor.tta is False and predictor.modalities == ("CT",)
     v = volume((20, 30, 40), avoid=(0.3, 0.7))
     np.testing.assert_array_equal(predictor.predict(v), np.where(v[0] > 0.7, 7, np.where(v[0] > 0.3, 3, 0)))
 
 
-def test_from_package_with_attribute_manifest() -> None:
-    labels = [SimpleNamespace(value=1), SimpleNamespace(value=2)]
-    manifest = SimpleNamespace(patch_size_zyx=(8, 8, 8), output_type="softmax", labels=labels, data={})
-    package = SimpleNamespace(manifest=manifest, load_networks=lambda device: [threshold_conv(0.5)])
+def test_from_package_options_override_the_manifest_defaults() -> None:
+    package = SimpleNamespace(manifest=region_manifest(overlap=0.25, tta=True), sha256="f" * 64,
+                              load_networks=lambda device: [region_conv([0.3, 0.7])],
+                              weight_files=[Path("fold0.safetensors")])
+    assert Predictor.from_package(package, device="cpu").tta is True  # the manifest's default
+    predictor = Predictor.from_package(package, device="cpu", overlap=0.5, tta=False)
+    assert predictor.overlap == 0.5 and predictor.tta is False
+
+
+def test_from_package_with_a_duck_typed_manifest() -> None:
+    """Any manifest offering predictor_settings() will do; without in_channels it is read from the network."""
+    manifest = SimpleNamespace(predictor_settings=lambda: {
+        "patch_size_zyx": (8, 8, 8), "num_outputs": 3, "output_type": "softmax", "overlap": 0.5})
+    package = SimpleNamespace(manifest=manifest, load_networks=lambda device: [threshold_conv(0.5)],
+                              sha256="f" * 64, weight_files=[Path("fold0.safetensors")])
     predictor = Predictor.from_package(package, device="cpu", overlap=0.0)
     assert predictor.num_outputs == 3 and predictor.patch_size_zyx == (8, 8, 8)
+    assert predictor.overlap == 0.0  # the option wins over the manifest's default
     assert predictor.in_channels == 1  # read from the first conv layer
 
 

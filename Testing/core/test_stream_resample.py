@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from tumorseg_core.errors import InputError
 from tumorseg_core.imaging import geometry, io
 from tumorseg_core.imaging import stream_resample as sr
-from tumorseg_core.errors import InputError
 from tumorseg_core.imaging.geometry import GridGeometry
 
 SIZE_ZYX = (30, 36, 40)

@@ -21,8 +21,8 @@ from dataset_factory import write_labelled_case  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from tumorseg_core.errors import CancelledError, InputError  # noqa: E402
-from tumorseg_core.training.trainer import train  # noqa: E402
 from tumorseg_core.training import checkpoint as ckpt  # noqa: E402
+from tumorseg_core.training.trainer import train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = {

@@ -15,11 +15,10 @@ import pytest
 import SimpleITK as sitk
 
 slicer = pytest.importorskip("slicer")
+import slow_worker  # noqa: E402
 import vtk  # noqa: E402
 from TumorSegmentationLib import TumorSegmentationLogic, geometry_bridge, terminology  # noqa: E402
 from TumorSegmentationLib.logic import MODEL_TAG  # noqa: E402
-
-import slow_worker  # noqa: E402
 
 from tumorseg_core.errors import CancelledError, InputError, TumorSegError  # noqa: E402
 

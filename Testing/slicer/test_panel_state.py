@@ -58,12 +58,9 @@ def test_input_slots_follow_manifest_modalities():
         ps.input_slots(["a", "b", "c", "d", "e"])
 
 
-def test_modalities_of_accepts_model_info_manifest_and_dict():
+def test_modalities_of_a_model_info():
     assert ps.modalities_of(FakeModelInfo("default", "tumorseg-default", input_modalities=["T1", "FLAIR"])) == ["T1", "FLAIR"]
-    assert ps.modalities_of({"inputs": [{"modality": "CT", "normalization": {}}, {"normalization": {}}]}) == ["CT", "Input 2"]
-    assert ps.modalities_of({"input_modalities": ["MRI"]}) == ["MRI"]
     assert ps.modalities_of(None) == []
-    assert ps.modalities_of(object()) == ["Image"]
 
 
 def test_model_items_use_key_and_end_with_add_entry():

@@ -15,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from TumorSegmentationLib.runner import WorkerRunner, engine_search_path
-
 import slow_worker
+from TumorSegmentationLib.runner import WorkerRunner, engine_search_path
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -46,7 +46,10 @@ logger = logging.getLogger(__name__)
 
 MODE_AUTO, MODE_SEED, MODE_REFINE = "Auto", "Seed", "Refine"
 MODES = (MODE_AUTO, MODE_SEED, MODE_REFINE)
-# Mode names; each backend maps "ModificationMode" + name (no VTK logic at import: Slicer < 5.10 lacks it).
+# Modification modes by name: each backend maps them onto its own enum
+# ("ModificationMode" + name on vtkSlicerSegmentEditorLogic or on the Qt effect). Nothing
+# here may touch vtkSlicerSegmentEditorLogic at import: Slicer has it only since 5.10, and
+# the effect in Slicer 5.6-5.8 imports this module but uses the Qt effect's modes.
 SET, ADD = "Set", "Add"
 
 ProgressCallback = Callable[[float, str], None]
@@ -82,7 +85,8 @@ class EditorBackend:
         self.logic.SaveStateForUndo()
 
     def modifySelectedSegment(self, labelmap: Any, mode: str) -> None:
-        node, vtkMode = self.editorNode, getattr(slicer.vtkSlicerSegmentEditorLogic, "ModificationMode" + mode)
+        node = self.editorNode
+        vtkMode = getattr(slicer.vtkSlicerSegmentEditorLogic, "ModificationMode" + mode)
         self.logic.ModifySegmentByLabelmap(node.GetSegmentationNode(), node.GetSelectedSegmentID(), labelmap,
                                            vtkMode, True, False)
 

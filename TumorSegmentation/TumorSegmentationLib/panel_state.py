@@ -12,14 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
-from tumorseg_core.options import (
-    BACKENDS,
-    DEVICES,
-    QUALITIES,
-    QUALITY_LABELS,
-    SegmentOptions,
-    cascade_from_choice,
-)
+from tumorseg_core.options import BACKENDS, DEVICES, QUALITIES, SegmentOptions, cascade_from_choice
+from tumorseg_core.options import QUALITY_LABELS as QUALITY_LABELS  # the combo's texts, for the widget
 
 MAX_INPUTS = 4
 DEFAULT_MODEL = "default"
@@ -54,23 +48,13 @@ class InputSlot:
 
 
 def modalities_of(model_info: Any) -> list:
-    """Input modality names of a ``ModelInfo``, a ``Manifest`` or a manifest dict.
+    """Input modality names of an installed model (a ``ModelInfo``: ``input_modalities``), in channel order.
 
-    Accepts ``input_modalities`` (``ModelInfo``/``Manifest``), ``modalities`` or the
-    manifest's ``inputs`` list of ``{"modality": ...}``. An unknown shape gives one
-    unnamed input, so the panel still lets the user run a single-channel model.
+    ``None`` (no model selected) gives no inputs.
     """
     if model_info is None:
         return []
-    for attribute in ("input_modalities", "modalities"):
-        value = model_info.get(attribute) if isinstance(model_info, Mapping) else getattr(model_info, attribute, None)
-        if value:
-            return [str(v) for v in value]
-    inputs = model_info.get("inputs") if isinstance(model_info, Mapping) else getattr(model_info, "inputs", None)
-    if inputs:
-        return [str(item.get("modality", f"Input {i + 1}")) if isinstance(item, Mapping) else str(item)
-                for i, item in enumerate(inputs)]
-    return ["Image"]
+    return [str(m) for m in model_info.input_modalities]
 
 
 def input_slots(modalities: Sequence[str]) -> list:
@@ -101,16 +85,12 @@ def model_items(installed: Sequence[Any]) -> list:
     items = []
     for info in installed:
         # ModelInfo.key is what the Logic takes as model=; name/version are for display.
-        key = str(getattr(info, "key", None) or getattr(info, "name", info))
-        shown = str(getattr(info, "name", None) or key)
-        version = getattr(info, "version", "") or ""
-        text = f"{shown} {version}".strip()
-        if shown != key:
-            text += f" [{key}]"
-        description = str(getattr(info, "description", "") or "")
+        text = f"{info.name} {info.version}".strip()
+        if info.name != info.key:
+            text += f" [{info.key}]"
         modalities = ", ".join(modalities_of(info))
-        tooltip = "\n".join(part for part in (description, f"Inputs: {modalities}" if modalities else "") if part)
-        items.append(ModelItem(text, key, tooltip))
+        tooltip = "\n".join(part for part in (info.description, f"Inputs: {modalities}" if modalities else "") if part)
+        items.append(ModelItem(text, info.key, tooltip))
     items.append(ModelItem(ADD_MODEL_ITEM, None, "Install a model package (.zip or folder with manifest.json)"))
     return items
 

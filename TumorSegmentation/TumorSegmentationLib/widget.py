@@ -61,7 +61,7 @@ class TumorSegmentationPanel:
         self._parameterNode = parameterNode
         self.decorateCombos()
         if parameterNode is not None and not self._modelItems:
-            self.refreshModels()  # verifies every package's hashes: only once, or after "Add model"
+            self.refreshModels()  # reads every manifest: only once, or after "Add model"
         elif parameterNode is not None:
             self._selectModel(parameterNode.model)
         self.updateState()

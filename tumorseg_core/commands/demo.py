@@ -6,9 +6,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from tumorseg_core.errors import TumorSegError
 from tumorseg_core.commands.progress import TerminalProgress
 from tumorseg_core.commands.segment_options import add_segment_options, segment_options
+from tumorseg_core.errors import TumorSegError
 
 logger = logging.getLogger(__name__)
 

@@ -73,6 +73,10 @@ def parse_labels(text: Optional[str]) -> Optional[dict[int, str]]:
     return labels
 
 
+# Flags whose argparse destination is not their name on the command line.
+_FLAG_SHOWN = {"postprocess": "--no-postprocess", "cascade": "--cascade/--no-cascade"}
+
+
 def _check_args(args: argparse.Namespace) -> str:
     """'folders' or 'model', after checking the option combination and numbers."""
     folders = args.pred is not None or args.truth is not None
@@ -87,7 +91,7 @@ def _check_args(args: argparse.Namespace) -> str:
         raise TumorSegError("nothing to evaluate; give --pred DIR --truth DIR, or --model PACKAGE --data DIR")
     defaults = SegmentOptions()
     given = [("--save-predictions", args.save_predictions is not None)] + [
-        (f"--{dest.replace('_', '-')}", getattr(args, dest) != getattr(defaults, field))
+        (_FLAG_SHOWN.get(dest, f"--{dest.replace('_', '-')}"), getattr(args, dest) != getattr(defaults, field))
         for dest, field in FLAG_FIELDS.items()]
     for flag, was_given in given:
         if was_given and not model:
@@ -104,8 +108,14 @@ def _check_args(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tumorseg_core.evaluation.evaluate import evaluate_folders, evaluate_model, format_table, summarize, write_csv
     from tumorseg_core.commands.progress import TerminalProgress
+    from tumorseg_core.evaluation.evaluate import (
+        evaluate_folders,
+        evaluate_model,
+        format_table,
+        summarize,
+        write_csv,
+    )
 
     mode = _check_args(args)
     labels = parse_labels(args.labels)

@@ -8,114 +8,21 @@ Example::
         --modality CT --normalization '{"type": "ct", "window": [-100, 300]}' \\
         --labels '[{"value": 1, "name": "Tumor", "color": [0.9, 0.3, 0.2]}]' -o my-liver-model
 
-JSON options take either JSON text or ``@file.json``.
+JSON options take either JSON text or ``@file.json``. This is an alias of
+``tumorseg import`` (:mod:`tumorseg_core.commands.import_model`, the one implementation)
+with its original interface: state dicts only, every manifest option required, ``-o``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import sys
-from pathlib import Path
-from typing import Any
 
-from tumorseg_core.errors import InputError, ModelPackageError
+from tumorseg_core.commands import import_model
+from tumorseg_core.commands.import_model import _json_arg, build_manifest_fields, run
 
-logger = logging.getLogger(__name__)
-
-
-def _json_arg(text: str, option: str) -> Any:
-    """Parse an option given as JSON text or ``@path`` to a JSON file."""
-    source = text
-    if text.startswith("@"):
-        path = Path(text[1:]).expanduser()
-        try:
-            source = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"{option}: cannot read {path} ({exc.strerror}); check the path") from exc
-    try:
-        return json.loads(source)
-    except ValueError as exc:
-        raise InputError(f"{option} is not valid JSON ({exc}); quote it, e.g. '{{\"type\": \"zscore\"}}'") from exc
+__all__ = ["_json_arg", "add_arguments", "build_manifest_fields", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register the import-weights options on ``parser``."""
-    parser.add_argument("checkpoints", nargs="+", metavar="STATE_DICT.pt",
-                        help="PyTorch state dict(s); several files become an ensemble (one fold each)")
-    parser.add_argument("--architecture", required=True, help="registered architecture name, e.g. unet3d")
-    parser.add_argument("--kwargs", default="{}", help="architecture kwargs as JSON (or @file.json)")
-    parser.add_argument("--name", required=True, help="package name (letters, digits, . _ -)")
-    parser.add_argument("--version", default="1.0.0", help="package version (default 1.0.0)")
-    parser.add_argument("--license", default="unknown", help="license of the weights, e.g. Apache-2.0")
-    parser.add_argument("--description", default=None, help="one paragraph shown to users")
-    parser.add_argument("--spacing", nargs=3, type=float, required=True, metavar=("X", "Y", "Z"),
-                        help="voxel spacing in mm the model was trained at (x y z)")
-    parser.add_argument("--patch-size", nargs=3, type=int, required=True, metavar=("X", "Y", "Z"),
-                        help="sliding-window size in voxels (x y z)")
-    parser.add_argument("--orientation", default="LPS", help="3-letter orientation code, or 'none' to keep the input's")
-    parser.add_argument("--modality", action="append", required=True,
-                        help="input channel name as shown to users; repeat once per channel, in order")
-    parser.add_argument("--normalization", action="append", default=None,
-                        help="normalization JSON; give one for all channels or one per --modality")
-    parser.add_argument("--labels", required=True,
-                        help="JSON list of {value, name, color, terminology} (sigmoid: the regions in paint order)")
-    parser.add_argument("--output-type", choices=("softmax", "sigmoid"), default="softmax")
-    parser.add_argument("--postprocessing", default=None, help="postprocessing rules as a JSON list")
-    parser.add_argument("--inference", default=None, help="inference options as JSON, e.g. '{\"overlap\": 0.5}'")
-    parser.add_argument("--metrics", default=None, help="validation metrics as JSON")
-    parser.add_argument("--readme", default=None, type=Path, help="Markdown file to ship as README.md")
-    parser.add_argument("-o", "--output", required=True, type=Path, help="package folder to create")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-
-
-def build_manifest_fields(args: argparse.Namespace) -> dict:
-    """Turn parsed options into manifest fields (everything except architecture/kwargs/files)."""
-    norms = [_json_arg(n, "--normalization") for n in (args.normalization or ['{"type": "none"}'])]
-    if len(norms) == 1:
-        norms = norms * len(args.modality)
-    if len(norms) != len(args.modality):
-        raise InputError(
-            f"{len(args.modality)} --modality but {len(norms)} --normalization; give one for all or one per modality"
-        )
-    labels = _json_arg(args.labels, "--labels")
-    fields = {
-        "name": args.name,
-        "version": args.version,
-        "license": args.license,
-        "inputs": [{"modality": m, "normalization": n} for m, n in zip(args.modality, norms)],
-        "spacing": list(args.spacing),
-        "patch_size": list(args.patch_size),
-        "orientation": None if args.orientation.lower() in ("none", "null") else args.orientation,
-        "output": {"type": args.output_type, "labels" if args.output_type == "softmax" else "regions": labels},
-    }
-    if args.description:
-        fields["description"] = args.description
-    for key in ("postprocessing", "inference", "metrics"):
-        value = getattr(args, key)  # fixed option names, not names read from a file
-        if value is not None:
-            fields[key] = _json_arg(value, f"--{key}")
-    return fields
-
-
-def run(args: argparse.Namespace) -> int:
-    """Convert the checkpoint(s) and write the package; user errors raise TumorSegError."""
-    from tumorseg_core.modelpkg.convert import import_weights
-
-    kwargs = _json_arg(args.kwargs, "--kwargs")
-    if not isinstance(kwargs, dict):
-        raise ModelPackageError("--kwargs must be a JSON object, e.g. '{\"in_channels\": 1, \"out_channels\": 2}'")
-    readme = None
-    if args.readme is not None:
-        try:
-            readme = args.readme.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"cannot read --readme {args.readme} ({exc.strerror}); check the path") from exc
-    out = import_weights(
-        args.checkpoints, args.architecture, kwargs, args.output,
-        readme=readme, overwrite=args.overwrite, **build_manifest_fields(args),
-    )
-    logger.info("wrote model package %s", out)
-    sys.stdout.write(f"{out}\n")  # the command's result, for scripts: the package path
-    return 0
+    """Register the import-weights options on ``parser`` (``import``'s, in their original form)."""
+    import_model.add_arguments(parser, legacy=True)

@@ -26,13 +26,14 @@ from typing import Any, Optional, Union
 import numpy as np
 import SimpleITK as sitk
 
-from tumorseg_core.evaluation import metrics
 from tumorseg_core.errors import CancelledError, InputError, TumorSegError
+from tumorseg_core.evaluation import metrics
+from tumorseg_core.options import LABELMAP_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
-LABEL_EXTENSIONS: tuple[str, ...] = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
+LABEL_EXTENSIONS: tuple[str, ...] = LABELMAP_EXTENSIONS  # what TumorSeg writes is what it reads back
 CSV_COLUMNS: tuple[str, ...] = (
     ("case", "label", "name") + metrics.METRIC_KEYS + metrics.LESION_KEYS + metrics.LESION_SIZE_KEYS
 )
@@ -258,11 +259,10 @@ def evaluate_model(
             from tumorseg_core.imaging.io import read_channels  # MSD Task01 style: one 4D file per case
 
             inputs = read_channels(inputs[0])
-        pred = segmenter.segment(inputs, cancel=cancel)
         if save_dir is not None:
-            from tumorseg_core.imaging.io import write_labelmap
-
-            write_labelmap(pred, Path(save_dir) / f"{case}.nii.gz")
+            pred = segmenter.segment_to_file(inputs, Path(save_dir) / f"{case}.nii.gz", cancel=cancel)
+        else:
+            pred = segmenter.segment(inputs, cancel=cancel)
         rows.extend(evaluate_images(pred, read_labelmap(label_files[case]), case, labels, tolerance_mm,
                                     min_overlap))
     if progress is not None:

@@ -39,8 +39,8 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
-from tumorseg_core.imaging import geometry, io, nifti_slabs
 from tumorseg_core.errors import CancelledError, TumorSegError
+from tumorseg_core.imaging import geometry, io, nifti_slabs
 from tumorseg_core.imaging.geometry import GridGeometry
 
 logger = logging.getLogger(__name__)

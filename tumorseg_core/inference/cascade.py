@@ -21,7 +21,7 @@
 package's own network the cascade is opt-in (:data:`DEFAULT_CASCADE` is False: the
 shipped model loses small lesions at the coarse scale, see benchmarks/README.md); a
 package with a dedicated coarse network (manifest ``cascade``, see
-:mod:`tumorseg_core.modelpkg.manifest_cascade`) sets its own default, factor, threshold and margin.
+:mod:`tumorseg_core.modelpkg.manifest`) sets its own default, factor, threshold and margin.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def predict_labels(
 ) -> np.ndarray:
     """Labels (z, y, x) uint8 for a (C, z, y, x) volume: cascade or exhaustive windows.
 
-    ``spec`` is the package's :class:`~tumorseg_core.modelpkg.manifest_cascade.CascadeSpec` (its
+    ``spec`` is the package's :class:`~tumorseg_core.modelpkg.manifest.CascadeSpec` (its
     dedicated coarse network runs as ``coarse_predictor``); ``cascade=None`` uses its
     ``default``, or :data:`DEFAULT_CASCADE` without one. ``spacing_xyz`` is the model
     grid's spacing in mm (x, y, z), used for the margin.

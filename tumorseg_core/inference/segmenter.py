@@ -19,8 +19,8 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
-from tumorseg_core.imaging import geometry, postprocess, preprocess, stream_resample
 from tumorseg_core.errors import CancelledError, InputError
+from tumorseg_core.imaging import geometry, postprocess, preprocess, stream_resample
 from tumorseg_core.imaging.io import check_output_path, read_images, write_labelmap
 from tumorseg_core.options import SegmentOptions
 

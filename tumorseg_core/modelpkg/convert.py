@@ -3,19 +3,26 @@
 This is the only module in TumorSeg that reads a PyTorch checkpoint. It uses
 ``torch.load(..., weights_only=True)``, which only rebuilds tensors and plain
 containers and refuses arbitrary Python objects, and it runs only when a user
-explicitly converts a file with ``tumorseg import-weights``. The result is a package
-whose weights are ``.safetensors`` and whose files are all hashed, so nothing
+explicitly converts a file with ``tumorseg import`` (or its alias ``import-weights``).
+Beyond torch's own weights-only types it allows exactly the numpy scalar types that
+nnU-Net v2 checkpoints hold (``_checkpoint_allowlist``); a checkpoint that references
+anything else is refused, naming it, before anything in it is built. The result is a
+package whose weights are ``.safetensors`` and whose files are all hashed, so nothing
 downstream ever needs to read a checkpoint again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
+import tempfile
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
 
-from tumorseg_core.errors import ModelPackageError
+from tumorseg_core.errors import ModelAlreadyInstalledError, ModelPackageError
 from tumorseg_core.models.registry import build_network, validate_kwargs
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -28,6 +35,13 @@ PathLike = Union[str, "os.PathLike[str]"]
 NESTED_KEYS = ("state_dict", "network_weights", "model", "model_state_dict", "net")
 # Prefixes added by DataParallel/DistributedDataParallel and torch.compile.
 STRIP_PREFIXES = ("module.", "_orig_mod.")
+# numpy scalar types whose dtype class a checkpoint may rebuild (see _checkpoint_allowlist).
+ALLOWED_SCALAR_DTYPES = ("float32", "float64", "int64", "int32", "bool")
+# What ``tumorseg import`` can read in this version, for the "not supported" errors.
+SUPPORTED_SOURCES = "a PyTorch state dict (.pt/.pth) with its architecture (--architecture and --kwargs)"
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+# torch's safe_globals context edits one process-wide allowlist: one checkpoint read at a time.
+_LOAD_LOCK = threading.Lock()
 MANIFEST_DEFAULTS: Dict[str, Any] = {
     "format_version": 1,
     "version": "1.0.0",
@@ -36,29 +50,118 @@ MANIFEST_DEFAULTS: Dict[str, Any] = {
 }
 
 
+def _checkpoint_allowlist() -> List[Any]:
+    """The globals a checkpoint may reference beyond torch's weights-only defaults.
+
+    Exactly what nnU-Net v2 checkpoints (``checkpoint_final.pth``) need around their
+    weights, whose ``_best_ema`` and ``logging`` hold numpy scalars:
+
+    - ``numpy._core.multiarray.scalar``: numpy's scalar reconstructor (``scalar(dtype,
+      raw bytes)``); also under its numpy 1.x name ``numpy.core.multiarray.scalar``, the
+      name most published checkpoints carry, aliased to the same function (the deprecated
+      ``numpy.core`` module itself is never imported).
+    - ``numpy.dtype``: rebuilds the scalar's dtype from a type code such as ``'f4'``.
+    - the dtype classes of ``ALLOWED_SCALAR_DTYPES`` (numpy 2: ``numpy.dtypes.Float32DType``
+      ...): torch's weights-only loader sets a dtype's state only for allowlisted classes.
+
+    ``torch.device`` (nnU-Net's ``init_args``), ``collections.OrderedDict`` and
+    ``_codecs.encode`` are among torch's own defaults. None of these can run code: they
+    build numbers and dtypes from data.
+    """
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # pragma: no cover - numpy < 1.26 has no numpy._core
+        from numpy.core.multiarray import scalar
+    return [
+        (scalar, "numpy._core.multiarray.scalar"),
+        (scalar, "numpy.core.multiarray.scalar"),
+        (np.dtype, "numpy.dtype"),
+        *(type(np.dtype(name)) for name in ALLOWED_SCALAR_DTYPES),
+    ]
+
+
+def _offending_name(message: str) -> Optional[str]:
+    """The global or class a refused weights-only load named, from torch's error text."""
+    for pattern in (r"GLOBAL (\S+?)[ ,]", r"but got <class '([^']+)'>", r"unrecognized function (\S+)"):
+        found = re.search(pattern, message)
+        if found:
+            return found.group(1)
+    return None
+
+
+def _refuse_globals(path: Path, names: Sequence[str]) -> ModelPackageError:
+    shown = ", ".join(sorted(names)[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return ModelPackageError(
+        f"refusing {path.name}: it references {shown}, which a weights-only checkpoint may not hold "
+        "(it could run code; nothing in the file was run); if you trust the file, load it in your own Python, "
+        "re-save just the weights with torch.save(model.state_dict(), path) and import that"
+    )
+
+
+def _unsafe_globals(torch: Any, path: Path) -> List[str]:
+    """Statically list the checkpoint's globals outside the allowlist (nothing is built)."""
+    scan = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)
+    if scan is None:  # pragma: no cover - torch < 2.5: torch.load below still refuses them
+        return []
+    try:
+        return list(scan(str(path)))
+    except ValueError as exc:
+        if "torchscript" in str(exc).lower():
+            raise ModelPackageError(
+                f"{path.name} is a TorchScript archive, which TumorSeg does not import (loading it runs its code); "
+                "save just the state dict with torch.save(model.state_dict(), path) and import that"
+            ) from exc
+        return []  # legacy (non-zip) format or not a checkpoint: torch.load below decides
+    except Exception:  # noqa: BLE001 - an unreadable file: torch.load below gives the error
+        return []
+
+
+def _load_weights_only(path: Path) -> Any:
+    import torch
+
+    allow = getattr(torch.serialization, "safe_globals", None)
+    with _LOAD_LOCK, (allow(_checkpoint_allowlist()) if allow else contextlib.nullcontext()):
+        unsafe = _unsafe_globals(torch, path)
+        if unsafe:
+            raise _refuse_globals(path, unsafe)
+        try:
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any failure here means "not a weights-only checkpoint"
+            text = " ".join(str(exc).split())
+            name = _offending_name(text)
+            if name is not None:
+                raise _refuse_globals(path, [name]) from exc
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ModelPackageError(
+                f"cannot read {path.name} as a weights-only PyTorch checkpoint ({first[:200]}); "
+                "save just the state dict with torch.save(model.state_dict(), path)"
+            ) from exc
+
+
 def read_checkpoint(pt_path: PathLike) -> Dict[str, "torch.Tensor"]:
     """Read a state dict from a ``.pt`` checkpoint with ``weights_only=True``.
 
-    Accepts a plain state dict or a dict nesting it under one of ``NESTED_KEYS``;
+    Accepts a plain state dict or a dict nesting it under one of ``NESTED_KEYS`` (an
+    nnU-Net v2 checkpoint's ``network_weights``; the entries around it, such as the
+    optimizer state, numpy scalars and ``init_args``, are read as data and ignored);
     strips ``module.``/``_orig_mod.`` prefixes. Returns ``{parameter name: tensor}``.
+    A checkpoint that references anything beyond torch's weights-only types and
+    ``_checkpoint_allowlist()`` is refused, naming it, before any object is built.
     """
     import torch
 
     path = Path(pt_path).expanduser()
     if not path.is_file():
         raise ModelPackageError(f"checkpoint {path} does not exist; check the path")
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure here means "not a weights-only checkpoint"
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ModelPackageError(
-            f"cannot read {path.name} as a weights-only PyTorch checkpoint ({first[:200]}); "
-            "save just the state dict with torch.save(model.state_dict(), path)"
-        ) from exc
+    obj = _load_weights_only(path)
     if isinstance(obj, dict):
         for key in NESTED_KEYS:
             if isinstance(obj.get(key), dict):
-                logger.info("using the weights stored under %r in %s", key, path.name)
+                others = [str(k) for k in obj if k != key]
+                logger.info("using the weights stored under %r in %s%s", key, path.name,
+                            f" (ignoring {', '.join(others)})" if others else "")
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not obj:
@@ -118,6 +221,99 @@ def import_weights(
     if readme is None:
         readme = (
             f"# {manifest.get('name', 'model')}\n\n{manifest['description']}\n\n"
-            f"Converted by `tumorseg import-weights` from: {', '.join(Path(p).name for p in paths)}.\n"
+            f"Converted by `tumorseg import` from: {', '.join(Path(p).name for p in paths)}.\n"
         )
     return write_package(out_dir, manifest, states, readme=readme, overwrite=overwrite)
+
+
+def _unsupported(path: Path, what: str, hint: str = "") -> ModelPackageError:
+    return ModelPackageError(
+        f"{path.name} is {what}, a kind of source this version of TumorSeg cannot import{hint}; "
+        f"it imports {SUPPORTED_SOURCES}"
+    )
+
+
+def source_kind(source: PathLike) -> str:
+    """The kind of model ``source`` is; this version knows only ``"pytorch"`` (a state dict).
+
+    A folder (nnU-Net v2 results, MONAI bundle), a ``.zip`` or an ``.onnx`` file is refused
+    with a one-line error saying so; any other file is read as a PyTorch checkpoint
+    (which refuses whatever is not one).
+    """
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise ModelPackageError(f"{path} does not exist; check the path")
+    if path.is_dir():
+        if (path / "plans.json").is_file() or (path / "dataset.json").is_file():
+            what = "an nnU-Net v2 trained-model folder"
+        elif (path / "configs").is_dir():
+            what = "a MONAI bundle folder"
+        else:
+            what = "a folder"
+        raise _unsupported(path, what)
+    suffix = path.suffix.lower()
+    if suffix == ".zip":
+        raise _unsupported(path, "a .zip (nnU-Net export, MONAI bundle or model package)",
+                           " (a TumorSeg model package .zip needs no import: 'tumorseg models --install' it)")
+    if suffix == ".onnx":
+        raise _unsupported(path, "an ONNX file")
+    return "pytorch"
+
+
+def _default_name(out_dir: Optional[PathLike], first_source: PathLike) -> str:
+    """A package name from the output folder's name, else from the source file's stem."""
+    base = Path(out_dir).expanduser().name if out_dir is not None else Path(first_source).stem
+    return _NAME_CHARS.sub("-", base).lstrip("._-")[:64] or "imported-model"
+
+
+def import_model(
+    source: Union[PathLike, Sequence[PathLike]],
+    out_dir: Optional[PathLike] = None,
+    install: bool = False,
+    *,
+    architecture: Optional[str] = None,
+    kwargs: Optional[Dict[str, Any]] = None,
+    readme: Optional[str] = None,
+    overwrite: bool = False,
+    **manifest_fields: Any,
+) -> Path:
+    """Import a pretrained model as a TumorSeg model package; return the package folder.
+
+    Args:
+        source: what to import; this version supports a PyTorch state dict file
+            (``.pt``/``.pth``, several for an ensemble) with ``architecture`` and
+            ``kwargs``. A folder, ``.zip`` or ``.onnx`` source is refused as not supported.
+        out_dir: package folder to write; or
+        install: write it into the user model folder (``$TUMORSEG_MODELS`` or
+            ``~/.tumorseg/models``) under its name, where ``installed_models()`` lists it.
+        overwrite: replace an existing ``out_dir`` / installed model of the same name.
+        **manifest_fields: the manifest keys the source lacks (``name`` defaults to the
+            output folder's or source file's name; ``inputs``, ``spacing``,
+            ``patch_size``, ``output``, ...), as for :func:`import_weights`.
+    """
+    from tumorseg_core.modelpkg.package import install_package, user_models_dir
+
+    paths: List[PathLike] = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    if not paths:
+        raise ModelPackageError("no source given; pass a PyTorch state dict (.pt/.pth)")
+    if (out_dir is None) == (not install):
+        raise ModelPackageError("give either an output folder or install=True (one of them, not both)")
+    for path in paths:
+        source_kind(path)  # refuses the kinds this version cannot import, before anything is read
+    if not architecture:
+        raise ModelPackageError(
+            f"{Path(paths[0]).name} is a PyTorch state dict, which holds only weights: "
+            "give its architecture and kwargs (--architecture, --kwargs)"
+        )
+    manifest_fields.setdefault("name", _default_name(out_dir, paths[0]))
+    if not install:
+        return import_weights(paths, architecture, dict(kwargs or {}), out_dir,
+                              readme=readme, overwrite=overwrite, **manifest_fields)
+    folder = user_models_dir()
+    name = manifest_fields["name"]
+    if isinstance(name, str) and (folder / name).exists() and not overwrite:
+        raise ModelAlreadyInstalledError(name, folder)  # before reading any checkpoint
+    with tempfile.TemporaryDirectory(prefix="tumorseg-import-") as tmp:
+        package = import_weights(paths, architecture, dict(kwargs or {}), Path(tmp) / "package",
+                                 readme=readme, **manifest_fields)
+        return install_package(package, folder, overwrite=overwrite)

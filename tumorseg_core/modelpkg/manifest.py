@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from tumorseg_core.errors import ModelPackageError
+from tumorseg_core.imaging.preprocess import NORMALIZATION_TYPES
 from tumorseg_core.imaging.segments import SegmentInfo
 from tumorseg_core.models.registry import ARCHITECTURES, effective_kwargs, size_divisor
 
@@ -31,7 +32,6 @@ REQUIRED_KEYS = (
     "spacing", "orientation", "patch_size", "output", "files",
 )
 OPTIONAL_KEYS = ("format_version", "postprocessing", "preprocessing", "inference", "metrics", "cascade")
-NORMALIZATION_TYPES = ("ct", "zscore", "minmax", "none")
 #: ``inference`` keys that become Predictor settings (the model's own defaults).
 INFERENCE_SETTINGS = ("overlap", "tta", "window_batch", "amp", "sigma_scale")
 OUTPUT_TYPES = ("softmax", "sigmoid")
@@ -260,7 +260,7 @@ def check_cascade(section: Any, files: Mapping[str, str], in_channels: int, out_
         raise _fail("cascade", "must be a JSON object")
     unknown = sorted(set(section) - set(_KEYS))
     if unknown:
-        raise _fail(unknown[0], f"is unknown (known: {', '.join(_KEYS)})")
+        raise _fail(f"cascade.{unknown[0]}", f"is unknown (known: {', '.join(_KEYS)})")
     values = {**CASCADE_DEFAULTS, **section}
     weights = values.get("weights")
     if not isinstance(weights, str) or not weights.endswith(".safetensors") or weights not in files:

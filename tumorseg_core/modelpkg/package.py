@@ -372,7 +372,8 @@ def read_manifest(name_or_path: PathLike) -> Manifest:
             entry = next((i for i in names if i.filename == MANIFEST_NAME), None)
             tops = {i.filename.split("/")[0] for i in names}
             if entry is None and len(tops) == 1:  # zipped folder: one top-level directory
-                entry = next((i for i in names if i.filename == f"{tops.pop()}/{MANIFEST_NAME}"), None)
+                nested = f"{next(iter(tops))}/{MANIFEST_NAME}"
+                entry = next((i for i in names if i.filename == nested), None)
             if entry is None:
                 raise ModelPackageError(f"no manifest.json in {path.name}; a model package needs one")
             if entry.file_size > MAX_MANIFEST_BYTES_IN_ZIP:

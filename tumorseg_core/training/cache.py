@@ -30,8 +30,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from tumorseg_core.training.datasets import Case
 from tumorseg_core.errors import InputError
+from tumorseg_core.training.datasets import Case
 
 logger = logging.getLogger(__name__)
 

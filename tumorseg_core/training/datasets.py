@@ -29,10 +29,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from tumorseg_core.errors import InputError
+from tumorseg_core.imaging.io import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
@@ -258,10 +258,3 @@ def describe(source: DatasetSource, extra: dict[str, Any] | None = None) -> str:
     if extra:
         text += "; " + ", ".join(f"{k}={v}" for k, v in extra.items())
     return text
-
-
-def synthetic_cases(n: int, seed: int, options: dict[str, Any] | None, out_dir: Path | str) -> list[Case]:
-    """``n`` varied phantoms written as NIfTI under ``out_dir`` (see :mod:`tumorseg_core.training.synthetic_data`)."""
-    from tumorseg_core.training.synthetic_data import synthetic_cases as _synthetic_cases
-
-    return _synthetic_cases(n, seed, options, out_dir)

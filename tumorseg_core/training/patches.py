@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tumorseg_core.training.foreground_crop import COORDS_KEY, HARD_KEY, foreground_coordinates
 from tumorseg_core.training.cache import CachedCase
+from tumorseg_core.training.foreground_crop import COORDS_KEY, HARD_KEY, foreground_coordinates
 
 
 class CaseDataset(Dataset):

@@ -8,11 +8,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from tumorseg_core.training.datasets import DatasetSource, kfold, load_dataset, split_cases
 from tumorseg_core.errors import InputError, ModelPackageError
 from tumorseg_core.training import distributed as dist_utils
 from tumorseg_core.training.cache import CachedCase, PreprocessConfig, cache_cases
 from tumorseg_core.training.config import VAL_SEED_OFFSET, default_inputs, default_labels
+from tumorseg_core.training.datasets import DatasetSource, kfold, load_dataset, split_cases
 from tumorseg_core.training.hard_negatives import (
     hard_negative_settings,
     log_summary,

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from tumorseg_core.training.datasets import Case, DatasetSource
 from tumorseg_core.errors import InputError
+from tumorseg_core.training.datasets import Case, DatasetSource
 
 logger = logging.getLogger(__name__)
 

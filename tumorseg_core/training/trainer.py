@@ -212,9 +212,9 @@ def train(
     Returns:
         The package path on rank 0, None on the other ranks.
     """
-    from tumorseg_core.training.losses import build_loss
-    from tumorseg_core.models.registry import build_network
     from tumorseg_core.modelpkg.package import write_package
+    from tumorseg_core.models.registry import build_network
+    from tumorseg_core.training.losses import build_loss
 
     run_started = time.perf_counter()
     config = merge_config(config, {})

@@ -30,13 +30,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from tumorseg_core.errors import TumorSegError
+from tumorseg_core.options import BACKENDS  # the one list of backend names (re-exported here)
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from torch import nn
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
 # Backends that run on the CPU only (exported models).
 CPU_BACKENDS = ("openvino", "onnxruntime")
 _DISTRIBUTIONS = {"torch": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}
