@@ -13,6 +13,7 @@ Requests on stdin::
      "model": "default", "device": "auto", "options": {"overlap": 0.5}}
     {"id": 2, "cmd": "ping"}
     {"id": 3, "cmd": "devices"}
+    {"id": 4, "cmd": "import", "source": "/downloads/model.zip", "overwrite": false}
     {"cmd": "shutdown"}
 
 ``options`` are :class:`~tumorseg_core.options.SegmentOptions` fields (validated there).
@@ -25,6 +26,12 @@ Events on stdout::
     {"event": "error", "id": 1, "message": "one line"}
     {"event": "pong", "id": 2, "pid": 1234}
     {"event": "devices", "id": 3, "report": {"cuda_available": false, "gpus": [], ...}}
+    {"event": "imported", "id": 4, "name": "my-model", "path": "/home/me/.tumorseg/models/my-model"}
+    {"event": "error", "id": 4, "message": "...", "kind": "ModelAlreadyInstalledError"}
+
+``import`` installs a TumorSeg model package (folder or .zip) or imports a foreign model
+(``tumorseg_core.import_model``) into the user model folder. Error events carry ``kind``,
+the TumorSegError subclass's name, so a client can react to the type, never to the text.
 
 The worker exits cleanly on ``shutdown``, when stdin closes (the parent died) or after
 ``--idle-timeout`` seconds without a request. Cancelling is done by the parent killing
@@ -139,19 +146,23 @@ class Worker:
         if cmd == "ping":
             self.protocol.send("pong", id=rid, pid=os.getpid())
             return True
-        if cmd not in ("segment", "devices"):
-            self.protocol.send("error", id=rid, message=f"unknown command {cmd!r}; use segment, devices, ping or shutdown")
+        if cmd not in ("segment", "devices", "import"):
+            self.protocol.send("error", id=rid,
+                               message=f"unknown command {cmd!r}; use segment, devices, import, ping or shutdown")
             return True
         try:
             if cmd == "devices":
                 from tumorseg_core.inference.devices import device_report
 
                 self.protocol.send("devices", id=rid, report=device_report())
+            elif cmd == "import":
+                self._import(rid, request)
             else:
                 self._segment(rid, request)
         except TumorSegError as exc:
             logger.info("request %s failed: %s", rid, exc)
-            self.protocol.send("error", id=rid, message=_one_line(exc))
+            details = {key: str(getattr(exc, key)) for key in ("name", "folder") if hasattr(exc, key)}
+            self.protocol.send("error", id=rid, message=_one_line(exc), kind=type(exc).__name__, **details)
         except ImportError as exc:
             logger.error("request %s: missing dependency\n%s", rid, traceback.format_exc())
             self.protocol.send("error", id=rid, message=f"a required package is missing ({_one_line(exc)}); "
@@ -166,6 +177,29 @@ class Worker:
                 message=f"unexpected error {type(exc).__name__}: {_one_line(exc)} (details in the worker log)",
             )
         return True
+
+    def _import(self, rid: Any, request: Dict[str, Any]) -> None:
+        """Install a model package, or import a foreign model, into the user model folder."""
+        source, overwrite = request.get("source"), request.get("overwrite", False)
+        if not isinstance(source, str) or not source or not isinstance(overwrite, bool):
+            raise TumorSegError("request 'source' must be a path and 'overwrite' true or false")
+        from tumorseg_core.modelpkg.package import MANIFEST_NAME, install_package, read_manifest
+
+        path = Path(source).expanduser()
+        self.protocol.send("progress", id=rid, fraction=0.0, message=f"reading {path.name}")
+        try:
+            read_manifest(path)  # a TumorSeg package: verify and install it as it is
+            is_package = True
+        except TumorSegError:
+            is_package = path.is_dir() and (path / MANIFEST_NAME).is_file()  # a broken package: say why below
+        if is_package:
+            installed = install_package(path, overwrite=overwrite)
+        else:
+            from tumorseg_core.modelpkg.convert import import_model
+
+            installed = import_model(path, install=True, overwrite=overwrite)
+        self.protocol.send("progress", id=rid, fraction=1.0, message=f"installed {installed.name}")
+        self.protocol.send("imported", id=rid, name=installed.name, path=str(installed))
 
     def _segment(self, rid: Any, request: Dict[str, Any]) -> None:
         started = time.perf_counter()

@@ -1,5 +1,6 @@
 """The panel's decisions, tested without Qt or Slicer (TumorSegmentationLib.panel_state and widget)."""
 
+import contextlib
 import importlib
 import sys
 import types
@@ -56,6 +57,13 @@ def test_input_slots_follow_manifest_modalities():
     assert not any(s.visible for s in ps.input_slots([]))
     with pytest.raises(ValueError, match="at most 4"):
         ps.input_slots(["a", "b", "c", "d", "e"])
+
+
+def test_import_source_stands_for_the_model_folder():
+    assert ps.import_source("/m/pkg/manifest.json") == "/m/pkg"
+    assert ps.import_source("/m/Dataset001/nnUNetTrainer__nnUNetPlans__3d_fullres/plans.json").endswith("3d_fullres")
+    assert ps.import_source("/m/spleen_ct_segmentation/configs/metadata.json") == "/m/spleen_ct_segmentation"
+    assert ps.import_source("/m/model.zip") == "/m/model.zip" and ps.import_source("/m/w.pt") == "/m/w.pt"
 
 
 def test_modalities_of_a_model_info():
@@ -225,6 +233,15 @@ class FakeLogic:
     def shutdown(self):
         self.calls.append(("shutdown",))
 
+    def importModel(self, source, overwrite=False, progressCallback=None):  # runs in the worker for real
+        from tumorseg_core.errors import ModelAlreadyInstalledError
+
+        self.calls.append(("import", source, overwrite))
+        if not overwrite:
+            raise ModelAlreadyInstalledError("ct", "/models")
+        progressCallback(1.0, "installed ct")
+        return "ct"
+
     def deviceReport(self):  # the real Logic asks its worker process (no torch in the UI process)
         return {"cuda_available": False, "gpus": [], "torch_threads": 2, "auto_device": "cpu"}
 
@@ -247,18 +264,33 @@ def panel(monkeypatch):
         def stop(self):
             self.active = False
 
+    dialog = types.SimpleNamespace(answer="")
     qt = types.SimpleNamespace(QTimer=QTimer, Qt=types.SimpleNamespace(ToolTipRole=3),
-                               QFileDialog=types.SimpleNamespace(getOpenFileName=lambda *a: ""))
+                               QFileDialog=types.SimpleNamespace(getOpenFileName=lambda *a: dialog.answer))
     created = []
 
     def add_node(cls, name):
         created.append((cls, name))
         return FakeNode(name)
 
-    errors = []
+    errors, confirmations = [], []
+
+    @contextlib.contextmanager
+    def try_with_error_display(message, waitCursor=False):
+        try:
+            yield
+        except Exception as exc:
+            errors.append(f"{message} {exc}")
+            raise
+
+    def confirm(text):
+        confirmations.append(text)
+        return True
+
     slicer = types.SimpleNamespace(
         mrmlScene=types.SimpleNamespace(AddNewNodeByClass=add_node),
-        util=types.SimpleNamespace(errorDisplay=lambda text, **kw: errors.append(text), mainWindow=lambda: None))
+        util=types.SimpleNamespace(errorDisplay=lambda text, **kw: errors.append(text), mainWindow=lambda: None,
+                                   tryWithErrorDisplay=try_with_error_display, confirmYesNoDisplay=confirm))
     monkeypatch.setitem(sys.modules, "qt", qt)
     monkeypatch.setitem(sys.modules, "slicer", slicer)
     monkeypatch.delitem(sys.modules, "TumorSegmentationLib.widget", raising=False)
@@ -280,7 +312,8 @@ def panel(monkeypatch):
     pn = types.SimpleNamespace(model="default", device="auto", quality="fast", backend="auto", cascade="off",
                                outputSegmentation=None)
     p.setParameterNode(pn)
-    yield types.SimpleNamespace(panel=p, ui=ui, logic=logic, pn=pn, timer=timers[0], created=created, errors=errors)
+    yield types.SimpleNamespace(panel=p, ui=ui, logic=logic, pn=pn, timer=timers[0], created=created, errors=errors,
+                                dialog=dialog, confirmations=confirmations)
     sys.modules.pop("TumorSegmentationLib.widget", None)  # it was bound to the fake qt/slicer
 
 
@@ -340,3 +373,11 @@ def test_adapter_refuses_cuda_without_gpu(panel):
     p.onApplyOrCancel()  # the dependency check detects devices: no GPU here
     assert panel.logic.calls == []
     assert "no NVIDIA GPU" in ui.statusLabel.text and not ui.applyButton.enabled
+
+
+def test_adapter_imports_through_the_logic_and_confirms_a_replacement(panel):
+    panel.dialog.answer = "/downloads/ct-model/manifest.json"
+    panel.panel.onAddModel()
+    assert panel.logic.calls[-2:] == [("import", "/downloads/ct-model", False), ("import", "/downloads/ct-model", True)]
+    assert len(panel.confirmations) == 1 and "already installed" in panel.confirmations[0]
+    assert panel.ui.statusLabel.text == "Installed model 'ct' (all files verified)" and panel.pn.model == "ct"

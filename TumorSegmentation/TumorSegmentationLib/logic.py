@@ -146,6 +146,50 @@ class TumorSegmentationLogic(_LogicBase):  # type: ignore[misc, valid-type]
         self.runner.cancel()
         raise TumorSegError(f"the worker did not report its devices within {timeout:.0f} s; try again")
 
+    def importModel(self, path: Any, overwrite: bool = False, progressCallback: Optional[ProgressCallback] = None,
+                    timeout: Optional[float] = None) -> str:
+        """Install a model package, or import a pretrained model, into the user model folder.
+
+        ``path`` is a TumorSeg package (folder or .zip) or a model TumorSeg can import
+        (``tumorseg import``). The work runs in the background worker (hashing, reading and
+        converting weights never block Slicer's UI process); returns the installed model's
+        name, what :meth:`process` takes as ``model``. Raises ModelAlreadyInstalledError when
+        the name is taken (pass ``overwrite=True`` to replace it), TumorSegError otherwise.
+        """
+        from tumorseg_core.errors import ModelAlreadyInstalledError
+
+        if self.isRunning:
+            raise TumorSegError("a segmentation is running; import the model when it has finished")
+        source = Path(str(path)).expanduser()
+        if not source.exists():
+            raise TumorSegError(f"{source} does not exist; choose a model folder or file")
+        try:
+            rid = self.runner.submit({"cmd": "import", "source": str(source.resolve()), "overwrite": bool(overwrite)})
+        except OSError as exc:
+            raise TumorSegError(f"could not start the segmentation worker: {exc}") from exc
+        app = getattr(slicer, "app", None)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while deadline is None or time.monotonic() < deadline:
+            for event in self.runner.poll():
+                if event.get("id") != rid:
+                    continue
+                kind = event.get("event")
+                if kind == "progress" and progressCallback is not None:
+                    progressCallback(float(event.get("fraction", 0.0)), str(event.get("message", "")))
+                elif kind == "imported":
+                    self._manifests = {}
+                    return str(event["name"])
+                elif kind == "error":
+                    message = str(event.get("message") or "the import failed")
+                    if event.get("kind") == ModelAlreadyInstalledError.__name__:
+                        raise ModelAlreadyInstalledError(str(event.get("name", "")), str(event.get("folder", "")))
+                    raise TumorSegError(message)
+            if app is not None:
+                app.processEvents()
+            time.sleep(0.02)
+        self.runner.cancel()
+        raise TumorSegError(f"importing {source.name} took longer than {timeout:.0f} s and was stopped")
+
     def process(
         self,
         inputVolumeNodes: Any,

@@ -9,6 +9,7 @@ messages) is decided here and unit-tested without Qt or Slicer.
 from __future__ import annotations
 
 import math
+from pathlib import PurePath
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence
 
@@ -17,7 +18,7 @@ from tumorseg_core.options import QUALITY_LABELS as QUALITY_LABELS  # the combo'
 
 MAX_INPUTS = 4
 DEFAULT_MODEL = "default"
-ADD_MODEL_ITEM = "Add model from file or folder…"
+ADD_MODEL_ITEM = "Import model…"
 
 # The choices of the device, quality, backend and cascade combo boxes are the engine's own
 # (tumorseg_core.options): the panel offers exactly what the CLI, the API and the worker take.
@@ -91,7 +92,7 @@ def model_items(installed: Sequence[Any]) -> list:
         modalities = ", ".join(modalities_of(info))
         tooltip = "\n".join(part for part in (info.description, f"Inputs: {modalities}" if modalities else "") if part)
         items.append(ModelItem(text, info.key, tooltip))
-    items.append(ModelItem(ADD_MODEL_ITEM, None, "Install a model package (.zip or folder with manifest.json)"))
+    items.append(ModelItem(ADD_MODEL_ITEM, None, "Install a model package (.zip or folder with manifest.json) or import a model"))
     return items
 
 
@@ -213,6 +214,25 @@ def progress_value(fraction: Optional[float]) -> int:
     if fraction is None or not math.isfinite(fraction):
         return 0
     return int(round(100 * min(max(fraction, 0.0), 1.0)))
+
+
+def import_source(chosen: str) -> str:
+    """What to import when the user picked ``chosen`` in the file dialog.
+
+    A file that describes its folder (a package's ``manifest.json``, an nnU-Net result's
+    ``dataset.json``/``plans.json``) stands for that folder; a bundle's
+    ``configs/metadata.json`` for the bundle; anything else (a .zip, a checkpoint) for itself.
+    """
+    path = PurePath(chosen)
+    if path.name in ("manifest.json", "dataset.json", "plans.json"):
+        return str(path.parent)
+    if path.name in ("metadata.json", "inference.json") and path.parent.name == "configs":
+        return str(path.parent.parent)
+    return str(path)
+
+
+IMPORT_FILE_FILTER = ("Models (*.zip manifest.json dataset.json plans.json metadata.json *.pt *.pth *.onnx);;"
+                      "All files (*)")
 
 
 def output_segmentation_name(first_input_name: Optional[str]) -> str:

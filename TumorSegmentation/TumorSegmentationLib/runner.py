@@ -31,8 +31,8 @@ logger = logging.getLogger(__name__)
 #: Default seconds a warm worker waits for the next request before exiting by itself.
 DEFAULT_IDLE_TIMEOUT_S = 15 * 60
 _STDERR_TAIL_LINES = 40
-#: Events that end a request (``pong`` answers ``ping``, ``devices`` the device report).
-FINAL_EVENTS = ("done", "error", "pong", "devices")
+#: Events that end a request (``pong`` answers ``ping``, ``devices`` the device report, ``imported`` an import).
+FINAL_EVENTS = ("done", "error", "pong", "devices", "imported")
 _LIVE_RUNNERS: "weakref.WeakSet[WorkerRunner]" = weakref.WeakSet()
 
 

@@ -126,28 +126,32 @@ class TumorSegmentationPanel:
 
     def onAddModel(self) -> None:
         from tumorseg_core.errors import ModelAlreadyInstalledError
-        from tumorseg_core.modelpkg import package
 
         path = qt.QFileDialog.getOpenFileName(
-            slicer.util.mainWindow(), "Add model: choose a package .zip or the manifest.json in its folder",
-            "", "Model package (*.zip manifest.json);;All files (*)")
+            slicer.util.mainWindow(), "Import model: choose a package .zip, a checkpoint, or the manifest.json/"
+            "dataset.json in a model folder", "", ps.IMPORT_FILE_FILTER)
         if not path:
             self.refreshModels()  # puts the combo back on the current model
             return
-        source = Path(path).parent if Path(path).name == "manifest.json" else Path(path)
+        source = ps.import_source(path)
+        self.ui.statusLabel.text = f"Importing {source} …"
+
+        def progress(fraction, message) -> None:
+            self.ui.statusLabel.text = f"Importing: {message}"
+
         try:
-            with slicer.util.tryWithErrorDisplay("Could not add the model.", waitCursor=True):
+            with slicer.util.tryWithErrorDisplay("Could not import the model.", waitCursor=True):
                 try:
-                    dest = package.install_package(source)
+                    name = self.logic.importModel(source, progressCallback=progress)
                 except ModelAlreadyInstalledError as exc:
                     if not slicer.util.confirmYesNoDisplay(f"{exc}.\n\nReplace the installed model?"):
                         raise
-                    dest = package.install_package(source, overwrite=True)
+                    name = self.logic.importModel(source, overwrite=True, progressCallback=progress)
         except Exception:
             self.refreshModels()
             return
-        self.ui.statusLabel.text = f"Installed model '{dest.name}' (all files verified)"
-        self.refreshModels(select=dest.name)
+        self.ui.statusLabel.text = f"Installed model '{name}' (all files verified)"
+        self.refreshModels(select=name)
 
     # -- state -------------------------------------------------------------------------
     def _inputs(self) -> list:
