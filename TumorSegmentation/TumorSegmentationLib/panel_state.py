@@ -9,8 +9,8 @@ messages) is decided here and unit-tested without Qt or Slicer.
 from __future__ import annotations
 
 import math
-from pathlib import PurePath
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any, Mapping, Optional, Sequence
 
 from tumorseg_core.options import BACKENDS, DEVICES, QUALITIES, SegmentOptions, cascade_from_choice

@@ -10,7 +10,6 @@ and Apply turns into Cancel while it runs.
 
 import logging
 import time
-from pathlib import Path
 
 import qt
 import slicer
