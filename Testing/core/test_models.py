@@ -31,6 +31,30 @@ TINY = {
          "upsample_kernel_size": [2, [1, 2, 2]], "filters": [4, 8, 16], "deep_supervision": True},
         (1, 1, 4, 8, 8), (2, 4, 4),
     ),
+    "monai_unet": ({"in_channels": 1, "out_channels": 2, "channels": [2, 4, 8], "strides": [2, 2], "num_res_units": 1,
+                    "norm": "batch"}, (1, 1, 4, 8, 12), (4, 4, 4)),
+    "monai_segresnet": ({"in_channels": 1, "out_channels": 2, "init_filters": 8, "blocks_down": [1, 1], "blocks_up": [1]},
+                        (1, 1, 4, 6, 8), (2, 2, 2)),
+    "monai_basicunet": ({"in_channels": 1, "out_channels": 2, "features": [2, 2, 4, 4, 8, 2]}, (1, 1, 16, 16, 32),
+                        (16, 16, 16)),
+    "monai_swinunetr": ({"in_channels": 1, "out_channels": 2, "feature_size": 12, "depths": [1, 1, 1, 1]},
+                        (1, 1, 32, 32, 64), (32, 32, 32)),
+    "nnunet_plainconv": (
+        {"in_channels": 1, "out_channels": 3, "n_stages": 2, "features_per_stage": [4, 8],
+         "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": [[1, 3, 3], [3, 3, 3]],
+         "strides": [[1, 1, 1], [1, 2, 2]], "n_conv_per_stage": [1, 1], "n_conv_per_stage_decoder": [1],
+         "conv_bias": True, "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+         "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
+        (1, 1, 4, 8, 8), (1, 2, 2),
+    ),
+    "nnunet_resenc": (
+        {"in_channels": 2, "out_channels": 2, "n_stages": 2, "features_per_stage": [4, 8],
+         "conv_op": "torch.nn.Conv3d", "kernel_sizes": [[3, 3, 3], [3, 3, 3]], "strides": [[1, 1, 1], [2, 2, 2]],
+         "n_blocks_per_stage": [1, 1], "n_conv_per_stage_decoder": [1], "conv_bias": True,
+         "norm_op": "torch.nn.InstanceNorm3d", "norm_op_kwargs": {"eps": 1e-05, "affine": True},
+         "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}},
+        (1, 2, 4, 8, 8), (2, 2, 2),
+    ),
 }
 
 

@@ -151,7 +151,7 @@ class TumorSegmentationLogic(_LogicBase):  # type: ignore[misc, valid-type]
         """Install a model package, or import a pretrained model, into the user model folder.
 
         ``path`` is a TumorSeg package (folder or .zip) or a model TumorSeg can import
-        (``tumorseg import``). The work runs in the background worker (hashing, reading and
+        (``tumorseg import``: an nnU-Net v2 model folder or zip, a MONAI bundle). The work runs in the background worker (hashing, reading and
         converting weights never block Slicer's UI process); returns the installed model's
         name, what :meth:`process` takes as ``model``. Raises ModelAlreadyInstalledError when
         the name is taken (pass ``overwrite=True`` to replace it), TumorSegError otherwise.

@@ -13,8 +13,13 @@ folder (``$TUMORSEG_MODELS`` or ``~/.tumorseg/models``). Several ``.pt`` files b
 ensemble. The file is read weights-only: a checkpoint that holds anything but tensors
 and plain data (plus the numpy scalars of nnU-Net checkpoints) is refused, and nothing
 in it runs.
-nnU-Net v2 folders, MONAI bundles, ``.zip`` and ``.onnx`` sources are not supported by
-this version and are refused. JSON options take either JSON text or ``@file.json``.
+An nnU-Net v2 trained-model folder (``dataset.json``, ``plans.json``, ``fold_N/``) or the
+zip ``nnUNetv2_export_model_to_zip`` writes needs no manifest options::
+
+    tumorseg import Dataset501_X/nnUNetTrainer__nnUNetPlans__3d_fullres -o my-model --folds 0,1
+
+(``--checkpoint final|best``, ``--configuration`` when a zip holds several, ``--name``).
+MONAI bundles and ``.onnx`` sources are not supported by this version and are refused. JSON options take either JSON text or ``@file.json``.
 ``tumorseg import-weights`` is this command restricted to state dicts, with every
 manifest option required and ``-o``.
 """
@@ -97,6 +102,13 @@ def add_arguments(parser: argparse.ArgumentParser, legacy: bool = False) -> None
         where.add_argument("-o", "--output", type=Path, help="package folder to create")
         where.add_argument("--install", action="store_true",
                            help="install into the user model folder ($TUMORSEG_MODELS or ~/.tumorseg/models)")
+    if not legacy:
+        parser.add_argument("--folds", default=None,
+                            help="nnU-Net: folds to import, e.g. 0,1 (default: every fold_N with the checkpoint)")
+        parser.add_argument("--checkpoint", choices=("final", "best"), default="final",
+                            help="nnU-Net: checkpoint_final.pth (default) or checkpoint_best.pth")
+        parser.add_argument("--configuration", default=None,
+                            help="nnU-Net: which model when the source holds several (3d_fullres, 3d_lowres, 2d)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing output folder" + ("" if legacy else " or installed model"))
 
@@ -148,8 +160,14 @@ def run(args: argparse.Namespace) -> int:
     """Import the source(s) and write or install the package; user errors raise TumorSegError."""
     from tumorseg_core.modelpkg.convert import import_model, source_kind
 
-    for source in args.sources:
-        source_kind(source)  # refuse what this version cannot import before anything else
+    kinds = [source_kind(source) for source in args.sources]  # refuse what this version cannot import first
+    if "nnunet" in kinds:
+        return _run_nnunet(args, import_model)
+    if "monai" in kinds:  # a MONAI bundle brings everything but the name
+        fields = {"name": args.name} if args.name else {}
+        out = import_model(args.sources, out_dir=args.output, install=args.install, overwrite=args.overwrite, **fields)
+        sys.stdout.write(f"{out}\n")
+        return 0
     _check_state_dict_options(args)
     kwargs = _json_arg(args.kwargs, "--kwargs")
     if not isinstance(kwargs, dict):
@@ -166,4 +184,25 @@ def run(args: argparse.Namespace) -> int:
     )
     logger.info("%s model package %s", "installed" if args.install else "wrote", out)
     sys.stdout.write(f"{out}\n")  # the command's result, for scripts: the package path
+    return 0
+
+
+def _run_nnunet(args: argparse.Namespace, import_model: Any) -> int:
+    """An nnU-Net v2 folder or zip: everything comes from its dataset.json, plans.json and checkpoints."""
+    folds = None
+    if getattr(args, "folds", None):
+        folds = [f.strip() for f in args.folds.split(",") if f.strip()]
+        if not all(f.isdigit() or f == "all" for f in folds):
+            raise InputError(f"--folds must list fold numbers such as 0,1 (or 'all'), got {args.folds!r}")
+    fields = {"name": args.name, "description": args.description}
+    if args.license != "unknown":
+        fields["license"] = args.license
+    if args.version != "1.0.0":
+        fields["version"] = args.version
+    readme = args.readme.read_text(encoding="utf-8") if args.readme is not None else None
+    out = import_model(args.sources, out_dir=args.output, install=args.install, readme=readme,
+                       overwrite=args.overwrite, folds=folds, checkpoint=args.checkpoint,
+                       configuration=args.configuration, **{k: v for k, v in fields.items() if v is not None})
+    logger.info("%s model package %s", "installed" if args.install else "wrote", out)
+    sys.stdout.write(f"{out}\n")
     return 0

@@ -69,6 +69,7 @@ class Segmenter:
         self._predictor_key: Optional[tuple] = None
         self._backend: Optional[str] = None
         self._coarse: Optional[tuple] = None  # (backend option, Predictor of the cascade's coarse network)
+        self._cpu_nets: Optional[list] = None  # an imported nnU-Net/MONAI model's folds (their pipelines)
 
     @classmethod
     def with_options(cls, model: Any, options: SegmentOptions) -> "Segmenter":
@@ -132,6 +133,18 @@ class Segmenter:
         options = self._options_for(overrides)
         started = time.perf_counter()
         _report(progress, 0.0, "reading images")
+        if self.manifest.nnunet is not None:
+            labels_array, _, image = self._nnunet_run(images, options, progress, cancel)
+            result = sitk.GetImageFromArray(labels_array)
+            result.CopyInformation(image)
+            return self._finish(result, options, progress, started)
+        if self.manifest.monai is not None:
+            from tumorseg_core.inference.monai_pipeline import segment_bundle_package
+
+            _report(progress, _PREPARE, "running the bundle's pipeline")
+            result = segment_bundle_package(self.package, _as_list(images), networks=self._cpu_networks())
+            _check_cancel(cancel)
+            return self._finish(result, options, progress, started)
         volume, model_grid, reference = self.prepare(images, cancel, _scaled_progress(progress, 0.0, _PREPARE))
         _check_cancel(cancel)
         _report(progress, _PREPARE, "running the model")
@@ -141,12 +154,71 @@ class Segmenter:
         _report(progress, _PREDICT_END, "labels to the input grid")
         label_image = model_grid.apply_to(sitk.GetImageFromArray(labels.astype(np.uint8, copy=False)))
         result = geometry.labels_to_reference(label_image, reference)
+        return self._finish(result, options, progress, started)
+
+    def _finish(self, result: sitk.Image, options: SegmentOptions, progress: Optional[ProgressFn],
+                started: float) -> sitk.Image:
+        """The clicked-lesion filter (seeds) on the input-grid label map, and the last progress report."""
         if options.seeds_lps or options.background_lps:
             from tumorseg_core.interactive.refine import keep_clicked_lesions
 
             result = keep_clicked_lesions(result, options.seeds_lps, options.background_lps)
         _report(progress, 1.0, f"done in {time.perf_counter() - started:.1f} s")
         return result
+
+    def probabilities(self, images: Union[ImageLike, Sequence[ImageLike]], progress: Optional[ProgressFn] = None,
+                      cancel: Optional[CancelFn] = None, **overrides: Any) -> tuple:
+        """An imported model's ``(probabilities (C, z, y, x) float32, first input image)``.
+
+        The probabilities are on the first input's exact grid, as the source framework
+        gives them: nnU-Net's ``--save_probabilities`` (softmax: every class, background
+        first; region-based: one channel per region) or a MONAI bundle's activated outputs
+        after ``Invertd``.
+        """
+        if self.manifest.monai is not None:
+            from tumorseg_core.inference.monai_pipeline import segment_bundle_package
+
+            inputs = read_images(_as_list(images))
+            _, probabilities = segment_bundle_package(self.package, inputs, return_probabilities=True,
+                                                      networks=self._cpu_networks())
+            return probabilities, inputs[0]
+        if self.manifest.nnunet is None:
+            raise InputError(f"model '{self.manifest.name}' is not an imported nnU-Net or MONAI model; "
+                             "use Predictor.predict_probabilities on a prepared volume")
+        _, probabilities, image = self._nnunet_run(images, self._options_for(overrides), progress, cancel)
+        return probabilities, image
+
+    def _nnunet_run(self, images: Any, options: SegmentOptions, progress: Optional[ProgressFn],
+                    cancel: Optional[CancelFn]) -> tuple:
+        """(labels, probabilities, first input image) through nnU-Net's pipeline (``nnunet_pipeline.py``)."""
+        from tumorseg_core.inference.nnunet_pipeline import case_arrays, predict_case
+
+        manifest = self.manifest
+        inputs = read_images(_as_list(images))
+        if len(inputs) != manifest.num_inputs:
+            names = ", ".join(manifest.input_modalities)
+            raise InputError(
+                f"model '{manifest.name}' expects {manifest.num_inputs} input image(s) ({names}), "
+                f"got {len(inputs)}; pass one image per modality in that order"
+            )
+        arrays, spacing = case_arrays(geometry.align_to_reference(inputs))
+        _check_cancel(cancel)
+        overlap = options.window_overlap
+        mirror = options.tta if options.tta is not None else options.quality != "fast"
+        labels, probabilities = predict_case(
+            self._cpu_networks(), arrays, spacing, manifest.nnunet, int(manifest.predictor_settings()["num_outputs"]),
+            mirror=mirror, step=None if overlap is None else 1.0 - overlap,
+            progress=_scaled_progress(progress, _PREPARE, _PREDICT_END), cancel=cancel,
+        )
+        return labels, probabilities, inputs[0]
+
+    def _cpu_networks(self) -> list:
+        """An imported model's folds as modules on the CPU, loaded once (nnU-Net and MONAI pipelines)."""
+        if self._cpu_nets is None:
+            from tumorseg_core.inference.devices import import_torch
+
+            self._cpu_nets = list(self.package.load_networks(import_torch().device("cpu")))
+        return self._cpu_nets
 
     def segment_to_file(
         self,

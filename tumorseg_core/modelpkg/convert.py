@@ -20,7 +20,7 @@ import re
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from tumorseg_core.errors import ModelAlreadyInstalledError, ModelPackageError
 from tumorseg_core.models.registry import build_network, validate_kwargs
@@ -38,7 +38,8 @@ STRIP_PREFIXES = ("module.", "_orig_mod.")
 # numpy scalar types whose dtype class a checkpoint may rebuild (see _checkpoint_allowlist).
 ALLOWED_SCALAR_DTYPES = ("float32", "float64", "int64", "int32", "bool")
 # What ``tumorseg import`` can read in this version, for the "not supported" errors.
-SUPPORTED_SOURCES = "a PyTorch state dict (.pt/.pth) with its architecture (--architecture and --kwargs)"
+SUPPORTED_SOURCES = ("an nnU-Net v2 trained-model folder or its exported .zip, "
+                     "and a PyTorch state dict (.pt/.pth) with its architecture (--architecture and --kwargs)")
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 # torch's safe_globals context edits one process-wide allowlist: one checkpoint read at a time.
 _LOAD_LOCK = threading.Lock()
@@ -150,18 +151,30 @@ def read_checkpoint(pt_path: PathLike) -> Dict[str, "torch.Tensor"]:
     A checkpoint that references anything beyond torch's weights-only types and
     ``_checkpoint_allowlist()`` is refused, naming it, before any object is built.
     """
+    return read_checkpoint_with_metadata(pt_path)[0]
+
+
+def read_checkpoint_with_metadata(pt_path: PathLike) -> Tuple[Dict[str, "torch.Tensor"], Dict[str, Any]]:
+    """:func:`read_checkpoint`, plus the checkpoint's other top-level entries as plain data.
+
+    The second item is ``{}`` for a bare state dict; for an nnU-Net v2 checkpoint it holds
+    ``trainer_name``, ``inference_allowed_mirroring_axes``, ``init_args`` ... exactly as the
+    weights-only reader rebuilt them (containers, numbers, strings, numpy scalars).
+    """
     import torch
 
     path = Path(pt_path).expanduser()
     if not path.is_file():
         raise ModelPackageError(f"checkpoint {path} does not exist; check the path")
     obj = _load_weights_only(path)
+    metadata: Dict[str, Any] = {}
     if isinstance(obj, dict):
         for key in NESTED_KEYS:
             if isinstance(obj.get(key), dict):
                 others = [str(k) for k in obj if k != key]
                 logger.info("using the weights stored under %r in %s%s", key, path.name,
                             f" (ignoring {', '.join(others)})" if others else "")
+                metadata = {str(k): v for k, v in obj.items() if k != key}
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not obj:
@@ -176,7 +189,7 @@ def read_checkpoint(pt_path: PathLike) -> Dict[str, "torch.Tensor"]:
     for prefix in STRIP_PREFIXES:
         if all(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items()}
-    return state
+    return state, metadata
 
 
 def import_weights(
@@ -234,30 +247,50 @@ def _unsupported(path: Path, what: str, hint: str = "") -> ModelPackageError:
 
 
 def source_kind(source: PathLike) -> str:
-    """The kind of model ``source`` is; this version knows only ``"pytorch"`` (a state dict).
+    """The kind of model ``source`` is: ``"nnunet"`` (an nnU-Net v2 trained-model folder or
+    the zip ``nnUNetv2_export_model_to_zip`` writes) or ``"pytorch"`` (a state dict).
 
-    A folder (nnU-Net v2 results, MONAI bundle), a ``.zip`` or an ``.onnx`` file is refused
-    with a one-line error saying so; any other file is read as a PyTorch checkpoint
-    (which refuses whatever is not one).
+    A MONAI bundle, another folder or zip, or an ``.onnx`` file is refused with a one-line
+    error saying so; any other file is read as a PyTorch checkpoint (which refuses whatever
+    is not one).
     """
+    from tumorseg_core.modelpkg import nnunet_import
+
     path = Path(source).expanduser()
     if not path.exists():
         raise ModelPackageError(f"{path} does not exist; check the path")
     if path.is_dir():
+        if nnunet_import.find_model_folders(path):
+            return "nnunet"
         if (path / "plans.json").is_file() or (path / "dataset.json").is_file():
-            what = "an nnU-Net v2 trained-model folder"
-        elif (path / "configs").is_dir():
-            what = "a MONAI bundle folder"
-        else:
-            what = "a folder"
-        raise _unsupported(path, what)
+            raise _unsupported(path, "an nnU-Net folder without fold_N/checkpoint_*.pth (an nnU-Net raw or "
+                                     "preprocessed dataset folder, not a trained model)")
+        if (path / "configs").is_dir():
+            return "monai"
+        raise _unsupported(path, "a folder that is neither an nnU-Net v2 model nor a MONAI bundle")
     suffix = path.suffix.lower()
     if suffix == ".zip":
-        raise _unsupported(path, "a .zip (nnU-Net export, MONAI bundle or model package)",
+        if nnunet_import.zip_holds_nnunet_model(path):
+            return "nnunet"
+        if _zip_holds_bundle(path):
+            return "monai"
+        raise _unsupported(path, "a .zip that holds neither an nnU-Net v2 model nor a MONAI bundle",
                            " (a TumorSeg model package .zip needs no import: 'tumorseg models --install' it)")
     if suffix == ".onnx":
         raise _unsupported(path, "an ONNX file")
     return "pytorch"
+
+
+def _zip_holds_bundle(path: Path) -> bool:
+    """Whether a zip's entries look like a MONAI bundle (``configs/`` at the top or one folder down)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return any(n.startswith("configs/") or n.split("/", 1)[-1].startswith("configs/") for n in names)
 
 
 def _default_name(out_dir: Optional[PathLike], first_source: PathLike) -> str:
@@ -275,6 +308,9 @@ def import_model(
     kwargs: Optional[Dict[str, Any]] = None,
     readme: Optional[str] = None,
     overwrite: bool = False,
+    folds: Optional[Sequence[Union[int, str]]] = None,
+    checkpoint: str = "final",
+    configuration: Optional[str] = None,
     **manifest_fields: Any,
 ) -> Path:
     """Import a pretrained model as a TumorSeg model package; return the package folder.
@@ -298,8 +334,23 @@ def import_model(
         raise ModelPackageError("no source given; pass a PyTorch state dict (.pt/.pth)")
     if (out_dir is None) == (not install):
         raise ModelPackageError("give either an output folder or install=True (one of them, not both)")
-    for path in paths:
-        source_kind(path)  # refuses the kinds this version cannot import, before anything is read
+    kinds = [source_kind(path) for path in paths]  # refuses what this version cannot import, before reading
+    if "monai" in kinds:
+        if len(paths) != 1:
+            raise ModelPackageError("give one MONAI bundle folder or zip")
+        return _import_once(lambda out, replace: _import_monai(paths[0], out, replace, manifest_fields),
+                            paths[0], out_dir, install, overwrite, manifest_fields)
+    if "nnunet" in kinds:
+        if len(paths) != 1:
+            raise ModelPackageError("give one nnU-Net model folder or zip (its folds become the ensemble: --folds)")
+        if out_dir is not None and not install:
+            manifest_fields.setdefault("name", _default_name(out_dir, paths[0]))
+            return _import_nnunet(paths[0], out_dir, folds, checkpoint, configuration, readme, overwrite,
+                                  manifest_fields)
+        with tempfile.TemporaryDirectory(prefix="tumorseg-import-") as tmp:
+            package = _import_nnunet(paths[0], Path(tmp) / "package", folds, checkpoint, configuration, readme,
+                                     False, manifest_fields)
+            return install_package(package, user_models_dir(), overwrite=overwrite)
     if not architecture:
         raise ModelPackageError(
             f"{Path(paths[0]).name} is a PyTorch state dict, which holds only weights: "
@@ -317,3 +368,41 @@ def import_model(
         package = import_weights(paths, architecture, dict(kwargs or {}), Path(tmp) / "package",
                                  readme=readme, **manifest_fields)
         return install_package(package, folder, overwrite=overwrite)
+
+
+def _import_once(write: Any, source: PathLike, out_dir: Optional[PathLike], install: bool, overwrite: bool,
+                 manifest_fields: Dict[str, Any]) -> Path:
+    """Run ``write(out_dir, overwrite)`` into ``out_dir``, or into a temporary folder then install it."""
+    from tumorseg_core.modelpkg.package import install_package, user_models_dir
+
+    if not install:
+        return write(out_dir, overwrite)
+    with tempfile.TemporaryDirectory(prefix="tumorseg-import-") as tmp:
+        return install_package(write(Path(tmp) / "package", False), user_models_dir(), overwrite=overwrite)
+
+
+def _import_monai(source: PathLike, out_dir: PathLike, overwrite: bool, manifest_fields: Dict[str, Any]) -> Path:
+    """A MONAI bundle folder or zip as a package (``monai_import.py``; configs read as data, never evaluated)."""
+    from tumorseg_core.modelpkg.monai_import import import_bundle
+
+    unknown = sorted(set(manifest_fields) - {"name"})
+    if unknown:
+        raise ModelPackageError(f"a MONAI bundle brings its own {', '.join(unknown)}; give only --name")
+    return import_bundle(source, out_dir, name=manifest_fields.get("name"), overwrite=overwrite)
+
+
+def _import_nnunet(source: PathLike, out_dir: PathLike, folds: Optional[Sequence[Union[int, str]]], checkpoint: str,
+                   configuration: Optional[str], readme: Optional[str], overwrite: bool,
+                   manifest_fields: Dict[str, Any]) -> Path:
+    """An nnU-Net v2 folder or exported zip as a package; a zip is unpacked with the package reader's guards."""
+    from tumorseg_core.modelpkg import nnunet_import
+    from tumorseg_core.modelpkg.package import extract_zip
+
+    path = Path(source).expanduser()
+    with tempfile.TemporaryDirectory(prefix="tumorseg-nnunet-") as tmp:
+        folder = extract_zip(path, cache_root=Path(tmp)) if path.is_file() else path
+        return nnunet_import.import_nnunet(
+            folder, out_dir, read_checkpoint_with_metadata, folds=folds, checkpoint=checkpoint,
+            configuration=configuration, readme=readme, overwrite=overwrite, source_name=path.name,
+            **manifest_fields,
+        )

@@ -20,18 +20,22 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from tumorseg_core.errors import ModelPackageError
 from tumorseg_core.imaging.preprocess import NORMALIZATION_TYPES
 from tumorseg_core.imaging.segments import SegmentInfo
+from tumorseg_core.modelpkg.monai_section import MonaiSection, check_monai_section
 from tumorseg_core.models.registry import ARCHITECTURES, effective_kwargs, size_divisor
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # the newest this reader knows; 2 = a 'cascade' section (older readers must refuse it)
+# The newest format this reader knows: 2 = a 'cascade' section, 3 = an 'nnunet' section
+# (older readers must refuse both).
+FORMAT_VERSION = 4
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 1024 * 1024
 REQUIRED_KEYS = (
     "name", "version", "license", "description", "architecture", "kwargs", "inputs",
     "spacing", "orientation", "patch_size", "output", "files",
 )
-OPTIONAL_KEYS = ("format_version", "postprocessing", "preprocessing", "inference", "metrics", "cascade")
+OPTIONAL_KEYS = ("format_version", "postprocessing", "preprocessing", "inference", "metrics", "cascade", "nnunet",
+                 "monai")
 #: ``inference`` keys that become Predictor settings (the model's own defaults).
 INFERENCE_SETTINGS = ("overlap", "tta", "window_batch", "amp", "sigma_scale")
 OUTPUT_TYPES = ("softmax", "sigmoid")
@@ -302,6 +306,112 @@ def check_cascade(section: Any, files: Mapping[str, str], in_channels: int, out_
                        None if clip is None else (float(clip[0]), float(clip[1])))
 
 
+# -------------------------------------------------------------- the 'nnunet' section
+# An imported nnU-Net v2 model (``modelpkg/nnunet_import.py``) runs nnU-Net's own pipeline
+# (``imaging/nnunet_preprocess.py``, ``inference/nnunet_windows.py``) instead of TumorSeg's
+# resampling, normalization and windows. The section holds exactly what the plans say
+# (array axes are nnU-Net's, after ``transpose_forward``)::
+#
+#     "nnunet": {
+#       "configuration": "3d_fullres",
+#       "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+#       "spacing": [3.0, 0.8, 0.8],             # target spacing, array order (2 values for 2d)
+#       "patch_size": [12, 28, 24],             # array order (2 values for 2d)
+#       "normalization": [{"scheme": "ZScoreNormalization", "use_mask_for_norm": true,
+#                          "intensity_properties": {"mean": ..., "std": ..., "percentile_00_5": ...,
+#                                                   "percentile_99_5": ...}}],   # one per input
+#       "resampling_data": {"order": 3, "order_z": 0, "force_separate_z": null},
+#       "resampling_probabilities": {"order": 1, "order_z": 0, "force_separate_z": null},
+#       "anisotropy_threshold": 3.0,
+#       "tile_step_size": 0.5,
+#       "mirror_axes": [0, 1, 2],              # the checkpoint's inference_allowed_mirroring_axes
+#       "regions_class_order": null            # region-based (sigmoid) models: the paint order
+#     }
+#
+# With it the manifest's ``spacing`` and ``patch_size`` are these, reversed (x, y, z of the
+# network's frame), for display and the architecture's size check; ``orientation`` is null.
+
+NNUNET_NORMALIZATIONS = ("ZScoreNormalization", "CTNormalization", "NoNormalization", "RescaleTo01Normalization",
+                         "RGBTo01Normalization")
+_NNUNET_KEYS = ("configuration", "transpose_forward", "transpose_backward", "spacing", "patch_size", "normalization",
+                "resampling_data", "resampling_probabilities", "anisotropy_threshold", "tile_step_size",
+                "mirror_axes", "regions_class_order")
+_CT_PROPERTIES = ("mean", "std", "percentile_00_5", "percentile_99_5")
+
+
+def _check_resampling(spec: Any, field: str) -> None:
+    if not isinstance(spec, dict) or set(spec) - {"order", "order_z", "force_separate_z"}:
+        raise _fail(field, "must be an object with order, order_z and force_separate_z")
+    for key in ("order", "order_z"):
+        v = spec.get(key)
+        if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= 5:
+            raise _fail(f"{field}.{key}", "must be a spline order 0..5")
+    if spec.get("force_separate_z") not in (None, True, False):
+        raise _fail(f"{field}.force_separate_z", "must be true, false or null")
+
+
+def check_nnunet(section: Any, in_channels: int, out_channels: Any, output: Dict[str, Any]) -> Dict[str, Any]:
+    """Validate an ``nnunet`` section; return a copy. Raises ModelPackageError naming the field."""
+    if not isinstance(section, dict):
+        raise _fail("nnunet", "must be a JSON object")
+    unknown = sorted(set(section) - set(_NNUNET_KEYS))
+    missing = [k for k in _NNUNET_KEYS if k not in section]
+    if unknown:
+        raise _fail(f"nnunet.{unknown[0]}", f"is unknown (known: {', '.join(_NNUNET_KEYS)})")
+    if missing:
+        raise _fail(f"nnunet.{missing[0]}", "is missing")
+    if not isinstance(section["configuration"], str) or not section["configuration"].strip():
+        raise _fail("nnunet.configuration", "must be a non-empty string")
+    for key in ("transpose_forward", "transpose_backward"):
+        perm = section[key]
+        if not isinstance(perm, list) or sorted(perm) != [0, 1, 2] or any(isinstance(v, bool) for v in perm):
+            raise _fail(f"nnunet.{key}", "must be a permutation of [0, 1, 2]")
+    fwd, bwd = section["transpose_forward"], section["transpose_backward"]
+    if [fwd[i] for i in bwd] != [0, 1, 2]:
+        raise _fail("nnunet.transpose_backward", "must undo transpose_forward")
+    spacing, patch = section["spacing"], section["patch_size"]
+    if not (isinstance(spacing, list) and len(spacing) in (2, 3) and all(_is_number(v) and v > 0 for v in spacing)):
+        raise _fail("nnunet.spacing", "must be 2 or 3 positive numbers")
+    if not (isinstance(patch, list) and len(patch) == len(spacing)
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in patch)):
+        raise _fail("nnunet.patch_size", "must be as many positive integers as nnunet.spacing has")
+    norms = section["normalization"]
+    if not isinstance(norms, list) or len(norms) != in_channels:
+        raise _fail("nnunet.normalization", f"must list one scheme per input ({in_channels})")
+    for i, norm in enumerate(norms):
+        where = f"nnunet.normalization[{i}]"
+        if not isinstance(norm, dict) or norm.get("scheme") not in NNUNET_NORMALIZATIONS:
+            raise _fail(f"{where}.scheme", f"must be one of {', '.join(NNUNET_NORMALIZATIONS)}")
+        if not isinstance(norm.get("use_mask_for_norm", False), bool):
+            raise _fail(f"{where}.use_mask_for_norm", "must be true or false")
+        props = norm.get("intensity_properties") or {}
+        if not isinstance(props, dict) or not all(_is_number(v) for v in props.values()):
+            raise _fail(f"{where}.intensity_properties", "must map names to numbers")
+        if norm["scheme"] == "CTNormalization" and any(k not in props for k in _CT_PROPERTIES):
+            raise _fail(f"{where}.intensity_properties", f"must give {', '.join(_CT_PROPERTIES)} for CTNormalization")
+    _check_resampling(section["resampling_data"], "nnunet.resampling_data")
+    _check_resampling(section["resampling_probabilities"], "nnunet.resampling_probabilities")
+    if not _is_number(section["anisotropy_threshold"]) or section["anisotropy_threshold"] <= 0:
+        raise _fail("nnunet.anisotropy_threshold", "must be a positive number")
+    step = section["tile_step_size"]
+    if not _is_number(step) or not 0 < step <= 1:
+        raise _fail("nnunet.tile_step_size", "must be a number in (0, 1]")
+    axes = section["mirror_axes"]
+    if axes is not None and not (isinstance(axes, list) and len(set(axes)) == len(axes) and all(
+            isinstance(a, int) and not isinstance(a, bool) and 0 <= a < len(patch) for a in axes)):
+        raise _fail("nnunet.mirror_axes", f"must be null or distinct axes 0..{len(patch) - 1}")
+    regions = section["regions_class_order"]
+    if (regions is not None) != (output.get("type") == "sigmoid"):
+        raise _fail("nnunet.regions_class_order", "must be given exactly for sigmoid (region-based) outputs")
+    if regions is not None:
+        values = [r["value"] for r in output.get("regions") or output.get("labels") or []]
+        if regions != values:
+            raise _fail("nnunet.regions_class_order", "must equal the output regions' values, in order")
+        if isinstance(out_channels, int) and len(regions) != out_channels:
+            raise _fail("nnunet.regions_class_order", f"must have one value per network output ({out_channels})")
+    return json.loads(json.dumps(section))
+
+
 class Manifest:
     """A validated ``manifest.json``.
 
@@ -322,7 +432,9 @@ class Manifest:
         unknown = sorted(set(data) - set(REQUIRED_KEYS) - set(OPTIONAL_KEYS))
         if unknown:
             logger.warning("manifest %r has unknown field(s) %s; they are ignored", data.get("name"), ", ".join(unknown))
-        fmt = data.setdefault("format_version", 2 if data.get("cascade") is not None else 1)
+        fmt = data.setdefault("format_version", 4 if data.get("monai") is not None
+                              else 3 if data.get("nnunet") is not None
+                              else 2 if data.get("cascade") is not None else 1)
         if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
             raise _fail("format_version", "must be a positive integer")
         if fmt > FORMAT_VERSION:
@@ -352,6 +464,21 @@ class Manifest:
                 raise _fail("format_version", "must be 2 or more in a package with a 'cascade' section")
             self._cascade = check_cascade(data["cascade"], data["files"], len(data["inputs"]),
                                           self._kwargs_full.get("out_channels"))
+        self._nnunet: Optional[Dict[str, Any]] = None
+        if data.get("nnunet") is not None:
+            if fmt < 3:  # an older reader would run the model without nnU-Net's preprocessing
+                raise _fail("format_version", "must be 3 or more in a package with an 'nnunet' section")
+            if data.get("cascade") is not None:
+                raise _fail("nnunet", "cannot be combined with a 'cascade' section")
+            self._nnunet = check_nnunet(data["nnunet"], len(data["inputs"]), self._kwargs_full.get("out_channels"),
+                                        data["output"])
+        self._monai: Optional[MonaiSection] = None
+        if data.get("monai") is not None:
+            if fmt < 4:  # an older reader would run the model without the bundle's pre- and postprocessing
+                raise _fail("format_version", "must be 4 or more in a package with a 'monai' section")
+            if data.get("cascade") is not None or data.get("nnunet") is not None:
+                raise _fail("monai", "cannot be combined with a 'cascade' or 'nnunet' section")
+            self._monai = check_monai_section(data["monai"], len(data["inputs"]), self._kwargs_full.get("out_channels"))
         self._data = data
 
     @staticmethod
@@ -486,6 +613,16 @@ class Manifest:
     def cascade(self) -> Optional[CascadeSpec]:
         """The dedicated coarse network of the ROI cascade, or None (the 'cascade' section above)."""
         return self._cascade
+
+    @property
+    def monai(self) -> Optional[MonaiSection]:
+        """The imported MONAI bundle's pre- and postprocessing and inferer (``monai_section.py``), or None."""
+        return self._monai
+
+    @property
+    def nnunet(self) -> Optional[Dict[str, Any]]:
+        """The validated ``nnunet`` section (an imported nnU-Net v2 model: its own pipeline), or None."""
+        return copy.deepcopy(self._nnunet)
 
     @property
     def files(self) -> Dict[str, str]:

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, Tuple
 
 from tumorseg_core.errors import ModelPackageError
+from tumorseg_core.models import nnunet_networks
+from tumorseg_core.models.monai_zoo import MONAI_ZOO_ARCHITECTURES
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
@@ -197,7 +199,17 @@ ARCHITECTURES: Dict[str, ArchitectureSpec] = {
         _build_dynunet, _dynunet_divisor,
         "DynUNet (MONAI, nnU-Net style): per-level kernel sizes and strides given in (z, y, x) order",
     ),
+    "nnunet_plainconv": ArchitectureSpec(
+        nnunet_networks.build_plainconv, nnunet_networks.size_divisor,
+        "nnU-Net v2 PlainConvUNet (dynamic_network_architectures), kwargs as in the plans' arch_kwargs",
+    ),
+    "nnunet_resenc": ArchitectureSpec(
+        nnunet_networks.build_resenc, nnunet_networks.size_divisor,
+        "nnU-Net v2 ResidualEncoderUNet (ResEnc presets), kwargs as in the plans' arch_kwargs",
+    ),
 }
+# MONAI networks as the Model Zoo's bundles define them (models/monai_zoo.py), in MONAI's key layout.
+ARCHITECTURES.update({name: ArchitectureSpec(*entry) for name, entry in MONAI_ZOO_ARCHITECTURES.items()})
 
 
 # --- kwargs validation --------------------------------------------------------------
