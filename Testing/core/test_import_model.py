@@ -246,8 +246,9 @@ def _unsupported_sources(tmp_path: Path, state) -> list:
 def test_unsupported_sources_are_refused_in_one_line(tmp_path, state, monkeypatch):
     models = tmp_path / "models"
     monkeypatch.setenv("TUMORSEG_MODELS", str(models))
-    # nnU-Net folders and MONAI bundles are imported (test_import_nnunet.py, test_monai_import.py)
-    for source in _unsupported_sources(tmp_path, state)[2:]:
+    # nnU-Net folders, MONAI bundles and .onnx files are imported (test_import_nnunet.py,
+    # test_monai_import.py, test_import_onnx.py)
+    for source in _unsupported_sources(tmp_path, state)[2:3]:
         for where in (["-o", str(tmp_path / "pkg")], ["--install"]):
             line = one_error_line(run_cli("import", str(source), *where, env_extra={"TUMORSEG_MODELS": str(models)}))
             assert "cannot import" in line and "PyTorch state dict (.pt/.pth)" in line, line

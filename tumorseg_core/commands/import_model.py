@@ -1,4 +1,4 @@
-"""Import a pretrained model as a safe TumorSeg model package (this version: a PyTorch state dict).
+"""Import a pretrained model as a safe TumorSeg model package (nnU-Net, MONAI bundle, ONNX, state dict).
 
 Example::
 
@@ -19,7 +19,14 @@ zip ``nnUNetv2_export_model_to_zip`` writes needs no manifest options::
     tumorseg import Dataset501_X/nnUNetTrainer__nnUNetPlans__3d_fullres -o my-model --folds 0,1
 
 (``--checkpoint final|best``, ``--configuration`` when a zip holds several, ``--name``).
-MONAI bundles and ``.onnx`` sources are not supported by this version and are refused. JSON options take either JSON text or ``@file.json``.
+A MONAI bundle folder or zip needs only ``--name`` (optional). An ``.onnx`` file needs a
+JSON sidecar, ``model.onnx.json`` next to it or ``--sidecar FILE``, with the manifest
+fields the graph cannot hold (inputs, spacing, patch_size, output; optionally name,
+orientation, postprocessing, inference, license, description, citation)::
+
+    tumorseg import model.onnx [--sidecar model.onnx.json] -o my-model
+
+JSON options take either JSON text or ``@file.json``.
 ``tumorseg import-weights`` is this command restricted to state dicts, with every
 manifest option required and ``-o``.
 """
@@ -66,8 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser, legacy: bool = False) -> None
                             help="PyTorch state dict(s); several files become an ensemble (one fold each)")
     else:
         parser.add_argument("sources", nargs="+", metavar="SOURCE",
-                            help="what to import; this version: PyTorch state dict(s) (.pt/.pth), "
-                                 "several files become an ensemble (one fold each)")
+                            help="what to import: an nnU-Net v2 model folder or zip, a MONAI bundle, an .onnx file "
+                                 "(with its JSON sidecar), or PyTorch state dict(s) (.pt/.pth; several "
+                                 "files become an ensemble, one fold each)")
     for_pt = "" if legacy else " (needed for a .pt state dict)"
     parser.add_argument("--architecture", required=need, help=f"registered architecture name, e.g. unet3d{for_pt}")
     parser.add_argument("--kwargs", default="{}", help="architecture kwargs as JSON (or @file.json)")
@@ -109,6 +117,9 @@ def add_arguments(parser: argparse.ArgumentParser, legacy: bool = False) -> None
                             help="nnU-Net: checkpoint_final.pth (default) or checkpoint_best.pth")
         parser.add_argument("--configuration", default=None,
                             help="nnU-Net: which model when the source holds several (3d_fullres, 3d_lowres, 2d)")
+        parser.add_argument("--sidecar", default=None, type=Path, metavar="FILE",
+                            help="ONNX: the JSON sidecar (inputs, spacing, patch_size, output, ...); "
+                                 "default: SOURCE.json next to the .onnx file")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing output folder" + ("" if legacy else " or installed model"))
 
@@ -161,8 +172,17 @@ def run(args: argparse.Namespace) -> int:
     from tumorseg_core.modelpkg.convert import import_model, source_kind
 
     kinds = [source_kind(source) for source in args.sources]  # refuse what this version cannot import first
+    if getattr(args, "sidecar", None) is not None and "onnx" not in kinds:
+        raise InputError("--sidecar describes an .onnx source; the other sources need none")
     if "nnunet" in kinds:
         return _run_nnunet(args, import_model)
+    if "onnx" in kinds:  # the graph and its JSON sidecar bring everything but (optionally) the name
+        fields = {"name": args.name} if args.name else {}
+        out = import_model(args.sources, out_dir=args.output, install=args.install, overwrite=args.overwrite,
+                           sidecar=args.sidecar, **fields)
+        logger.info("%s model package %s", "installed" if args.install else "wrote", out)
+        sys.stdout.write(f"{out}\n")
+        return 0
     if "monai" in kinds:  # a MONAI bundle brings everything but the name
         fields = {"name": args.name} if args.name else {}
         out = import_model(args.sources, out_dir=args.output, install=args.install, overwrite=args.overwrite, **fields)

@@ -101,6 +101,8 @@ class Predictor:
             (see :mod:`tumorseg_core.inference.backends`); ``.backend`` is the one used.
         export_identities: per network, a stable name for the export cache (default: a
             hash of its weights).
+        stored_graph: the networks are imported ONNX graphs (architecture ``onnx``),
+            never re-exported: ``auto`` runs them through torch (ONNX Runtime inside).
     """
 
     def __init__(
@@ -121,6 +123,7 @@ class Predictor:
         size_divisor: int | Sequence[int] = 1,
         backend: str = "torch",
         export_identities: Sequence[str] | None = None,
+        stored_graph: bool = False,
     ) -> None:
         if not len(networks):
             raise ModelPackageError("the model has no networks (weight files); reinstall the model package")
@@ -160,7 +163,8 @@ class Predictor:
         self.in_channels = in_channels if in_channels is not None else _first_conv_in_channels(lazy.modules()[0])
         # Window runners: the modules themselves (torch) or cached exports (CPU backends).
         self.backend, self.networks = prepare_backend(
-            lazy, backend, self._device_name, self.patch_size_zyx, self.in_channels, export_identities
+            lazy, backend, self._device_name, self.patch_size_zyx, self.in_channels, export_identities,
+            stored_graph=stored_graph,
         )
         # Settings the warm pipeline may change between calls (validated setters below).
         self.overlap = overlap
@@ -181,6 +185,7 @@ class Predictor:
         settings.update({key: value for key, value in options.items() if value is not None})
         name = _device_for(device, settings.get("backend"))
         settings.setdefault("export_identities", [f"{package.sha256}:{f.name}" for f in package.weight_files])
+        settings.setdefault("stored_graph", getattr(package.manifest, "architecture", None) == "onnx")
 
         def load() -> list:
             from tumorseg_core.inference.devices import import_torch

@@ -38,8 +38,8 @@ STRIP_PREFIXES = ("module.", "_orig_mod.")
 # numpy scalar types whose dtype class a checkpoint may rebuild (see _checkpoint_allowlist).
 ALLOWED_SCALAR_DTYPES = ("float32", "float64", "int64", "int32", "bool")
 # What ``tumorseg import`` can read in this version, for the "not supported" errors.
-SUPPORTED_SOURCES = ("an nnU-Net v2 trained-model folder or its exported .zip, "
-                     "and a PyTorch state dict (.pt/.pth) with its architecture (--architecture and --kwargs)")
+SUPPORTED_SOURCES = ("an nnU-Net v2 trained-model folder or its exported .zip, a MONAI bundle, "
+                     "an ONNX file with a JSON sidecar, and a PyTorch state dict (.pt/.pth) with its architecture (--architecture and --kwargs)")
 _NAME_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
 # torch's safe_globals context edits one process-wide allowlist: one checkpoint read at a time.
 _LOAD_LOCK = threading.Lock()
@@ -248,11 +248,12 @@ def _unsupported(path: Path, what: str, hint: str = "") -> ModelPackageError:
 
 def source_kind(source: PathLike) -> str:
     """The kind of model ``source`` is: ``"nnunet"`` (an nnU-Net v2 trained-model folder or
-    the zip ``nnUNetv2_export_model_to_zip`` writes) or ``"pytorch"`` (a state dict).
+    the zip ``nnUNetv2_export_model_to_zip`` writes), ``"monai"`` (a MONAI bundle folder or
+    zip), ``"onnx"`` (an ``.onnx`` file, imported with its JSON sidecar) or ``"pytorch"``
+    (a state dict).
 
-    A MONAI bundle, another folder or zip, or an ``.onnx`` file is refused with a one-line
-    error saying so; any other file is read as a PyTorch checkpoint (which refuses whatever
-    is not one).
+    Another folder or zip is refused with a one-line error saying so; any other file is
+    read as a PyTorch checkpoint (which refuses whatever is not one).
     """
     from tumorseg_core.modelpkg import nnunet_import
 
@@ -277,7 +278,7 @@ def source_kind(source: PathLike) -> str:
         raise _unsupported(path, "a .zip that holds neither an nnU-Net v2 model nor a MONAI bundle",
                            " (a TumorSeg model package .zip needs no import: 'tumorseg models --install' it)")
     if suffix == ".onnx":
-        raise _unsupported(path, "an ONNX file")
+        return "onnx"
     return "pytorch"
 
 
@@ -311,6 +312,7 @@ def import_model(
     folds: Optional[Sequence[Union[int, str]]] = None,
     checkpoint: str = "final",
     configuration: Optional[str] = None,
+    sidecar: Optional[PathLike] = None,
     **manifest_fields: Any,
 ) -> Path:
     """Import a pretrained model as a TumorSeg model package; return the package folder.
@@ -318,7 +320,9 @@ def import_model(
     Args:
         source: what to import; this version supports a PyTorch state dict file
             (``.pt``/``.pth``, several for an ensemble) with ``architecture`` and
-            ``kwargs``. A folder, ``.zip`` or ``.onnx`` source is refused as not supported.
+            ``kwargs``; an nnU-Net v2 model folder or zip; a MONAI bundle folder or zip; an
+            ``.onnx`` file with its JSON sidecar (``sidecar``, default ``<file>.onnx.json``;
+            see ``onnx_import.py``).
         out_dir: package folder to write; or
         install: write it into the user model folder (``$TUMORSEG_MODELS`` or
             ``~/.tumorseg/models``) under its name, where ``installed_models()`` lists it.
@@ -335,6 +339,17 @@ def import_model(
     if (out_dir is None) == (not install):
         raise ModelPackageError("give either an output folder or install=True (one of them, not both)")
     kinds = [source_kind(path) for path in paths]  # refuses what this version cannot import, before reading
+    if sidecar is not None and "onnx" not in kinds:
+        raise ModelPackageError("a sidecar describes an .onnx source; the other sources need none")
+    if "onnx" in kinds:
+        if len(paths) != 1:
+            raise ModelPackageError("give one .onnx file (with its JSON sidecar)")
+        if architecture or kwargs:
+            raise ModelPackageError(f"{Path(paths[0]).name} is an ONNX file: the graph is the network; "
+                                    "give no architecture or kwargs (its sidecar describes the rest)")
+        return _import_once(lambda out, replace: _import_onnx(paths[0], out, replace, sidecar, out_dir,
+                                                              manifest_fields),
+                            paths[0], out_dir, install, overwrite, manifest_fields)
     if "monai" in kinds:
         if len(paths) != 1:
             raise ModelPackageError("give one MONAI bundle folder or zip")
@@ -379,6 +394,15 @@ def _import_once(write: Any, source: PathLike, out_dir: Optional[PathLike], inst
         return write(out_dir, overwrite)
     with tempfile.TemporaryDirectory(prefix="tumorseg-import-") as tmp:
         return install_package(write(Path(tmp) / "package", False), user_models_dir(), overwrite=overwrite)
+
+
+def _import_onnx(source: PathLike, out: PathLike, overwrite: bool, sidecar: Optional[PathLike],
+                 out_dir: Optional[PathLike], manifest_fields: Dict[str, Any]) -> Path:
+    """An ``.onnx`` file and its JSON sidecar as a package (``onnx_import.py``; architecture ``onnx``)."""
+    from tumorseg_core.modelpkg.onnx_import import import_onnx
+
+    return import_onnx(source, out, sidecar=sidecar, default_name=_default_name(out_dir, source),
+                       defaults=MANIFEST_DEFAULTS, overwrite=overwrite, **manifest_fields)
 
 
 def _import_monai(source: PathLike, out_dir: PathLike, overwrite: bool, manifest_fields: Dict[str, Any]) -> Path:

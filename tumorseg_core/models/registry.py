@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, Tuple
 
 from tumorseg_core.errors import ModelPackageError
-from tumorseg_core.models import nnunet_networks
+from tumorseg_core.models import nnunet_networks, onnx_network
 from tumorseg_core.models.monai_zoo import MONAI_ZOO_ARCHITECTURES
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -208,6 +208,11 @@ ARCHITECTURES: Dict[str, ArchitectureSpec] = {
         "nnU-Net v2 ResidualEncoderUNet (ResEnc presets), kwargs as in the plans' arch_kwargs",
     ),
 }
+# An imported ONNX file (models/onnx_network.py): its bytes are the "weights", ONNX Runtime runs it.
+ARCHITECTURES[onnx_network.ARCHITECTURE] = ArchitectureSpec(
+    onnx_network.build_onnx_network, onnx_network.onnx_size_divisor,
+    "an imported ONNX graph (tumorseg import model.onnx + JSON sidecar), run by ONNX Runtime on the CPU",
+)
 # MONAI networks as the Model Zoo's bundles define them (models/monai_zoo.py), in MONAI's key layout.
 ARCHITECTURES.update({name: ArchitectureSpec(*entry) for name, entry in MONAI_ZOO_ARCHITECTURES.items()})
 

@@ -10,6 +10,11 @@ implement it:
 - ``openvino``: the ONNX export converted to OpenVINO IR once (cached), compiled for
   the CPU with every usable core, float32 precision.
 
+A package whose architecture is ``onnx`` (an imported ONNX graph) is never re-exported:
+its network already runs the stored graph with ONNX Runtime, so ``auto`` and ``torch``
+call the module, ``onnxruntime`` runs the stored graph directly on numpy arrays, and
+``openvino`` is refused (:func:`_stored_graph_runners`).
+
 ``backend="auto"`` picks the fastest installed backend for the device: on the CPU
 openvino > onnxruntime > torch; on CUDA/MPS always torch. An ``auto`` choice whose
 export or load fails falls back to the next candidate with a warning; a backend named
@@ -137,6 +142,7 @@ def prepare_backend(
     window_zyx: Sequence[int],
     in_channels: int | None,
     identities: Sequence[str] | None = None,
+    stored_graph: bool = False,
 ) -> tuple[str, list[WindowRunner]]:
     """Turn loaded networks into window runners: ``(backend used, one runner per network)``.
 
@@ -150,8 +156,12 @@ def prepare_backend(
         in_channels: input channels C (needed to export; None allows torch only).
         identities: one stable string per network for the export cache key (e.g.
             ``"<package sha256>:fold0.safetensors"``); None hashes each network's weights.
+        stored_graph: the networks are imported ONNX graphs (architecture ``onnx``): no
+            export; see :func:`_stored_graph_runners`.
     """
     lazy = networks if isinstance(networks, LazyNetworks) else LazyNetworks.of(networks)
+    if stored_graph:
+        return _stored_graph_runners(lazy, backend, device)
     candidates = backend_candidates(backend, device)
     explicit = str(backend).strip().lower() != "auto"
     for name in candidates:
@@ -172,6 +182,26 @@ def prepare_backend(
                 raise TumorSegError(f"could not run the model with {name} ({exc}); use --backend torch") from exc
             logger.warning("backend %s unavailable for this model (%s); trying the next one", name, exc)
     raise TumorSegError("no inference backend could run this model")  # unreachable: torch is last
+
+
+def _stored_graph_runners(networks: LazyNetworks, backend: str, device: Any) -> tuple[str, list[WindowRunner]]:
+    """Runners for imported ONNX graphs: the modules (``auto``/``torch``) or their graphs on numpy (``onnxruntime``)."""
+    key = str(backend).strip().lower()
+    backend_candidates(backend, device)  # known name, installed, CPU for the exported backends
+    if key == "openvino":
+        raise TumorSegError("this model is an imported ONNX graph, which runs on ONNX Runtime; "
+                            "use --backend auto, onnxruntime or torch")
+    if key == "onnxruntime":
+        from tumorseg_core.inference.devices import configured_threads
+
+        modules = networks.modules()
+        for module in modules:
+            module.session(configured_threads())
+        logger.info("using the onnxruntime backend on the stored ONNX graph(s) (%d network(s))", len(modules))
+        return "onnxruntime", [module.run_numpy for module in modules]
+    from tumorseg_core.inference.backends.torch_backend import torch_runners
+
+    return "torch", torch_runners(networks.modules(), device)
 
 
 def _exported_runners(
