@@ -183,21 +183,11 @@ class Worker:
         source, overwrite = request.get("source"), request.get("overwrite", False)
         if not isinstance(source, str) or not source or not isinstance(overwrite, bool):
             raise TumorSegError("request 'source' must be a path and 'overwrite' true or false")
-        from tumorseg_core.modelpkg.package import MANIFEST_NAME, install_package, read_manifest
+        from tumorseg_core.modelpkg.convert import import_model
 
         path = Path(source).expanduser()
         self.protocol.send("progress", id=rid, fraction=0.0, message=f"reading {path.name}")
-        try:
-            read_manifest(path)  # a TumorSeg package: verify and install it as it is
-            is_package = True
-        except TumorSegError:
-            is_package = path.is_dir() and (path / MANIFEST_NAME).is_file()  # a broken package: say why below
-        if is_package:
-            installed = install_package(path, overwrite=overwrite)
-        else:
-            from tumorseg_core.modelpkg.convert import import_model
-
-            installed = import_model(path, install=True, overwrite=overwrite)
+        installed = import_model(path, install=True, overwrite=overwrite)  # a package is installed as it is
         self.protocol.send("progress", id=rid, fraction=1.0, message=f"installed {installed.name}")
         self.protocol.send("imported", id=rid, name=installed.name, path=str(installed))
 

@@ -287,3 +287,18 @@ def test_torchscript_is_refused(tmp_path):
     pt.write_bytes(buffer.getvalue())
     with pytest.raises(ModelPackageError, match="TorchScript"):
         read_checkpoint(pt)
+
+
+def test_a_tumorseg_package_is_installed_as_it_is(tmp_path, state, monkeypatch):
+    """``tumorseg import PACKAGE --install`` (what Slicer's Import model does) verifies and installs it."""
+    models = tmp_path / "models"
+    monkeypatch.setenv("TUMORSEG_MODELS", str(models))
+    pt = tmp_path / "model.pt"
+    torch.save(state, pt)
+    package = tumorseg_core.import_model(pt, tmp_path / "pkg", architecture="unet3d", kwargs=KWARGS, **FIELDS)
+    installed = tumorseg_core.import_model(package, install=True)
+    assert (installed / "manifest.json").read_bytes() == (package / "manifest.json").read_bytes()
+    with pytest.raises(ModelPackageError, match="already a TumorSeg model package"):
+        tumorseg_core.import_model(package, tmp_path / "copy")
+    line = one_error_line(run_cli("import", str(package), "--install", env_extra={"TUMORSEG_MODELS": str(models)}))
+    assert "already installed" in line

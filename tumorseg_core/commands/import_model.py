@@ -176,6 +176,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--sidecar describes an .onnx source; the other sources need none")
     if "nnunet" in kinds:
         return _run_nnunet(args, import_model)
+    if "package" in kinds:  # a TumorSeg package: verified and installed as it is
+        out = import_model(args.sources, out_dir=args.output, install=args.install, overwrite=args.overwrite)
+        sys.stdout.write(f"{out}\n")
+        return 0
     if "onnx" in kinds:  # the graph and its JSON sidecar bring everything but (optionally) the name
         fields = {"name": args.name} if args.name else {}
         out = import_model(args.sources, out_dir=args.output, install=args.install, overwrite=args.overwrite,

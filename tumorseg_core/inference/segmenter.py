@@ -214,6 +214,10 @@ class Segmenter:
 
     def _cpu_networks(self) -> list:
         """An imported model's folds as modules on the CPU, loaded once (nnU-Net and MONAI pipelines)."""
+        if self.device not in ("auto", "cpu") or self.options.backend not in ("auto", "torch"):
+            logger.warning("model '%s' is an imported nnU-Net/MONAI model, which runs on the CPU with torch in "
+                           "this version; device %s and backend %s are not used", self.manifest.name, self.device,
+                           self.options.backend)
         if self._cpu_nets is None:
             from tumorseg_core.inference.devices import import_torch
 

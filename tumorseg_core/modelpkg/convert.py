@@ -247,7 +247,8 @@ def _unsupported(path: Path, what: str, hint: str = "") -> ModelPackageError:
 
 
 def source_kind(source: PathLike) -> str:
-    """The kind of model ``source`` is: ``"nnunet"`` (an nnU-Net v2 trained-model folder or
+    """The kind of model ``source`` is: ``"package"`` (already a TumorSeg package: installed as it
+    is), ``"nnunet"`` (an nnU-Net v2 trained-model folder or
     the zip ``nnUNetv2_export_model_to_zip`` writes), ``"monai"`` (a MONAI bundle folder or
     zip), ``"onnx"`` (an ``.onnx`` file, imported with its JSON sidecar) or ``"pytorch"``
     (a state dict).
@@ -256,10 +257,19 @@ def source_kind(source: PathLike) -> str:
     read as a PyTorch checkpoint (which refuses whatever is not one).
     """
     from tumorseg_core.modelpkg import nnunet_import
+    from tumorseg_core.modelpkg.package import MANIFEST_NAME, read_manifest
 
     path = Path(source).expanduser()
     if not path.exists():
         raise ModelPackageError(f"{path} does not exist; check the path")
+    if path.is_dir() and (path / MANIFEST_NAME).is_file():
+        return "package"  # already a TumorSeg package (install_package verifies it)
+    if path.is_file() and path.suffix.lower() == ".zip":
+        try:
+            read_manifest(path)
+            return "package"
+        except ModelPackageError:
+            pass  # not a package zip: an nnU-Net export or a bundle, below
     if path.is_dir():
         if nnunet_import.find_model_folders(path):
             return "nnunet"
@@ -275,8 +285,7 @@ def source_kind(source: PathLike) -> str:
             return "nnunet"
         if _zip_holds_bundle(path):
             return "monai"
-        raise _unsupported(path, "a .zip that holds neither an nnU-Net v2 model nor a MONAI bundle",
-                           " (a TumorSeg model package .zip needs no import: 'tumorseg models --install' it)")
+        raise _unsupported(path, "a .zip that holds neither a model package, an nnU-Net v2 model nor a MONAI bundle")
     if suffix == ".onnx":
         return "onnx"
     return "pytorch"
@@ -339,6 +348,13 @@ def import_model(
     if (out_dir is None) == (not install):
         raise ModelPackageError("give either an output folder or install=True (one of them, not both)")
     kinds = [source_kind(path) for path in paths]  # refuses what this version cannot import, before reading
+    if "package" in kinds:
+        from tumorseg_core.modelpkg.package import install_package, user_models_dir
+
+        if len(paths) != 1 or not install:
+            raise ModelPackageError(f"{Path(paths[0]).name} is already a TumorSeg model package: use it as it is "
+                                    "(--model PATH) or install it (--install)")
+        return install_package(paths[0], user_models_dir(), overwrite=overwrite)
     if sidecar is not None and "onnx" not in kinds:
         raise ModelPackageError("a sidecar describes an .onnx source; the other sources need none")
     if "onnx" in kinds:
