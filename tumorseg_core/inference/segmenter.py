@@ -70,6 +70,7 @@ class Segmenter:
         self._backend: Optional[str] = None
         self._coarse: Optional[tuple] = None  # (backend option, Predictor of the cascade's coarse network)
         self._cpu_nets: Optional[list] = None  # an imported nnU-Net/MONAI model's folds (their pipelines)
+        self._nnunet_runners: Optional[tuple] = None  # (backend option, an imported nnU-Net model's window runners)
 
     @classmethod
     def with_options(cls, model: Any, options: SegmentOptions) -> "Segmenter":
@@ -206,17 +207,46 @@ class Segmenter:
         overlap = options.window_overlap
         mirror = options.tta if options.tta is not None else options.quality != "fast"
         labels, probabilities = predict_case(
-            self._cpu_networks(), arrays, spacing, manifest.nnunet, int(manifest.predictor_settings()["num_outputs"]),
+            self._nnunet_networks(options.backend), arrays, spacing, manifest.nnunet, int(manifest.predictor_settings()["num_outputs"]),
             mirror=mirror, step=None if overlap is None else 1.0 - overlap,
             progress=_scaled_progress(progress, _PREPARE, _PREDICT_END), cancel=cancel,
         )
         return labels, probabilities, inputs[0]
 
+    def _nnunet_networks(self, backend: str) -> list:
+        """An imported nnU-Net model's folds as callables on (1, C, *patch) torch tensors, kept warm.
+
+        On the CPU the windows run on the exported backends TumorSeg's own models use
+        (``auto``: OpenVINO, then ONNX Runtime; exported once and cached by package sha256),
+        else on the torch modules; nnU-Net's mirroring, Gaussian and float16 accumulation
+        stay around them (``nnunet_windows.py``).
+        """
+        patch = tuple(int(p) for p in self.manifest.nnunet["patch_size"])
+        if self.device not in ("auto", "cpu") or len(patch) != 3:
+            return self._cpu_networks()
+        if self._nnunet_runners is None or self._nnunet_runners[0] != backend:
+            from tumorseg_core.inference.backends import LazyNetworks, prepare_backend
+            from tumorseg_core.inference.devices import import_torch
+
+            package = self.package
+
+            def load() -> list:
+                return list(package.load_networks(import_torch().device("cpu")))
+
+            used, runners = prepare_backend(
+                LazyNetworks(load, len(package.weight_files)), backend, "cpu", patch, self.manifest.num_inputs,
+                [f"{package.sha256}:{f.name}" for f in package.weight_files])
+            if used != "torch":
+                runners = [_TensorRunner(runner) for runner in runners]
+            self._nnunet_runners = (backend, runners)
+        return self._nnunet_runners[1]
+
     def _cpu_networks(self) -> list:
         """An imported model's folds as modules on the CPU, loaded once (nnU-Net and MONAI pipelines)."""
-        if self.device not in ("auto", "cpu") or self.options.backend not in ("auto", "torch"):
-            logger.warning("model '%s' is an imported nnU-Net/MONAI model, which runs on the CPU with torch in "
-                           "this version; device %s and backend %s are not used", self.manifest.name, self.device,
+        if self.device not in ("auto", "cpu") or (self.manifest.monai is not None
+                                                   and self.options.backend not in ("auto", "torch")):
+            logger.warning("model '%s' is an imported model whose pipeline runs on the CPU with torch in this "
+                           "version; device %s and backend %s are not used", self.manifest.name, self.device,
                            self.options.backend)
         if self._cpu_nets is None:
             from tumorseg_core.inference.devices import import_torch
@@ -351,6 +381,21 @@ class Segmenter:
                 model_grid = geometry.GridGeometry.of(on_grid)  # the grid only: its voxels are freed
             arrays.append(preprocess.normalize(sitk.GetArrayViewFromImage(on_grid), channel.get("normalization", {})))
         return np.stack(arrays).astype(np.float32, copy=False), model_grid
+
+
+class _TensorRunner:
+    """An exported backend's numpy window runner seen as a network on torch tensors (nnU-Net's window loop)."""
+
+    def __init__(self, runner: Any) -> None:
+        self._runner = runner
+
+    def eval(self) -> "_TensorRunner":
+        return self
+
+    def __call__(self, x: Any) -> Any:
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(self._runner(np.ascontiguousarray(x.numpy())), dtype=np.float32))
 
 
 def _as_list(images: Any) -> list:
