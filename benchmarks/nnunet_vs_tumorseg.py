@@ -183,8 +183,8 @@ def child_tumorseg(spec: Dict[str, Any]) -> Dict[str, Any]:
     from tumorseg_core.inference.segmenter import Segmenter
 
     t1 = time.perf_counter()
-    segmenter = Segmenter(spec["package"], "cpu", tta=spec["mirror"])
-    segmenter._cpu_networks()  # the folds' weights (loaded lazily by segment otherwise): timed apart
+    segmenter = Segmenter(spec["package"], "cpu", tta=spec["mirror"], backend=spec.get("backend", "auto"))
+    segmenter.load()  # the folds' weights (and any backend export), timed apart from the prediction
     t2 = time.perf_counter()
     segmenter.segment_to_file([spec["image"]], spec["output"])
     t3 = time.perf_counter()
@@ -300,6 +300,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="test volume spacing, mm (the plan's is 1 mm-ish: both tools resample)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--folds", type=int, nargs="+", default=[0])
+    parser.add_argument("--backend", default="auto", help="TumorSeg's backend (auto: nnU-Net's own arithmetic in torch; "
+                        "openvino / onnxruntime: the windows on that exported backend)")
     parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
                         help="nnU-Net's mirroring (TumorSeg: tta) for both tools")
     parser.add_argument("--out-json", type=Path)
@@ -343,7 +345,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         for tool in ("tumorseg", "nnunet"):
             out = str(work / f"out_{tool}_{tag}.nii.gz")
             spec = {"package": str(pkg), "model_folder": str(folder), "image": str(image), "output": out,
-                    "folds": folds, "mirror": args.mirror}
+                    "folds": folds, "mirror": args.mirror, "backend": args.backend}
             res = run_child(tool, spec, env, work / f"log_{tool}.txt")
             res["repeat"] = r
             runs.append(res)

@@ -157,3 +157,12 @@ def test_nan_in_a_streamed_file_is_refused_without_output(tiny_package, tmp_path
     sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
     with pytest.raises(InputError, match="1 NaN and 0 Inf"):
         segment(str(path), model=str(tiny_package), device="cpu")
+
+
+def test_load_builds_the_networks_before_the_first_case():
+    from tumorseg_core.inference.segmenter import Segmenter
+
+    segmenter = Segmenter("default", "cpu", backend="torch")
+    assert segmenter._predictor is None
+    assert segmenter.load() is segmenter and segmenter._predictor is not None
+    assert segmenter._predictor.backend == "torch"

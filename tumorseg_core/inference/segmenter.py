@@ -78,6 +78,16 @@ class Segmenter:
         values = options.to_dict()
         return cls(model, values.pop("device"), **values)
 
+    def load(self) -> "Segmenter":
+        """Build the networks (and any backend export) now rather than in the first call; returns self."""
+        if self.manifest.nnunet is not None:
+            self._nnunet_networks(self.options.backend)
+        elif self.manifest.monai is not None:
+            self._cpu_networks()
+        else:
+            self.predictor(self.options)
+        return self
+
     @property
     def manifest(self):
         return self.package.manifest
@@ -216,11 +226,16 @@ class Segmenter:
     def _nnunet_networks(self, backend: str) -> list:
         """An imported nnU-Net model's folds as callables on (1, C, *patch) torch tensors, kept warm.
 
-        On the CPU the windows run on the exported backends TumorSeg's own models use
-        (``auto``: OpenVINO, then ONNX Runtime; exported once and cached by package sha256),
-        else on the torch modules; nnU-Net's mirroring, Gaussian and float16 accumulation
-        stay around them (``nnunet_windows.py``).
+        ``auto`` and ``torch`` run the torch modules: nnUNetPredictor's own arithmetic, so the
+        result is nnU-Net's (probabilities within ~1e-7). ``--backend openvino|onnxruntime``
+        runs the windows on that exported backend instead (exported once, cached by package
+        sha256; about 2x faster per window on a 2-core AVX2 CPU, probabilities within ~3e-4 on
+        the test fixtures, but a few near-tie voxels may flip on a real-size model:
+        benchmarks/README.md). nnU-Net's mirroring, Gaussian and float16 accumulation stay
+        around them (``nnunet_windows.py``).
         """
+        if backend == "auto":
+            backend = "torch"  # the same result as nnU-Net's predictor is the default; speed is opt-in
         patch = tuple(int(p) for p in self.manifest.nnunet["patch_size"])
         if self.device not in ("auto", "cpu") or len(patch) != 3:
             return self._cpu_networks()
