@@ -6,14 +6,13 @@ import io
 import json
 import os
 import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from cli_helpers import one_error_line, run_cli
 
 import tumorseg_core
 from tumorseg_core.errors import ModelPackageError
@@ -36,19 +35,6 @@ def _options(name: str = "imported") -> list:
     return ["--architecture", "unet3d", "--kwargs", json.dumps(KWARGS), "--name", name,
             "--spacing", "1", "1", "1", "--patch-size", "8", "8", "8", "--modality", "T1",
             "--labels", json.dumps(LABELS)]
-
-
-def run_cli(*args: str, env_extra=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "tumorseg_core", *args], capture_output=True, encoding="utf-8",
-                          cwd=ROOT, env=env, timeout=300)
-
-
-def one_error_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    return lines[0]
 
 
 class Payload:

@@ -10,9 +10,6 @@ external data, a tampered package.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -21,6 +18,7 @@ import onnx
 import pytest
 import SimpleITK as sitk
 import torch
+from cli_helpers import one_error_line, run_cli
 from conftest import rotation_direction
 from model_factory import tiny_manifest
 
@@ -36,19 +34,6 @@ from tumorseg_core.synthetic import make_phantom
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = tiny_manifest(spacing=(2.0, 2.0, 2.0), patch=(16, 16, 16))
 SIDECAR_KEYS = ("inputs", "spacing", "orientation", "patch_size", "output", "postprocessing", "license", "description")
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "tumorseg_core", *args], capture_output=True, encoding="utf-8",
-                          cwd=ROOT, env=env, timeout=300)
-
-
-def one_error_line(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    return lines[0]
 
 
 def export(net: torch.nn.Module, path: Path, dynamic_channels: bool = False) -> Path:
