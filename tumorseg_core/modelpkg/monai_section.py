@@ -173,17 +173,23 @@ def _tuplify(value: Any) -> Any:
     return value
 
 
-def _check_pre(step: Any, where: str, in_channels: int) -> MonaiStep:
-    if not isinstance(step, dict) or step.get("transform") not in PRE_KEYS:
-        raise _fail(f"{where}.transform", f"must be one of {', '.join(PRE_KEYS)}")
+def _step_keys(step: Any, where: str, table: Dict[str, Tuple[str, ...]]) -> Tuple[str, Tuple[str, ...]]:
+    """``(transform name, its keys)`` of one step: a known transform with exactly its keys."""
+    if not isinstance(step, dict) or step.get("transform") not in table:
+        raise _fail(f"{where}.transform", f"must be one of {', '.join(table)}")
     name = step["transform"]
-    known = PRE_KEYS[name]
+    known = table[name]
     unknown = sorted(set(step) - set(known) - {"transform"})
     if unknown:
         raise _fail(f"{where}.{unknown[0]}", f"is unknown for {name} (known: {', '.join(known)})")
     missing = [k for k in known if k not in step]
     if missing:
         raise _fail(f"{where}.{missing[0]}", "is missing")
+    return name, known
+
+
+def _check_pre(step: Any, where: str, in_channels: int) -> MonaiStep:
+    name, known = _step_keys(step, where, PRE_KEYS)
     if "groups" in step:
         groups = step["groups"]
         if not isinstance(groups, list) or not groups:
@@ -229,16 +235,7 @@ def _check_pre(step: Any, where: str, in_channels: int) -> MonaiStep:
 
 
 def _check_post(step: Any, where: str, out_channels: int) -> MonaiStep:
-    if not isinstance(step, dict) or step.get("transform") not in POST_KEYS:
-        raise _fail(f"{where}.transform", f"must be one of {', '.join(POST_KEYS)}")
-    name = step["transform"]
-    known = POST_KEYS[name]
-    unknown = sorted(set(step) - set(known) - {"transform"})
-    if unknown:
-        raise _fail(f"{where}.{unknown[0]}", f"is unknown for {name} (known: {', '.join(known)})")
-    missing = [k for k in known if k not in step]
-    if missing:
-        raise _fail(f"{where}.{missing[0]}", "is missing")
+    name, known = _step_keys(step, where, POST_KEYS)
     if name == "Activationsd":
         if _bool(step, "softmax", where) and _bool(step, "sigmoid", where):
             raise _fail(f"{where}.sigmoid", "cannot be true together with softmax")
