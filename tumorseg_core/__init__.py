@@ -26,15 +26,20 @@ __all__ = [
     "TumorSegError",
     "__version__",
     "import_model",
+    "measure",
     "segment",
 ]
 
 
-def segment(images: Any, model: str = "default", device: str = "auto", **options: Any):
-    """Segment tumors in one case; see :func:`tumorseg_core.inference.segmenter.segment`."""
+def segment(images: Any, model: str = "default", device: str = "auto", uncertainty: bool = False, **options: Any):
+    """Segment tumors in one case; see :func:`tumorseg_core.inference.segmenter.segment`.
+
+    Returns the label map, or with ``uncertainty=True`` a ``SegmentResult``
+    ``(labels, uncertainty)`` (both on the first image's exact grid).
+    """
     from tumorseg_core.inference.segmenter import segment as _segment
 
-    return _segment(images, model=model, device=device, **options)
+    return _segment(images, model=model, device=device, uncertainty=uncertainty, **options)
 
 
 def import_model(source: Any, out_dir: Any = None, install: bool = False, **fields: Any):
@@ -43,3 +48,11 @@ def import_model(source: Any, out_dir: Any = None, install: bool = False, **fiel
     from tumorseg_core.modelpkg.convert import import_model as _import_model
 
     return _import_model(source, out_dir=out_dir, install=install, **fields)
+
+
+def measure(labels: Any, image: Any = None, pet: Any = None, suv_factor: Any = None, segments: Any = None):
+    """Measure every lesion of a label map (volume, RECIST, 3D diameter, shape, intensity, PET SUV);
+    see :func:`tumorseg_core.measurement.compute.measure`."""
+    from tumorseg_core.measurement.compute import measure as _measure
+
+    return _measure(labels, image=image, pet=pet, suv_factor=suv_factor, segments=segments)

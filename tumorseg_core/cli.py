@@ -7,6 +7,7 @@ exit with code 2; nothing is written. Bugs keep their traceback.
 from __future__ import annotations
 
 import argparse
+import inspect
 import logging
 import re
 import sys
@@ -23,6 +24,36 @@ _NEGATIVE_VALUE_OPTIONS = ("--seed", "--background")
 # Commands that run a network: they set torch's thread count once, here at the front door.
 _MODEL_COMMANDS = ("segment", "demo", "train", "evaluate")
 _NUMBER_LIST = re.compile(r"^-?\d*\.?\d+(,-?\d*\.?\d+)*$")
+# reStructuredText in the command modules' docstrings, which --help shows as plain text.
+_RST_ROLE = re.compile(r":[a-z]+:`(~?)([^`]*)`")
+_RST_LITERAL = re.compile(r"``(.+?)``")
+_RST_EMPHASIS = re.compile(r"\*\*(.+?)\*\*|(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])|`([^`]+)`")
+
+
+def plain_text(docstring: Optional[str]) -> str:
+    """A docstring as --help shows it: dedented, reStructuredText markup taken off, paragraphs kept.
+
+    ``code`` -> code; :func:`~a.b.name` -> name; :mod:`a.b` -> a.b; **bold** / *emphasis* /
+    `title` -> their text; a paragraph ending in ``::`` ends in ``:``.
+    """
+    text = inspect.cleandoc(docstring or "")
+
+    def role(match: re.Match) -> str:
+        tilde, content = match.groups()
+        if "<" in content:  # :ref:`title <target>`
+            return content.split("<", 1)[0].strip()
+        return content.rsplit(".", 1)[-1] if tilde else content
+
+    text = _RST_ROLE.sub(role, text)
+    text = _RST_LITERAL.sub(r"\1", text)
+    text = _RST_EMPHASIS.sub(lambda m: next(g for g in m.groups() if g is not None), text)
+    text = re.sub(r"(\S)::$", r"\1:", text, flags=re.MULTILINE)
+    text = re.sub(r"^\s*::$\n?", "", text, flags=re.MULTILINE)
+    return text
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions keep their paragraphs and indented examples; option help is wrapped as usual."""
 
 
 class _OneLineErrorParser(argparse.ArgumentParser):
@@ -41,6 +72,7 @@ def _commands() -> dict[str, ModuleType]:
         import_model,
         import_weights,
         info,
+        measure,
         models,
         segment,
         train,
@@ -53,6 +85,7 @@ def _commands() -> dict[str, ModuleType]:
         "info": info,
         "train": train,
         "evaluate": evaluate,
+        "measure": measure,
         "import": import_model,
         "import-weights": import_weights,  # alias of "import" for state dicts, original interface
     }
@@ -74,16 +107,19 @@ def _join_negative_values(argv: Sequence[str]) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineErrorParser(prog="tumorseg", description="TumorSeg: tumor segmentation for 3D medical images.")
+    parser = _OneLineErrorParser(prog="tumorseg", description="TumorSeg: tumor segmentation for 3D medical images.",
+                                 formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"tumorseg {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output: -v for steps, -vv for debug (default: warnings and errors only)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for the network (default: every core this process may use)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineErrorParser)
     sub.required = True
     for name, module in _commands().items():
-        summary = (module.__doc__ or "").strip().splitlines()[0] if module.__doc__ else ""
-        command_parser = sub.add_parser(name, help=summary, description=module.__doc__)
+        description = plain_text(module.__doc__)
+        summary = description.splitlines()[0] if description else ""
+        command_parser = sub.add_parser(name, help=summary, description=description, formatter_class=_HelpFormatter)
         module.add_arguments(command_parser)
         command_parser.set_defaults(_run=module.run)
     return parser

@@ -17,12 +17,17 @@ Requests on stdin::
     {"cmd": "shutdown"}
 
 ``options`` are :class:`~tumorseg_core.options.SegmentOptions` fields (validated there).
+A ``segment`` request may add ``"uncertainty": true`` (a request for a second output, not
+an option of the computation): the worker then also writes the voxel-wise uncertainty
+(float32, in [0, 1], on the label map's grid) as ``uncertainty.nrrd`` in the folder of
+``output`` and names it in ``done`` as ``"uncertainty": "<folder>/uncertainty.nrrd"``.
 
 Events on stdout::
 
     {"event": "ready", "pid": 1234, "protocol": 1}
     {"event": "progress", "id": 1, "fraction": 0.4, "message": "window 12/30"}
     {"event": "done", "id": 1, "output": "labels.nrrd", "seconds": 2.1, "warm": false, "labels": [...]}
+    {"event": "done", ..., "uncertainty": "/tmp/x/uncertainty.nrrd"}   (only when asked)
     {"event": "error", "id": 1, "message": "one line"}
     {"event": "pong", "id": 2, "pid": 1234}
     {"event": "devices", "id": 3, "report": {"cuda_available": false, "gpus": [], ...}}
@@ -198,6 +203,9 @@ class Worker:
         model = request.get("model", "default")
         device = request.get("device", "auto")
         options = request.get("options") or {}
+        uncertainty = request.get("uncertainty", False)
+        if not isinstance(uncertainty, bool):
+            raise TumorSegError("request 'uncertainty' must be true or false")
         if not isinstance(images, list) or not images or not all(isinstance(p, str) for p in images):
             raise TumorSegError("request 'images' must be a non-empty list of file paths")
         if not isinstance(output, str) or not output:
@@ -237,8 +245,14 @@ class Worker:
                 self.protocol.send("progress", id=rid, fraction=round(float(fraction), 4), message=str(message))
 
         overrides = {k: v for k, v in options.to_dict().items() if k != "device"}
+        uncertainty_path = None
+        if uncertainty:
+            from tumorseg_core.inference.uncertainty import WORKER_FILE_NAME
+
+            uncertainty_path = str(Path(output).parent / WORKER_FILE_NAME)
         try:
-            segmenter.segment_to_file(images, output, progress=progress, **overrides)
+            segmenter.segment_to_file(images, output, progress=progress, uncertainty_path=uncertainty_path,
+                                      **overrides)
         except TumorSegError:
             raise
         except Exception:
@@ -248,7 +262,9 @@ class Worker:
         segments = [s.to_dict() for s in segmenter.manifest.segments]
         seconds = time.perf_counter() - started
         logger.info("request %s done in %.2f s (%s)", rid, seconds, "warm" if warm else "cold")
-        self.protocol.send("done", id=rid, output=output, seconds=round(seconds, 3), warm=warm, labels=segments)
+        extra = {} if uncertainty_path is None else {"uncertainty": uncertainty_path}
+        self.protocol.send("done", id=rid, output=output, seconds=round(seconds, 3), warm=warm, labels=segments,
+                           **extra)
 
 
 def _read_stdin(lines: "queue.Queue[Optional[str]]") -> None:

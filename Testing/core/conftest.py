@@ -8,8 +8,8 @@ Fixtures (all factories, so a test can make several images):
 - ``make_sphere_image(radius_mm=8, center_lps=None, inside=100, outside=10, noise=0,
   seed=0, **geometry)`` -> ``(image, center_lps)``: a bright ball at a physical
   point (default: the grid centre), values computed from each voxel's LPS position.
-- ``rotation_direction(axis, degrees)`` (plain function, also a fixture) -> 9-tuple
-  direction cosines of a rotation about x/y/z.
+- ``rotation_direction(axis, degrees)`` (a fixture; the plain function is in ``directions.py``) ->
+  9-tuple direction cosines of a rotation about x/y/z.
 
 The machine is shared: torch and SimpleITK are limited to one/two threads here.
 """
@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from directions import rotation_direction
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
@@ -33,15 +34,6 @@ if importlib.util.find_spec("torch") is not None:
     torch.set_num_threads(1)
 
 
-def rotation_direction(axis: str, degrees: float) -> tuple[float, ...]:
-    """Row-major 3x3 direction cosines of a rotation by ``degrees`` about ``axis`` (x, y or z)."""
-    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
-    matrices = {
-        "x": [[1, 0, 0], [0, c, -s], [0, s, c]],
-        "y": [[c, 0, s], [0, 1, 0], [-s, 0, c]],
-        "z": [[c, -s, 0], [s, c, 0], [0, 0, 1]],
-    }
-    return tuple(float(v) for v in np.asarray(matrices[axis]).ravel())
 
 
 def _make_image(

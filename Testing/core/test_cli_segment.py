@@ -39,7 +39,8 @@ def test_segment_writes_seg_nrrd_readable_by_slicerio(tmp_path, package, phantom
     out = tmp_path / "result.seg.nrrd"
     result = tumorseg("segment", str(phantom_path), "-o", str(out), "--model", str(package), "--device", "cpu")
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "" and result.stderr == ""  # piped: no progress bar, no chatter
+    assert result.stdout == ""  # piped: no progress bar, no chatter; only the summary line on stderr
+    assert len(result.stderr.splitlines()) == 1 and f" mL in total -> {out} (" in result.stderr
     segmentation = slicerio.read_segmentation(str(out))
     segments = segmentation["segments"]
     assert [s["name"] for s in segments] == ["Tumor"]

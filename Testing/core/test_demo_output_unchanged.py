@@ -16,7 +16,10 @@ from tumorseg_core.commands.demo import DEMO_LESION_RADIUS_MM, DEMO_SEED
 from tumorseg_core.synthetic import make_phantom
 
 IMAGE_SHA256 = "c8373dd378eb1dd8f6af8673036a104cd8b3e52c68d3f871d0d74eccffbc70a7"
-SEG_NRRD_SHA256 = "a8c93bc5680f86c66fbc2afaf9313a616fc0cafaf773a550915a9ed15d78e8d6"  # default backend
+# default backend. Issue #21: the header's terminology context became TumorSeg's (what the Slicer
+# module writes) instead of "3D Slicer General Anatomy list", which has no Neoplasm; putting the
+# old context string back into the new file's bytes gives the old hash, a8c93bc5...d78e8d6.
+SEG_NRRD_SHA256 = "8f412a9da8ce40e10d6a30fe2d876fb8a5b04fa439d5b6bbaddf8776ab0f4c97"
 NII_TORCH_SHA256 = "b5c7790f5c7b6a5f6e6819f1086ad1397a13c840f222d4b56165c5032fa6efab"  # --backend torch
 LABELS_SHA256 = "54dbe451992206c7671ddebe1527e04ff3dffeaf73e8a4f95265f6c16a749066"  # the voxels, uint8 (z, y, x)
 

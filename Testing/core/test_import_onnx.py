@@ -19,7 +19,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from cli_helpers import one_error_line, run_cli
-from conftest import rotation_direction
+from directions import rotation_direction
 from model_factory import tiny_manifest
 
 import tumorseg_core

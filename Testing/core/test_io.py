@@ -155,8 +155,9 @@ def test_read_channels_splits_4d(tmp_path, make_image):
                            origin=(4.0, 5.0, 6.0)) for c in range(3)]
     four_d = sitk.JoinSeries(channels)
     sitk.WriteImage(four_d, str(tmp_path / "multi.nii.gz"))
-    with pytest.raises(InputError, match="read_channels"):
+    with pytest.raises(InputError, match="its own 3D file") as error:
         io.read_image(tmp_path / "multi.nii.gz")
+    assert "use read_channels" not in str(error.value) and "fslsplit" in str(error.value)
     back = io.read_channels(tmp_path / "multi.nii.gz")
     assert len(back) == 3
     for original, channel in zip(channels, back):
@@ -260,7 +261,7 @@ def test_write_into_read_only_folder(labelmap, tmp_path):
 
 def test_segment_info_and_terminology_string():
     assert terminology_string(TUMOR_TERMINOLOGY) == (
-        "Segmentation category and type - 3D Slicer General Anatomy list~SCT^49755003^Morphologically Altered"
+        "Segmentation category and type - TumorSeg~SCT^49755003^Morphologically Altered"
         " Structure~SCT^108369006^Neoplasm~^^~Anatomic codes - DICOM master list~^^~^^"
     )
     assert terminology_string(None) is None

@@ -141,7 +141,7 @@ def test_files_on_different_grids_and_unstreamable_files_take_the_whole_image_pa
         sitk.WriteImage(image, str(path))
     whole = []
     real = pipeline.read_images
-    monkeypatch.setattr(pipeline, "read_images", lambda items: whole.append(len(items)) or real(items))
+    monkeypatch.setattr(pipeline, "read_images", lambda items, **kw: whole.append(len(items)) or real(items, **kw))
     segmenter = Segmenter(package, device="cpu")
     assert segmenter.segment([str(paths[0]), str(paths[1])]).GetSize() == first.GetSize()
     assert segmenter.segment([str(paths[2]), str(paths[0])]).GetSize() == first.GetSize()  # NRRD: no slabs

@@ -260,7 +260,8 @@ def test_parameter_names_bind(ui_tree):
             assert parameter in fields, f"{name} binds '{parameter}', not a field of TumorSegmentationParameterNode"
             assert parameter not in bound, f"'{parameter}' is bound twice"
             bound[parameter] = widget
-    expected = {f"inputVolume{i}" for i in range(4)} | {"device", "quality", "backend", "cascade", "outputSegmentation"}
+    expected = {f"inputVolume{i}" for i in range(4)} | {"device", "quality", "backend", "cascade", "outputSegmentation",
+                                                       "uncertainty"}
     assert set(bound) == expected
     for parameter, widget in bound.items():
         annotation = ast.unparse(fields[parameter])
@@ -274,6 +275,8 @@ def test_parameter_names_bind(ui_tree):
             mirror = {"device": options.DEVICES, "quality": options.QUALITIES, "backend": options.BACKENDS,
                       "cascade": options.CASCADE_CHOICES}[parameter]
             assert choices == list(mirror), f"{parameter}: parameters.py and tumorseg_core.options disagree"
+        elif widget.get("class") == "QCheckBox":
+            assert annotation == "bool", f"{parameter} is bound to a QCheckBox but is annotated {annotation}"
         else:
             pytest.fail(f"{parameter}: no rule for widget class {widget.get('class')}")
 

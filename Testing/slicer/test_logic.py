@@ -124,6 +124,29 @@ def test_process_keeps_input_grid(case, scene, logic, threshold_package, helpers
         assert np.array_equal(exported, expected)
 
 
+@pytest.mark.parametrize("case", ["oblique", "transformed"])
+def test_process_with_uncertainty_adds_a_volume_on_the_input_grid(case, scene, logic, threshold_package, helpers):
+    from TumorSegmentationLib.uncertainty_volume import UNCERTAINTY_ATTRIBUTE
+
+    volume, world, spacing = _geometry_case(case, helpers, scene)
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Out")
+    assert logic.process([volume], node, model=str(threshold_package(spacing)), device="cpu", uncertainty=True)
+    _check_result(node, world, helpers.expected_labels(helpers.phantom()), helpers)  # labels as without it
+    uncertainty = scene.GetNodeByID(logic.lastResult["uncertaintyVolumeID"])
+    assert uncertainty.GetName() == "Out uncertainty" and uncertainty.GetAttribute(UNCERTAINTY_ATTRIBUTE) == node.GetID()
+    matrix = vtk.vtkMatrix4x4()
+    uncertainty.GetIJKToRASMatrix(matrix)
+    assert np.allclose(geometry_bridge.matrix_to_numpy(matrix), world, atol=1e-6)
+    assert uncertainty.GetTransformNodeID() == node.GetTransformNodeID()
+    values = geometry_bridge.volume_array(uncertainty)
+    assert values.shape == helpers.phantom().shape and values.dtype == np.float32
+    assert 0.0 <= values.min() and values.max() <= 1.0
+    # Running again with replaceExisting refills the same volume instead of adding one.
+    assert logic.process([volume], node, model=str(threshold_package(spacing)), device="cpu", uncertainty=True,
+                         replaceExisting=True)
+    assert logic.lastResult["uncertaintyVolumeID"] == uncertainty.GetID()
+
+
 @pytest.mark.parametrize("ext", [".mha", ".nrrd"])
 @pytest.mark.parametrize("case", ["lps_identity", "oblique", "transformed"])
 def test_written_file_is_lps(case, ext, scene, helpers, tmp_path):

@@ -217,7 +217,11 @@ class FakeNode:
 
 class FakeLogic:
     def __init__(self):
-        self.calls, self.running, self.status, self.lastError = [], False, "idle", None
+        self.calls, self.running, self.status, self.lastError, self.lastResult = [], False, "idle", None, None
+
+    def measure(self, segmentation, volume):
+        self.calls.append(("measure", segmentation, volume))
+        return "Tumor measurements"
 
     def process(self, inputs, output, **kwargs):
         self.calls.append(("process", inputs, output, kwargs))
@@ -301,16 +305,19 @@ def panel(monkeypatch):
     monkeypatch.setattr(tumorseg_core.modelpkg.package, "installed_models", lambda verify: [
         FakeModelInfo("default", "tumorseg-default", input_modalities=["T1c", "FLAIR"]),
         FakeModelInfo("ct", "ct", input_modalities=["CT"])])
-    names = ["applyButton", "addModelButton", "show3DButton", "progressBar", "statusLabel"]
+    names = ["applyButton", "addModelButton", "show3DButton", "progressBar", "statusLabel", "measureButton",
+             "exportDicomSegButton"]
     ui = types.SimpleNamespace(**{n: FakeWidget() for n in names})
     ui.modelComboBox, ui.deviceComboBox, ui.qualityComboBox = FakeCombo(), FakeCombo(ps.DEVICE_CHOICES), FakeCombo(ps.QUALITY_CHOICES)
+    ui.measurementsTableView = FakeWidget(tables=[])
+    ui.measurementsTableView.setMRMLTableNode = ui.measurementsTableView.tables.append
     for i in range(4):
         setattr(ui, f"inputVolume{i}Label", FakeWidget())
         setattr(ui, f"inputVolume{i}Selector", FakeSelector())
     logic = FakeLogic()
     p = widget.TumorSegmentationPanel(ui, logic)
     pn = types.SimpleNamespace(model="default", device="auto", quality="fast", backend="auto", cascade="off",
-                               outputSegmentation=None)
+                               outputSegmentation=None, uncertainty=False)
     p.setParameterNode(pn)
     yield types.SimpleNamespace(panel=p, ui=ui, logic=logic, pn=pn, timer=timers[0], created=created, errors=errors,
                                 dialog=dialog, confirmations=confirmations)
@@ -351,6 +358,10 @@ def test_adapter_run_progress_done_cancel_and_error(panel):
     p.onTimer()
     assert ui.statusLabel.text.startswith("Done in 0:0") and ui.applyButton.text == "Apply"
     assert not panel.timer.active and not ui.progressBar.visible
+    # A finished run is measured at once and the table shown (issue #22).
+    assert logic.calls[-1] == ("measure", output, inputs[0]) and ui.measurementsTableView.tables == ["Tumor measurements"]
+    assert kwargs["uncertainty"] is False
+    logic.calls.pop()
 
     p.onApplyOrCancel()  # run again, then Cancel
     assert ui.applyButton.text == "Cancel" and len(logic.calls) == 2  # output reused, not recreated

@@ -3,7 +3,7 @@
 A fresh interpreter with torch and MONAI blocked imports the module's UI-side code (the
 Logic, the panel state, the effect logic, the parameter choices) and does what the panel
 does before a run: list the installed models, read a model's manifest and check inputs,
-build the run options. Only the background worker may import torch.
+build the run options, measure a label map, load the DICOM SEG writer. Only the background worker may import torch.
 """
 
 from __future__ import annotations
@@ -36,6 +36,13 @@ from TumorSegmentationLib import TumorSegmentationLogic, effect_logic, geometry_
 from tumorseg_core.modelpkg import package
 from tumorseg_core import options
 
+from TumorSegmentationLib import dicom_export, measurements_table, segments_on_volume, uncertainty_volume
+from tumorseg_core.dicom import seg_read, seg_write
+from tumorseg_core.measurement import measure
+import numpy as np, SimpleITK as sitk
+
+mask = np.zeros((6, 8, 8), np.uint8)
+mask[2:4, 3:6, 3:6] = 1
 infos = package.installed_models(verify=False)
 logic = TumorSegmentationLogic()
 manifest = logic.modelManifest("default")
@@ -45,6 +52,7 @@ state = {
     "segments": [s.name for s in manifest.segments],
     "options": panel_state.run_options("normal", "auto", "auto"),
     "devices": panel_state.device_labels(None),
+    "lesions": len(measure(sitk.GetImageFromArray(mask)).rows),
     "blocked_loaded": sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED),
 }
 print(json.dumps(state))
@@ -57,5 +65,6 @@ def test_ui_side_code_runs_with_torch_and_monai_blocked():
     assert done.returncode == 0, done.stderr[-3000:]
     state = json.loads(done.stdout.strip().splitlines()[-1])
     assert "default" in state["models"] and len(state["modalities"]) == 1
+    assert state["lesions"] == 1  # the measurement table is computed in the UI process
     assert state["segments"] and state["options"] == {"quality": "normal", "backend": "auto", "cascade": None}
     assert state["blocked_loaded"] == []

@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import slicer
+import vtk
 
 from tumorseg_core.errors import CancelledError, TumorSegError
 
-from . import geometry_bridge, terminology
+from . import geometry_bridge, terminology, uncertainty_volume
 from .runner import DEFAULT_IDLE_TIMEOUT_S, WorkerRunner
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class _Job:
     shape_zyx: tuple
     reference_volume: Any
     replace_existing: bool
+    uncertainty: bool
     progress_callback: Optional[ProgressCallback]
     completion_callback: Optional[CompletionCallback]
     started: float = field(default_factory=time.perf_counter)
@@ -201,12 +203,16 @@ class TumorSegmentationLogic(_LogicBase):  # type: ignore[misc, valid-type]
         options: Optional[Dict[str, Any]] = None,
         replaceExisting: bool = False,
         completionCallback: Optional[CompletionCallback] = None,
+        uncertainty: bool = False,
     ) -> bool:
         """Segment ``inputVolumeNodes`` (one per model input, in manifest order) into ``outputSegmentationNode``.
 
         Adds one segment per label of the model (name, color, terminology); existing
         segments are never changed. With ``replaceExisting``, segments that TumorSeg
         created earlier and that have the same name as a new one are replaced.
+        With ``uncertainty``, the voxel-wise uncertainty map (predictive entropy, 0..1) is
+        added as a scalar volume node named "<segmentation> uncertainty" (its ID in
+        ``lastResult["uncertaintyVolumeID"]``).
 
         With ``waitForCompletion`` (default) returns True once done and raises
         TumorSegError (CancelledError on cancel) on failure. Otherwise returns True once
@@ -221,6 +227,8 @@ class TumorSegmentationLogic(_LogicBase):  # type: ignore[misc, valid-type]
             raise TumorSegError("select an output segmentation node")
         if outputSegmentationNode.GetScene() is None:
             raise TumorSegError("the output segmentation node is not in a scene; add it to the scene first")
+        if not isinstance(uncertainty, bool):
+            raise TumorSegError(f"uncertainty must be True or False, got {uncertainty!r}")
         from tumorseg_core.options import SegmentOptions
 
         # The engine's own validation, here in the UI process: a bad option fails before anything starts.
@@ -243,6 +251,8 @@ class TumorSegmentationLogic(_LogicBase):  # type: ignore[misc, valid-type]
             request = {"cmd": "segment", "images": paths, "output": str(output_path), "model": model_arg,
                        "device": run_options.device,
                        "options": {k: v for k, v in run_options.to_dict().items() if k != "device"}}
+            if uncertainty:
+                request["uncertainty"] = True
             request_id = self.runner.submit(request)
         except BaseException as exc:
             shutil.rmtree(temp_dir, ignore_errors=True)
@@ -254,7 +264,7 @@ class TumorSegmentationLogic(_LogicBase):  # type: ignore[misc, valid-type]
             request_id=request_id, temp_dir=temp_dir, output_path=output_path,
             segmentation_node=outputSegmentationNode, manifest=manifest, ijk_to_frame=matrices[0],
             shape_zyx=(dims[2], dims[1], dims[0]), reference_volume=volumes[0],
-            replace_existing=replaceExisting, progress_callback=progressCallback,
+            replace_existing=replaceExisting, uncertainty=uncertainty, progress_callback=progressCallback,
             completion_callback=completionCallback,
         )
         self.status, self.lastError = "running", None
@@ -302,6 +312,42 @@ class TumorSegmentationLogic(_LogicBase):  # type: ignore[misc, valid-type]
         self.runner.cancel()
         self._end(job, "cancelled", CancelledError().args[0])
 
+    def measure(self, segmentationNode: Any, volumeNode: Any, petVolumeNode: Any = None,
+                suvFactor: Optional[float] = None, segmentIDs: Optional[Sequence[str]] = None,
+                tableNode: Any = None) -> Any:
+        """Fill (or create) the "Tumor measurements" table node: one row per lesion; returns it.
+
+        See :func:`TumorSegmentationLib.measurements_table.measure_segmentation`. Runs in this
+        process (no torch): seconds even for a large CT.
+        """
+        from .measurements_table import measure_segmentation
+
+        return measure_segmentation(segmentationNode, volumeNode, petVolumeNode, suvFactor, segmentIDs, tableNode)
+
+    def exportDicomSeg(self, segmentationNode: Any, volumeNode: Any, outputPath: Any,
+                       fileForInstance: Optional[Callable[[str], str]] = None,
+                       segmentIDs: Optional[Sequence[str]] = None) -> Path:
+        """Write the TumorSeg segments as a DICOM SEG of ``volumeNode``'s DICOM series; returns the path.
+
+        ``fileForInstance`` maps a SOP Instance UID to its file (default: Slicer's DICOM
+        database). See :func:`TumorSegmentationLib.dicom_export.export_dicom_seg`.
+        """
+        from tumorseg_core import __version__
+
+        from .dicom_export import export_dicom_seg
+        from .segments_on_volume import tumorseg_segment_ids
+
+        ids = list(segmentIDs) if segmentIDs is not None else tumorseg_segment_ids(segmentationNode)
+        models = set()
+        for sid in ids:
+            segment = segmentationNode.GetSegmentation().GetSegment(sid)
+            tag = vtk.reference("")
+            if segment is not None and segment.GetTag(MODEL_TAG, tag) and str(tag):
+                models.add(str(tag))
+        name = "TumorSeg" + (f" {', '.join(sorted(models))}" if models else "")
+        return export_dicom_seg(segmentationNode, volumeNode, outputPath, fileForInstance, ids,
+                                algorithm_name=name[:64], algorithm_version=__version__)
+
     def shutdown(self) -> None:
         """Cancel any run, stop the worker and stop observing scenes (module cleanup)."""
         self.cancel()
@@ -336,7 +382,16 @@ class TumorSegmentationLogic(_LogicBase):  # type: ignore[misc, valid-type]
             if node.GetScene() is None:
                 raise TumorSegError("the output segmentation node was removed from the scene during the run")
             labels = geometry_bridge.read_labels(job.output_path, job.ijk_to_frame, job.shape_zyx)
+            entropy = None
+            if job.uncertainty:  # read and checked before the scene changes
+                if not event.get("uncertainty"):
+                    raise TumorSegError("the worker sent no uncertainty map; update TumorSeg's engine")
+                entropy = uncertainty_volume.read_uncertainty(event["uncertainty"], job.ijk_to_frame, job.shape_zyx)
             segment_ids = self._add_segments(job, labels)
+            uncertainty_id = None
+            if entropy is not None:
+                uncertainty_id = uncertainty_volume.add_uncertainty_volume(
+                    node.GetScene(), entropy, job.ijk_to_frame, node, replace=job.replace_existing).GetID()
         except TumorSegError as exc:
             self._end(job, "error", str(exc))
             return
@@ -347,6 +402,7 @@ class TumorSegmentationLogic(_LogicBase):  # type: ignore[misc, valid-type]
         self.lastResult = {
             "seconds": event.get("seconds"), "warm": bool(event.get("warm")), "workerPid": self.runner.pid,
             "totalSeconds": round(time.perf_counter() - job.started, 3), "segmentIDs": segment_ids,
+            "uncertaintyVolumeID": uncertainty_id,
         }
         logger.info("segmentation done in %.2f s (worker %.2f s, %s worker)", self.lastResult["totalSeconds"],
                     float(event.get("seconds") or 0.0), "warm" if self.lastResult["warm"] else "cold")

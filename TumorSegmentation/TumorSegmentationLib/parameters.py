@@ -35,6 +35,7 @@ class TumorSegmentationParameterNode:
     backend - inference engine; "auto" picks the fastest installed one.
     cascade - ROI cascade: auto (the model's default), on, off.
     outputSegmentation - segmentation that receives the result (created when empty).
+    uncertainty - also make the uncertainty map (a volume shown over the image).
     """
 
     inputVolume0: vtkMRMLScalarVolumeNode
@@ -47,6 +48,7 @@ class TumorSegmentationParameterNode:
     backend: Annotated[str, Choice(list(BACKENDS))] = "auto"
     cascade: Annotated[str, Choice(list(CASCADE_CHOICES))] = "auto"
     outputSegmentation: vtkMRMLSegmentationNode
+    uncertainty: bool = False
 
     def inputVolumes(self) -> list:
         """The four input slots in order (None where empty)."""

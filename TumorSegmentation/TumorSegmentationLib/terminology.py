@@ -11,7 +11,12 @@ A model manifest describes each label with ``{"category": [scheme, code, meaning
 Labels whose codes are in TumorSeg's own context file
 (``Resources/TumorSegTerminology.term.json``) point at that context, so Slicer's
 terminology selector shows them with our names and colors once the file is loaded;
-other codes point at the DICOM master list that ships with Slicer.
+other codes point at the DICOM master list that ships with Slicer. (Slicer's default
+"3D Slicer General Anatomy list" has no Neoplasm type, so it is never used.)
+
+The string is built by the engine's ``tumorseg_core.imaging.segments.terminology_string``,
+the same function that writes the ``.seg.nrrd`` header of ``tumorseg segment``: a
+segment gets the identical tag whichever door made it.
 
 Qt-free; only :func:`load_into_slicer` touches the running application (guarded).
 """
@@ -22,15 +27,18 @@ import functools
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, Optional, Tuple
+
+from tumorseg_core.errors import TumorSegError
+from tumorseg_core.imaging import segments as _segments
 
 logger = logging.getLogger(__name__)
 
 #: TumorSeg's terminology context file (shipped in the module's Resources folder).
 TERMINOLOGY_FILE = Path(__file__).resolve().parent.parent / "Resources" / "TumorSegTerminology.term.json"
-CONTEXT_NAME = "Segmentation category and type - TumorSeg"
-DICOM_MASTER_CONTEXT = "Segmentation category and type - DICOM master list"
-ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+CONTEXT_NAME = _segments.TUMORSEG_CONTEXT
+DICOM_MASTER_CONTEXT = _segments.DICOM_MASTER_CONTEXT
+ANATOMIC_CONTEXT = _segments.ANATOMIC_CONTEXT
 
 _MORPHOLOGICALLY_ALTERED = ["SCT", "49755003", "Morphologically Altered Structure"]
 _NEOPLASM = ["SCT", "108369006", "Neoplasm"]
@@ -46,13 +54,6 @@ EDEMA = {"category": _MORPHOLOGICALLY_ALTERED, "type": ["SCT", "79654002", "Edem
 
 CodeKey = Tuple[str, str]
 EntryKey = Tuple[CodeKey, CodeKey, Optional[CodeKey]]
-
-
-def _key(code: Optional[Sequence[str]]) -> Optional[CodeKey]:
-    """(scheme, value) of a ``[scheme, value, meaning]`` code; meanings vary in wording."""
-    if not code:
-        return None
-    return (str(code[0]).strip(), str(code[1]).strip())
 
 
 @functools.lru_cache(maxsize=1)
@@ -74,37 +75,17 @@ def context_entries(path: str = str(TERMINOLOGY_FILE)) -> FrozenSet[EntryKey]:
     return frozenset(entries)
 
 
-def _code_string(code: Optional[Sequence[str]], field: str) -> str:
-    if not code:
-        return "^^"
-    if len(code) != 3:
-        raise ValueError(f"terminology {field} {list(code)!r} must be [scheme, code, meaning]")
-    parts = [str(c) for c in code]
-    if any(ch in part for part in parts for ch in "~^|"):
-        # These characters separate the fields of the tag (and Slicer's tag list).
-        raise ValueError(f"terminology {field} {parts!r} contains one of the reserved characters ~ ^ |")
-    return "^".join(parts)
-
-
 def terminology_entry(terminology: Optional[Dict[str, Any]]) -> Optional[str]:
     """Slicer ``TerminologyEntry`` tag value for a manifest terminology dict (``None`` if none).
 
     The context is TumorSeg's when the code combination is listed there, otherwise
-    the DICOM master list. Raises ValueError for malformed codes.
+    the DICOM master list (the engine's ``terminology_string``, so the CLI's ``.seg.nrrd``
+    files carry the same string). Raises ValueError for malformed codes.
     """
-    if not terminology:
-        return None
-    if not terminology.get("category") or not terminology.get("type"):
-        raise ValueError("terminology needs both 'category' and 'type' codes")
-    key = (_key(terminology["category"]), _key(terminology["type"]), _key(terminology.get("modifier")))
-    context = CONTEXT_NAME if key in context_entries() else DICOM_MASTER_CONTEXT
-    return "~".join([
-        context,
-        _code_string(terminology["category"], "category"),
-        _code_string(terminology["type"], "type"),
-        _code_string(terminology.get("modifier"), "modifier"),
-        ANATOMIC_CONTEXT, "^^", "^^",
-    ])
+    try:
+        return _segments.terminology_string(terminology)
+    except TumorSegError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def parse_terminology_entry(entry: str) -> Dict[str, Any]:

@@ -51,6 +51,8 @@ class TumorSegmentationPanel:
         ui.addModelButton.connect("clicked(bool)", self.onAddModel)
         ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelIndexChanged)
         ui.show3DButton.connect("toggled(bool)", self.onShow3D)
+        ui.measureButton.connect("clicked(bool)", self.onMeasure)
+        ui.exportDicomSegButton.connect("clicked(bool)", self.onExportDicomSeg)
         ui.progressBar.setRange(0, 100)
         ui.progressBar.visible = False
 
@@ -167,6 +169,9 @@ class TumorSegmentationPanel:
         self.ui.applyButton.toolTip = state.tooltip
         self.ui.applyButton.enabled = state.enabled
         self.ui.show3DButton.enabled = bool(pn and pn.outputSegmentation) and not self._running
+        haveResult = bool(pn and pn.outputSegmentation and self._inputs()[0]) and not self._running
+        self.ui.measureButton.enabled = haveResult
+        self.ui.exportDicomSegButton.enabled = haveResult
 
     # -- run ---------------------------------------------------------------------------
     def onApplyOrCancel(self) -> None:
@@ -215,7 +220,8 @@ class TumorSegmentationPanel:
         try:
             self.logic.process(inputs, pn.outputSegmentation, model=pn.model, device=pn.device,
                                waitForCompletion=False, progressCallback=self.onProgress,
-                               options=ps.run_options(pn.quality, pn.backend, pn.cascade), replaceExisting=True)
+                               options=ps.run_options(pn.quality, pn.backend, pn.cascade), replaceExisting=True,
+                               uncertainty=bool(pn.uncertainty))
         except Exception as exc:
             logger.exception("Segmentation could not start")
             self._finish(ps.FAILED, str(exc))
@@ -256,6 +262,36 @@ class TumorSegmentationPanel:
         self.updateState()
         if state == ps.DONE and self.ui.show3DButton.checked:
             self.onShow3D(True)
+        if state == ps.DONE:
+            uncertaintyID = (self.logic.lastResult or {}).get("uncertaintyVolumeID")
+            if uncertaintyID:
+                slicer.util.setSliceViewerLayers(foreground=uncertaintyID, foregroundOpacity=0.4)
+            self.onMeasure()
+
+    def onMeasure(self) -> None:
+        pn = self._parameterNode
+        volume = self._inputs()[0]
+        if pn is None or pn.outputSegmentation is None or volume is None:
+            return
+        with slicer.util.tryWithErrorDisplay("Could not measure the segments.", waitCursor=True):
+            table = self.logic.measure(pn.outputSegmentation, volume)
+            self.ui.measurementsTableView.setMRMLTableNode(table)
+
+    def onExportDicomSeg(self) -> None:
+        import tempfile
+        from pathlib import Path
+
+        from DICOMLib import DICOMUtils
+
+        pn = self._parameterNode
+        volume = self._inputs()[0]
+        if pn is None or pn.outputSegmentation is None or volume is None:
+            return
+        with slicer.util.tryWithErrorDisplay("Could not export the DICOM SEG.", waitCursor=True):
+            with tempfile.TemporaryDirectory(prefix="TumorSeg-SEG-") as folder:
+                self.logic.exportDicomSeg(pn.outputSegmentation, volume, Path(folder) / "TumorSeg.dcm")
+                DICOMUtils.importDicom(folder, slicer.dicomDatabase, copyFiles=True)
+            self.ui.statusLabel.text = f"DICOM SEG of '{volume.GetName()}' added to the DICOM database"
 
     def onShow3D(self, checked) -> None:
         segmentation = self._parameterNode.outputSegmentation if self._parameterNode else None

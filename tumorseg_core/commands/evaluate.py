@@ -1,10 +1,21 @@
 """Compare label maps with ground truth (Dice, HD95, surface Dice, lesions) and print a summary table.
 
-Two modes:
-  tumorseg evaluate --pred DIR --truth DIR [--csv OUT.csv] [--tolerance-mm 2] [--labels JSON]
-  tumorseg evaluate --model PACKAGE --data DIR [--save-predictions DIR] [...]
-Files are paired by name (case_01.nii.gz with case_01.seg.nrrd); predictions must be on
-the truth's grid. --data holds imagesTr/ + labelsTr/ (or images/ + labels/).
+It works in one of two modes.
+
+Mode 1, label maps you already have: --pred and --truth, two files or two folders.
+  tumorseg evaluate --pred result.seg.nrrd --truth truth.nii.gz [--lesions]
+  tumorseg evaluate --pred preds/ --truth truths/ [--csv OUT.csv]
+Two files are one case. In two folders, files are paired by name (case_01.nii.gz with
+case_01.seg.nrrd). A prediction must be on its truth's grid; nothing is resampled.
+
+Mode 2, a model on a labelled data set: --model and --data.
+  tumorseg evaluate --model default --data DIR [--save-predictions DIR] [--device cpu]
+The data folder holds imagesTr/ + labelsTr/ (or images/ + labels/); the model segments
+every image that has a label map, and its results are scored as in mode 1.
+
+Segments are named after a .seg.nrrd file's segment names (the truth's first), the
+model's labels, or --labels; otherwise label_1, label_2, ... --lesions adds one line per
+lesion: every true lesion with its volume, found or missed, and every false positive.
 """
 
 from __future__ import annotations
@@ -25,18 +36,29 @@ logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pred", metavar="DIR", help="folder of predicted label maps")
-    parser.add_argument("--truth", metavar="DIR", help="folder of ground-truth label maps (same file names)")
-    parser.add_argument("--model", metavar="PACKAGE", help="model name, package folder or .zip to run on --data")
-    parser.add_argument("--data", metavar="DIR", help="data folder with imagesTr/ + labelsTr/ or images/ + labels/")
-    parser.add_argument("--csv", metavar="OUT.csv", help="also write one row per case and label to this CSV")
+    parser.add_argument("--pred", metavar="FILE|DIR",
+                        help="mode 1: a predicted label map, or a folder of them (default: none)")
+    parser.add_argument("--truth", metavar="FILE|DIR",
+                        help="mode 1: the ground-truth label map, or a folder of them with the same file names "
+                             "(default: none)")
+    parser.add_argument("--model", metavar="PACKAGE",
+                        help="mode 2: model name, package folder or .zip to run on --data (default: none)")
+    parser.add_argument("--data", metavar="DIR",
+                        help="mode 2: data folder with imagesTr/ + labelsTr/ or images/ + labels/ (default: none)")
+    parser.add_argument("--lesions", action="store_true",
+                        help="also print every lesion: each true lesion with its volume, found or missed, and the "
+                             "false-positive lesions (default: off)")
+    parser.add_argument("--csv", metavar="OUT.csv",
+                        help="also write one row per case and label to this CSV (default: no CSV)")
     parser.add_argument("--tolerance-mm", type=float, default=2.0, help="surface Dice tolerance in mm (default 2)")
     parser.add_argument("--min-overlap", type=float, default=0.0,
                         help="fraction of a truth lesion that must be covered to count as found (default: any voxel)")
     parser.add_argument("--labels", metavar="JSON",
                         help='label names as JSON or a .json file, e.g. \'{"1": "Tumor", "2": "Edema"}\' '
-                             "(default: every label found, or the model's labels)")
-    parser.add_argument("--save-predictions", metavar="DIR", help="with --model: write each prediction here")
+                             "(default: every label found, named after the files' segments, or the model's "
+                             "labels)")
+    parser.add_argument("--save-predictions", metavar="DIR",
+                        help="mode 2: write each prediction here as <case>.nii.gz (default: not written)")
     add_segment_options(parser, "with --model")
 
 
@@ -84,11 +106,12 @@ def _check_args(args: argparse.Namespace) -> str:
     if folders and model:
         raise TumorSegError("give either --pred/--truth or --model/--data, not both")
     if folders and (args.pred is None or args.truth is None):
-        raise TumorSegError("--pred and --truth go together; give both folders")
+        raise TumorSegError("--pred and --truth go together; give both (two files or two folders)")
     if model and (args.model is None or args.data is None):
         raise TumorSegError("--model and --data go together; give both")
     if not folders and not model:
-        raise TumorSegError("nothing to evaluate; give --pred DIR --truth DIR, or --model PACKAGE --data DIR")
+        raise TumorSegError("nothing to evaluate; give --pred and --truth (two files or two folders), "
+                            "or --model PACKAGE --data DIR")
     defaults = SegmentOptions()
     given = [("--save-predictions", args.save_predictions is not None)] + [
         (_FLAG_SHOWN.get(dest, f"--{dest.replace('_', '-')}"), getattr(args, dest) != getattr(defaults, field))
@@ -112,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     from tumorseg_core.evaluation.evaluate import (
         evaluate_folders,
         evaluate_model,
+        format_lesion_table,
         format_table,
         summarize,
         write_csv,
@@ -119,16 +143,18 @@ def run(args: argparse.Namespace) -> int:
 
     mode = _check_args(args)
     labels = parse_labels(args.labels)
+    lesions: Optional[list] = [] if args.lesions else None
     progress = TerminalProgress()
     try:
         if mode == "folders":
             rows = evaluate_folders(args.pred, args.truth, labels=labels, tolerance_mm=args.tolerance_mm,
-                                    min_overlap=args.min_overlap, progress=progress)
+                                    min_overlap=args.min_overlap, progress=progress, lesion_rows=lesions)
         else:
             options = segment_options(args).to_dict()
             rows = evaluate_model(args.model, args.data, labels=labels, tolerance_mm=args.tolerance_mm,
                                   min_overlap=args.min_overlap, device=options.pop("device"),
-                                  save_dir=args.save_predictions, progress=progress, **options)
+                                  save_dir=args.save_predictions, progress=progress, lesion_rows=lesions,
+                                  **options)
     finally:
         progress.close()
     if args.csv:
@@ -136,4 +162,6 @@ def run(args: argparse.Namespace) -> int:
     cases = len({row["case"] for row in rows})
     sys.stdout.write(f"{cases} case(s), surface Dice tolerance {args.tolerance_mm:g} mm\n")
     sys.stdout.write(format_table(summarize(rows)) + "\n")
+    if lesions is not None:
+        sys.stdout.write("\n" + format_lesion_table(lesions) + "\n")
     return 0

@@ -76,52 +76,60 @@ def add_arguments(parser: argparse.ArgumentParser, legacy: bool = False) -> None
                             help="what to import: an nnU-Net v2 model folder or zip, a MONAI bundle, an .onnx file "
                                  "(with its JSON sidecar), or PyTorch state dict(s) (.pt/.pth; several "
                                  "files become an ensemble, one fold each)")
-    for_pt = "" if legacy else " (needed for a .pt state dict)"
-    parser.add_argument("--architecture", required=need, help=f"registered architecture name, e.g. unet3d{for_pt}")
-    parser.add_argument("--kwargs", default="{}", help="architecture kwargs as JSON (or @file.json)")
+    for_pt = "" if legacy else " (needed for a .pt state dict; default: none)"
+    required = " (required)" if legacy else ""
+    parser.add_argument("--architecture", required=need, help=f"registered architecture name, e.g. unet3d{for_pt}{required}")
+    parser.add_argument("--kwargs", default="{}", help="architecture kwargs as JSON (or @file.json) (default: {}, the architecture's defaults)")
     parser.add_argument("--name", required=need,
                         help="package name (letters, digits, . _ -)"
-                             + ("" if legacy else "; default: the output folder's or file's name"))
+                             + (required if legacy else " (default: the output folder's or file's name)"))
     parser.add_argument("--version", default="1.0.0", help="package version (default 1.0.0)")
-    parser.add_argument("--license", default="unknown", help="license of the weights, e.g. Apache-2.0")
-    parser.add_argument("--description", default=None, help="one paragraph shown to users")
+    parser.add_argument("--license", default="unknown", help="license of the weights, e.g. Apache-2.0 (default: unknown)")
+    parser.add_argument("--description", default=None, help="one paragraph shown to users (default: none)")
     parser.add_argument("--spacing", nargs=3, type=float, required=need, metavar=("X", "Y", "Z"),
-                        help=f"voxel spacing in mm the model was trained at (x y z){for_pt}")
+                        help=f"voxel spacing in mm the model was trained at (x y z){for_pt}{required}")
     parser.add_argument("--patch-size", nargs=3, type=int, required=need, metavar=("X", "Y", "Z"),
-                        help=f"sliding-window size in voxels (x y z){for_pt}")
-    parser.add_argument("--orientation", default="LPS", help="3-letter orientation code, or 'none' to keep the input's")
+                        help=f"sliding-window size in voxels (x y z){for_pt}{required}")
+    parser.add_argument("--orientation", default="LPS", help="3-letter orientation code, or 'none' to keep the input's (default: LPS)")
     parser.add_argument("--modality", action="append", required=need,
-                        help=f"input channel name as shown to users; repeat once per channel, in order{for_pt}")
+                        help=f"input channel name as shown to users; repeat once per channel, in order{for_pt}{required}")
     parser.add_argument("--normalization", action="append", default=None,
-                        help="normalization JSON; give one for all channels or one per --modality")
+                        help="normalization JSON; give one for all channels or one per --modality "
+                             '(default: {"type": "none"}, intensities as they are)')
     parser.add_argument("--labels", required=need,
                         help="JSON list of {value, name, color, terminology} (sigmoid: the regions in paint order)"
-                             + for_pt)
-    parser.add_argument("--output-type", choices=("softmax", "sigmoid"), default="softmax")
-    parser.add_argument("--postprocessing", default=None, help="postprocessing rules as a JSON list")
-    parser.add_argument("--inference", default=None, help="inference options as JSON, e.g. '{\"overlap\": 0.5}'")
-    parser.add_argument("--metrics", default=None, help="validation metrics as JSON")
-    parser.add_argument("--readme", default=None, type=Path, help="Markdown file to ship as README.md")
+                             + for_pt + required)
+    parser.add_argument("--output-type", choices=("softmax", "sigmoid"), default="softmax",
+                        help="softmax: one label per voxel; sigmoid: overlapping regions, one channel each "
+                             "(default: softmax)")
+    parser.add_argument("--postprocessing", default=None, help="postprocessing rules as a JSON list (default: none)")
+    parser.add_argument("--inference", default=None, help="inference options as JSON, e.g. '{\"overlap\": 0.5}' (default: TumorSeg's defaults)")
+    parser.add_argument("--metrics", default=None, help="validation metrics as JSON, shown with the model (default: none)")
+    parser.add_argument("--readme", default=None, type=Path, help="Markdown file to ship as README.md (default: a generated one)")
     if legacy:
-        parser.add_argument("-o", "--output", required=True, type=Path, help="package folder to create")
+        parser.add_argument("-o", "--output", required=True, type=Path, help="package folder to create (required)")
         parser.set_defaults(install=False)
     else:
         where = parser.add_mutually_exclusive_group(required=True)
-        where.add_argument("-o", "--output", type=Path, help="package folder to create")
+        where.add_argument("-o", "--output", type=Path,
+                           help="package folder to create (this or --install is required)")
         where.add_argument("--install", action="store_true",
-                           help="install into the user model folder ($TUMORSEG_MODELS or ~/.tumorseg/models)")
+                           help="install into the user model folder ($TUMORSEG_MODELS or ~/.tumorseg/models) "
+                                "(default: off; this or -o is required)")
     if not legacy:
         parser.add_argument("--folds", default=None,
                             help="nnU-Net: folds to import, e.g. 0,1 (default: every fold_N with the checkpoint)")
         parser.add_argument("--checkpoint", choices=("final", "best"), default="final",
                             help="nnU-Net: checkpoint_final.pth (default) or checkpoint_best.pth")
         parser.add_argument("--configuration", default=None,
-                            help="nnU-Net: which model when the source holds several (3d_fullres, 3d_lowres, 2d)")
+                            help="nnU-Net: which model when the source holds several (3d_fullres, 3d_lowres, 2d) "
+                                 "(default: the only one)")
         parser.add_argument("--sidecar", default=None, type=Path, metavar="FILE",
                             help="ONNX: the JSON sidecar (inputs, spacing, patch_size, output, ...); "
                                  "default: SOURCE.json next to the .onnx file")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing output folder" + ("" if legacy else " or installed model"))
+                        help="replace an existing output folder" + ("" if legacy else " or installed model")
+                             + " (default: off, refuse)")
 
 
 def build_manifest_fields(args: argparse.Namespace) -> dict:

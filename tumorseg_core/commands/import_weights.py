@@ -1,4 +1,4 @@
-"""``tumorseg import-weights``: turn a PyTorch state dict into a safe model package.
+"""Turn a PyTorch state dict into a safe model package (tumorseg import's original interface).
 
 Example::
 

@@ -14,7 +14,7 @@ OPTIONAL_PACKAGES = ("numpy", "SimpleITK", "torch", "monai", "safetensors", "sci
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--json", action="store_true", help="print one JSON object (default: off, a readable list)")
 
 
 def _version(name: str) -> str:

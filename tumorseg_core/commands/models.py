@@ -6,7 +6,7 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--install", metavar="PACKAGE", help="verify a package folder/.zip and install it")
+    parser.add_argument("--install", metavar="PACKAGE", help="verify a package folder/.zip and install it (default: none, list the installed models)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,10 +1,9 @@
-"""The command-line face of :class:`~tumorseg_core.options.SegmentOptions`.
+"""The command-line face of SegmentOptions (tumorseg_core/options.py).
 
-Every command that runs a model (``segment``, ``demo``, ``evaluate``) adds these flags with
-:func:`add_segment_options` and turns them back into one validated
-:class:`~tumorseg_core.options.SegmentOptions` with :func:`segment_options`; the choices
-come from :mod:`tumorseg_core.options`, so the CLI offers exactly what the API, the
-worker and Slicer offer.
+Every command that runs a model (segment, demo, evaluate) adds these flags with
+add_segment_options and turns them back into one validated SegmentOptions with
+segment_options; the choices come from tumorseg_core.options, so the CLI offers exactly
+what the API, the worker and Slicer offer.
 """
 
 from __future__ import annotations
@@ -41,10 +40,11 @@ def add_segment_options(parser: argparse.ArgumentParser, what: str = "") -> None
     parser.add_argument("--overlap", type=float, default=None,
                         help=f"{prefix}sliding-window overlap in [0, 1) (default: the model's own)")
     parser.add_argument("--tta", action="store_true", default=None,
-                        help=f"{prefix}flip test-time augmentation (slower, a bit more robust)")
-    parser.add_argument("--window-batch", type=int, default=None, help=f"{prefix}windows per network call")
+                        help=f"{prefix}flip test-time augmentation, slower and a bit more robust "
+                             "(default: off; on with --quality tta)")
+    parser.add_argument("--window-batch", type=int, default=None, help=f"{prefix}windows per network call, 1..256 (default: the model's own)")
     parser.add_argument("--no-postprocess", dest="postprocess", action="store_false", default=True,
-                        help=f"{prefix}skip the model's postprocessing rules")
+                        help=f"{prefix}skip the model's postprocessing rules (default: apply them)")
     parser.add_argument("--cascade", action=argparse.BooleanOptionalAction, default=None,
                         help=f"{prefix}coarse pass first, full resolution only around candidates "
                              "(--no-cascade: every window; default: the model's default)")

@@ -1,14 +1,18 @@
-"""Evaluate label maps against ground truth: folders of files, or a model on a data set.
+"""Evaluate label maps against ground truth: one pair of files, folders of files, or a model on a data set.
 
-Files are paired by **case name**: the file name without its extension (``.seg.nrrd``,
-``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``), so ``pred/case_07.nii.gz`` is compared with
-``truth/case_07.seg.nrrd``. A prediction must lie on exactly its truth's voxel grid
-(same size, spacing, origin, direction): nothing is resampled, a mismatch is an error.
-Metric definitions and the empty-mask policy are in :mod:`tumorseg_core.evaluation.metrics`.
+Two folders are paired by **case name**: the file name without its extension
+(``.seg.nrrd``, ``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``), so ``pred/case_07.nii.gz`` is
+compared with ``truth/case_07.seg.nrrd``; two files are one case, named after the truth
+file. A prediction must lie on exactly its truth's voxel grid (same size, spacing,
+origin, direction): nothing is resampled, a mismatch is an error. Every label file is
+read by :func:`read_labels` (the label map and its segment names). Metric definitions
+and the empty-mask policy are in :mod:`tumorseg_core.evaluation.metrics`.
 
 Rows (one per case and label) are dicts with ``case``, ``label``, ``name``, the
 metric keys and the lesion counts; :func:`summarize` turns them into per-label
-NaN-aware means and :func:`format_table` into a plain-text table.
+NaN-aware means and :func:`format_table` into a plain-text table. On request, lesion
+rows (one per lesion, :func:`lesions_of_case`) list every truth lesion, found or missed,
+and every false-positive lesion; :func:`format_lesion_table` prints them.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ from tumorseg_core.options import LABELMAP_EXTENSIONS
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
-LABEL_EXTENSIONS: tuple[str, ...] = LABELMAP_EXTENSIONS  # what TumorSeg writes is what it reads back
+# What TumorSeg writes is what it reads back: the label map formats and DICOM SEG (case.dcm).
+LABEL_EXTENSIONS: tuple[str, ...] = LABELMAP_EXTENSIONS + (".dcm",)
 CSV_COLUMNS: tuple[str, ...] = (
     ("case", "label", "name") + metrics.METRIC_KEYS + metrics.LESION_KEYS + metrics.LESION_SIZE_KEYS
 )
@@ -72,14 +77,37 @@ def _index_folder(folder: PathLike, what: str) -> dict[str, Path]:
     return index
 
 
-def read_labelmap(path: PathLike) -> sitk.Image:
-    """Read a 3D integer label map; InputError if unreadable, not 3D scalar or not integer-valued."""
+def read_labels(path: PathLike, reference: Optional[sitk.Image] = None) -> tuple[sitk.Image, dict[int, str]]:
+    """The one reader of a label file: its 3D label map and segment names (value -> name).
+
+    A DICOM SEG is read with :func:`tumorseg_core.dicom.seg_read.read_dicom_seg`, onto ``reference``'s
+    grid when given (a SEG leaves out empty frames: alone, its grid is only the slices it covers). Otherwise the names
+    come from a ``.seg.nrrd`` header (:func:`tumorseg_core.imaging.seg_nrrd.segment_names`);
+    a file that names no segments gives ``{}``. InputError as :func:`read_labelmap`.
+    """
+    from tumorseg_core.dicom.seg_read import is_dicom_seg, read_dicom_seg
+    from tumorseg_core.imaging.seg_nrrd import segment_names
+
     p = Path(path)
+    if p.is_file() and is_dicom_seg(p):  # a DICOM SEG: its own segments, on the grid of the series it covers
+        image, segments = read_dicom_seg(p, reference=reference)
+        return image, {int(info.value): info.name for info in segments}
     try:
         image = sitk.ReadImage(str(p))
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise InputError(f"could not read label map {p} ({reason}); give a NIfTI, NRRD or MHA file") from exc
+    names = segment_names(image)
+    return _check_labelmap(image, p), names
+
+
+def read_labelmap(path: PathLike) -> sitk.Image:
+    """Read a 3D integer label map; InputError if unreadable, not 3D scalar or not integer-valued."""
+    return read_labels(path)[0]
+
+
+def _check_labelmap(image: sitk.Image, p: Path) -> sitk.Image:
+    """``image`` as a 3D scalar integer-valued label map (a 4D one with one volume is cut to 3D), else InputError."""
     if image.GetDimension() == 4 and image.GetSize()[3] == 1:
         image = image[:, :, :, 0]
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
@@ -140,33 +168,31 @@ def _complete_labels(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: (r["case"], r["label"]))
 
 
-def evaluate_folders(
-    pred_dir: PathLike,
-    truth_dir: PathLike,
-    labels: Optional[Mapping[int, str]] = None,
-    tolerance_mm: float = 2.0,
-    min_overlap: float = 0.0,
-    progress: Optional[Callable[[float, str], None]] = None,
-) -> list[dict[str, Any]]:
-    """Evaluate every prediction file in ``pred_dir`` against the same-named file in ``truth_dir``.
+def pair_label_files(pred: PathLike, truth: PathLike) -> list[tuple[str, Path, Path]]:
+    """``[(case, prediction file, truth file)]`` for two label map files or two folders, sorted by case.
 
-    Args:
-        labels: label value -> name; None: every non-zero value found in any file
-            (a case where a label is absent from both maps scores it as both-empty).
-        tolerance_mm: surface Dice tolerance; min_overlap: lesion detection threshold.
-
-    Returns:
-        Rows, one per case and label, sorted by case then label.
+    Two files are one case, named after the truth file. Two folders are paired by case
+    name; predictions without a truth file are ignored (with a warning).
 
     Raises:
-        InputError: a folder is missing or empty, a truth case has no prediction, no
-            names match, a file is unreadable, or a pair is on different grids.
+        InputError: a path is missing, one is a file and the other a folder, a folder is
+            empty, a truth case has no prediction, or no names match.
     """
-    preds = _index_folder(pred_dir, "prediction")
-    truths = _index_folder(truth_dir, "truth")
+    pred_path, truth_path = Path(pred), Path(truth)
+    for path, what in ((pred_path, "prediction"), (truth_path, "truth")):
+        if not path.exists():
+            raise InputError(f"{what} file or folder {path} does not exist; check the path")
+    if pred_path.is_file() != truth_path.is_file():
+        kinds = ", ".join(f"the {what} {'a file' if path.is_file() else 'a folder'}"
+                          for path, what in ((pred_path, "prediction"), (truth_path, "truth")))
+        raise InputError(f"{kinds}; give two label map files (one case) or two folders (cases paired by name)")
+    if pred_path.is_file():
+        return [(case_name(truth_path) or truth_path.name, pred_path, truth_path)]
+    preds = _index_folder(pred_path, "prediction")
+    truths = _index_folder(truth_path, "truth")
     missing = sorted(set(truths) - set(preds))
     if len(missing) == len(truths):
-        raise InputError(f"no prediction file in {pred_dir} has the name of a truth file in {truth_dir}; "
+        raise InputError(f"no prediction file in {pred} has the name of a truth file in {truth}; "
                          "name each prediction like its truth (e.g. case_01.nii.gz)")
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
@@ -175,16 +201,127 @@ def evaluate_folders(
     extra = sorted(set(preds) - set(truths))
     if extra:
         logger.warning("ignoring %d prediction(s) with no truth file: %s", len(extra), ", ".join(extra[:5]))
+    return [(case, preds[case], truths[case]) for case in sorted(truths)]
+
+
+def evaluate_folders(
+    pred_dir: PathLike,
+    truth_dir: PathLike,
+    labels: Optional[Mapping[int, str]] = None,
+    tolerance_mm: float = 2.0,
+    min_overlap: float = 0.0,
+    progress: Optional[Callable[[float, str], None]] = None,
+    lesion_rows: Optional[list[dict[str, Any]]] = None,
+) -> list[dict[str, Any]]:
+    """Evaluate two label map files, or every prediction in a folder against the same-named truth file.
+
+    Args:
+        pred_dir, truth_dir: two files (one case) or two folders (see :func:`pair_label_files`).
+        labels: label value -> name; None: every non-zero value found in any file, named
+            after its segment in the files (the truth's ``.seg.nrrd`` header first, then the
+            prediction's; ``label_<value>`` when neither names it). A case where a label is
+            absent from both maps scores it as both-empty.
+        tolerance_mm: surface Dice tolerance; min_overlap: lesion detection threshold.
+        lesion_rows: if a list is given, every case's lesions (:func:`lesions_of_case`) are
+            appended to it.
+
+    Returns:
+        Rows, one per case and label, sorted by case then label.
+
+    Raises:
+        InputError: as :func:`pair_label_files`, or a file is unreadable, or a pair is on
+            different grids.
+    """
+    pairs = pair_label_files(pred_dir, truth_dir)
     rows: list[dict[str, Any]] = []
-    cases = sorted(truths)
-    for i, case in enumerate(cases):
+    found_names: dict[int, str] = {}
+    lesions: list[dict[str, Any]] = []
+    for i, (case, pred_path, truth_path) in enumerate(pairs):
         if progress is not None:
-            progress(i / len(cases), f"case {case}")
-        rows.extend(evaluate_images(read_labelmap(preds[case]), read_labelmap(truths[case]), case,
-                                    labels, tolerance_mm, min_overlap))
+            progress(i / len(pairs), f"case {case}")
+        pred, pred_names, truth, truth_names = _read_pair(pred_path, truth_path)
+        for value, name in {**pred_names, **truth_names}.items():  # the truth's names win
+            if found_names.setdefault(value, name) != name:
+                logger.warning("label %d is '%s' in %s but '%s' before; the table says '%s'",
+                               value, name, truth_path.name if value in truth_names else pred_path.name,
+                               found_names[value], found_names[value])
+        rows.extend(evaluate_images(pred, truth, case, labels, tolerance_mm, min_overlap))
+        if lesion_rows is not None:
+            lesions.extend(lesions_of_case(pred, truth, case, labels, min_overlap))
     if progress is not None:
-        progress(1.0, f"{len(cases)} cases evaluated")
+        progress(1.0, f"{len(pairs)} cases evaluated")
+    if labels is None:
+        for row in rows + lesions:
+            row["name"] = found_names.get(row["label"], row["name"])
+    if lesion_rows is not None:
+        lesion_rows.extend(lesions)
     return rows if labels is not None else _complete_labels(rows)
+
+
+def _read_pair(pred_path: Path, truth_path: Path) -> tuple:
+    """``(pred, pred_names, truth, truth_names)``; a DICOM SEG is read onto the other file's grid."""
+    from tumorseg_core.dicom.seg_read import is_dicom_seg
+
+    if is_dicom_seg(truth_path) and not is_dicom_seg(pred_path):
+        pred, pred_names = read_labels(pred_path)
+        truth, truth_names = read_labels(truth_path, reference=pred)
+    else:
+        truth, truth_names = read_labels(truth_path)
+        pred, pred_names = read_labels(pred_path, reference=truth)
+    return pred, pred_names, truth, truth_names
+
+
+def lesions_of_case(
+    pred: sitk.Image,
+    truth: sitk.Image,
+    case: str,
+    labels: Optional[Mapping[int, str]] = None,
+    min_overlap: float = 0.0,
+) -> list[dict[str, Any]]:
+    """One row per lesion of one case: ``case``, ``label``, ``name``, ``lesion``, ``status``, ``volume_mm3``,
+    ``covered``, ``center_lps``.
+
+    ``lesion`` is ``T<n>`` for the n-th truth lesion of a label (``status`` found or
+    missed) and ``P<n>`` for a false-positive predicted lesion; ``center_lps`` is its
+    centroid in LPS mm. Labels as :func:`evaluate_images` (None: every non-zero value,
+    named ``label_<value>``). The two images must be on the same grid.
+    """
+    pred_arr = sitk.GetArrayViewFromImage(pred).astype(np.int64)
+    truth_arr = sitk.GetArrayViewFromImage(truth).astype(np.int64)
+    if labels is None:
+        values = np.union1d(np.unique(pred_arr), np.unique(truth_arr))
+        labels = {int(v): f"label_{int(v)}" for v in values if v != 0}
+    rows: list[dict[str, Any]] = []
+    for value, name in sorted(labels.items()):
+        counters = {"truth": 0, "prediction": 0}
+        for record in metrics.lesion_records(pred_arr == value, truth_arr == value, truth.GetSpacing(), min_overlap):
+            counters[record["kind"]] += 1
+            z, y, x = record["center_index_zyx"]
+            rows.append({
+                "case": case, "label": int(value), "name": str(name),
+                "lesion": f"{'T' if record['kind'] == 'truth' else 'P'}{counters[record['kind']]}",
+                "status": record["status"], "volume_mm3": record["volume_mm3"], "covered": record["covered"],
+                "center_lps": truth.TransformContinuousIndexToPhysicalPoint((x, y, z)),
+            })
+    return rows
+
+
+def format_lesion_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Plain-text table of :func:`lesions_of_case` rows: one line per lesion (volume in mL, centre in LPS mm)."""
+    if not rows:
+        return "no lesions in the truth or the prediction"
+    lines = [["case", "segment", "lesion", "status", "volume (mL)", "covered", "center (LPS mm)"]]
+    for row in rows:
+        center = ", ".join(f"{c:.1f}" for c in row["center_lps"])
+        covered = f"{row['covered'] * 100:.0f}%" if row["lesion"].startswith("T") else "-"
+        lines.append([str(row["case"]), f"{row['name']} ({row['label']})", row["lesion"], row["status"],
+                      f"{row['volume_mm3'] / 1000.0:.3f}", covered, f"({center})"])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    text = ["  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines]
+    text.insert(1, "  ".join("-" * w for w in widths))
+    text.append("T: a truth lesion, found or missed; P: a predicted lesion touching no truth lesion "
+                "(false positive); covered: its voxels the prediction covers")
+    return "\n".join(text)
 
 
 def find_data(data_dir: PathLike) -> tuple[dict[str, list[Path]], dict[str, Path]]:
@@ -228,6 +365,7 @@ def evaluate_model(
     save_dir: Optional[PathLike] = None,
     progress: Optional[Callable[[float, str], None]] = None,
     cancel: Optional[Callable[[], bool]] = None,
+    lesion_rows: Optional[list[dict[str, Any]]] = None,
     **options: Any,
 ) -> list[dict[str, Any]]:
     """Segment every labelled case of ``data_dir`` with a model and evaluate it.
@@ -237,6 +375,8 @@ def evaluate_model(
         data_dir: folder laid out as :func:`find_data` describes.
         labels: value -> name; None: the model's labels/regions.
         save_dir: if given, each prediction is also written there as ``<case>.nii.gz``.
+        lesion_rows: if a list is given, every case's lesions (:func:`lesions_of_case`) are
+            appended to it.
         options: passed to :class:`tumorseg_core.inference.segmenter.Segmenter` (``overlap``, ``tta``, ...).
 
     Returns:
@@ -263,8 +403,10 @@ def evaluate_model(
             pred = segmenter.segment_to_file(inputs, Path(save_dir) / f"{case}.nii.gz", cancel=cancel)
         else:
             pred = segmenter.segment(inputs, cancel=cancel)
-        rows.extend(evaluate_images(pred, read_labelmap(label_files[case]), case, labels, tolerance_mm,
-                                    min_overlap))
+        truth = read_labelmap(label_files[case])
+        rows.extend(evaluate_images(pred, truth, case, labels, tolerance_mm, min_overlap))
+        if lesion_rows is not None:
+            lesion_rows.extend(lesions_of_case(pred, truth, case, labels, min_overlap))
     if progress is not None:
         progress(1.0, f"{len(images)} cases evaluated")
     return rows

@@ -300,6 +300,69 @@ def lesion_detection(
     return counts
 
 
+def lesion_count(mask: np.ndarray, connectivity: int = 26) -> int:
+    """Number of lesions (connected components, 26- or 6-connected) of a mask (z, y, x)."""
+    if connectivity not in (6, 26):
+        raise InputError(f"connectivity must be 6 or 26, got {connectivity}")
+    return len(_components(np.asarray(mask) != 0, connectivity, 1.0)[1])
+
+
+def lesion_records(
+    pred: np.ndarray,
+    truth: np.ndarray,
+    spacing_xyz: Sequence[float],
+    min_overlap: float = 0.0,
+    connectivity: int = 26,
+) -> list[dict[str, Any]]:
+    """Every lesion of one label, one record each: the truth lesions, then the false positives.
+
+    The same lesions and the same rule as :func:`lesion_detection` (so the records'
+    statuses add up to its counts): a truth lesion is ``found`` when the prediction
+    covers at least one of its voxels and the fraction ``min_overlap``, else ``missed``;
+    a predicted component touching no truth voxel is a ``false positive``.
+
+    Args:
+        pred, truth: masks (z, y, x); spacing_xyz: voxel spacing in mm, x, y, z.
+
+    Returns:
+        Dicts with ``kind`` (``"truth"`` or ``"prediction"``), ``status`` (``found``,
+        ``missed``, ``false positive``), ``volume_mm3``, ``covered`` (fraction of a
+        truth lesion's voxels the prediction covers; 0 for a false positive) and
+        ``center_index_zyx`` (the lesion's centroid as a continuous voxel index
+        (z, y, x)). Truth lesions come first, each group ordered by its first voxel
+        in (z, y, x) order.
+    """
+    pred, truth = _masks(pred, truth)
+    spacing = _spacing_zyx(spacing_xyz, pred.ndim)
+    if connectivity not in (6, 26):
+        raise InputError(f"connectivity must be 6 or 26, got {connectivity}")
+    if not 0.0 <= min_overlap <= 1.0:
+        raise InputError(f"min_overlap must be a fraction between 0 and 1, got {min_overlap}")
+    voxel_mm3 = float(np.prod(spacing))
+    records: list[dict[str, Any]] = []
+    truth_labels, truth_ids = _components(truth, connectivity, 1.0)
+    if truth_ids:
+        sizes = np.bincount(truth_labels.ravel())
+        covered = np.bincount(truth_labels[pred], minlength=sizes.size)
+        centers = ndimage.center_of_mass(truth, truth_labels, truth_ids)
+        for i, center in zip(truth_ids, centers):
+            found = covered[i] > 0 and covered[i] >= min_overlap * sizes[i]
+            records.append({"kind": "truth", "status": "found" if found else "missed",
+                            "volume_mm3": float(sizes[i]) * voxel_mm3, "covered": float(covered[i] / sizes[i]),
+                            "center_index_zyx": tuple(float(c) for c in center)})
+    pred_labels, pred_ids = _components(pred, connectivity, 1.0)
+    touching = set(np.unique(pred_labels[truth]).tolist())
+    false_pos = [i for i in pred_ids if i not in touching]
+    if false_pos:
+        sizes = np.bincount(pred_labels.ravel())
+        centers = ndimage.center_of_mass(pred, pred_labels, false_pos)
+        for i, center in zip(false_pos, centers):
+            records.append({"kind": "prediction", "status": "false positive",
+                            "volume_mm3": float(sizes[i]) * voxel_mm3, "covered": 0.0,
+                            "center_index_zyx": tuple(float(c) for c in center)})
+    return records
+
+
 def evaluate_case(
     pred_labels: np.ndarray,
     truth_labels: np.ndarray,

@@ -11,17 +11,22 @@ This module must import without torch/monai (Slicer's UI process imports it).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+import re
+import sys
+import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Sequence, Union
+from typing import Any, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
 
 from tumorseg_core.errors import InputError, TumorSegError
+from tumorseg_core.imaging import metaimage_check, nifti_slabs
 from tumorseg_core.imaging.seg_nrrd import seg_nrrd_metadata
 from tumorseg_core.imaging.segments import SegmentInfo, complete_segments
 from tumorseg_core.options import LABELMAP_EXTENSIONS
@@ -31,37 +36,117 @@ logger = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
 
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+#: The most voxels (times components) a file's header may declare: 2**31 (8 GiB of float32). A larger
+#: header is refused before ITK allocates it (a lying header would otherwise exhaust memory).
+MAX_VOXELS = 2**31
+# |det(direction)| below this is a degenerate (flat) grid.
+_MIN_DETERMINANT = 1e-6
 #: A 4D image whose 4th axis is longer than this is a time series, not channels.
 MAX_CHANNELS = 16
 
 # ----------------------------------------------------------------------------- reading
 
+# "ITK ERROR: NiftiImageIO(0x55975439e220): " / "** ERROR: " prefixes: noise in a user's message.
+_ITK_PREFIX = re.compile(r"^(ITK ERROR: |ITK WARNING: )?\w+ ?\(0x[0-9a-fA-F]+\):? ?")
+_NATIVE_PREFIX = re.compile(r"^(\*\* )?(ERROR|WARNING)\s*:\s*", re.IGNORECASE)
+# The most native stderr text kept per read (a damaged DICOM folder can print per file).
+_NATIVE_BYTES = 64 * 1024
+
 
 def _one_line(exc: BaseException) -> str:
-    """The most informative single line of an ITK/OS error message."""
+    """The most informative single line of an ITK/OS error message (without ITK's object address)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     for ln in lines:
         if ln.lower().startswith("description:"):
-            return ln.split(":", 1)[1].strip()
-    return lines[-1] if lines else type(exc).__name__
+            return _ITK_PREFIX.sub("", ln.split(":", 1)[1].strip())
+    for ln in lines:
+        if ln.startswith("ITK ERROR:"):
+            return _ITK_PREFIX.sub("", ln)
+    return _ITK_PREFIX.sub("", lines[-1]) if lines else type(exc).__name__
+
+
+@contextlib.contextmanager
+def native_stderr_captured() -> Iterator[list[str]]:
+    """Send file descriptor 2 to a temporary file while ITK, GDCM or niftilib run.
+
+    Their warnings and errors (``** ERROR: nifti_convert_nhdr2nim: bad dim[1]``, GDCM's
+    ``No Series were found``) are written from C/C++ straight to fd 2, past Python's
+    ``sys.stderr`` and SimpleITK's warning switch, so a user would see them before the one
+    ``error:`` line. Yields a list that holds the captured lines (stripped, non-empty)
+    once the block ends; they are also logged at debug level. fd 2 is process-wide: keep
+    the block to the native call (Python output of other threads meanwhile is captured too).
+    """
+    lines: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield lines  # no fd 2 to redirect (embedded interpreter): nothing to hide
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read(_NATIVE_BYTES).decode("utf-8", errors="replace")
+            lines.extend(ln.strip() for ln in text.splitlines() if ln.strip())
+            for line in lines:
+                logger.debug("native: %s", line)
+
+
+def _native_reason(lines: Sequence[str]) -> str:
+    """The first native error line (``** ERROR: x`` -> ``x``), or "" if none says ERROR."""
+    for line in lines:
+        if "ERROR" in line.upper():
+            return _NATIVE_PREFIX.sub("", _ITK_PREFIX.sub("", line)).strip()
+    return ""
+
+
+def dicom_series_files(folder: Path) -> list[tuple[str, list[str]]]:
+    """Every DICOM series under ``folder`` (searched recursively), most files first.
+
+    Each is ``(series id, file names)`` with the file names in SimpleITK's (GDCM's) slice
+    order, which is the z order of the volume :func:`read_dicom_files` reads from them.
+    """
+    series: list[tuple[str, list[str]]] = []
+    for root, _dirs, _files in os.walk(folder):
+        for sid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(root) or ():
+            series.append((sid, list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(root, sid))))
+    series.sort(key=lambda s: len(s[1]), reverse=True)
+    return series
+
+
+def read_dicom_files(names: Sequence[str]) -> sitk.Image:
+    """The volume of one DICOM series' files, slice ``k`` from ``names[k]`` (no checks)."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(list(names))
+    return reader.Execute()
 
 
 def _read_dicom_folder(folder: Path) -> sitk.Image:
     """Read the DICOM series with the most files under ``folder`` (searched recursively)."""
-    series: list[tuple[int, str, list[str]]] = []
-    for root, _dirs, _files in os.walk(folder):
-        for sid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(root) or ():
-            names = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(root, sid))
-            series.append((len(names), sid, names))
+    with native_stderr_captured():  # GDCM warns "No Series were found" on stderr for every folder
+        series = dicom_series_files(folder)
     if not series:
         raise InputError(f"{folder} is a folder without a DICOM series; give an image file or a DICOM series folder")
-    series.sort(key=lambda s: s[0], reverse=True)
-    count, sid, names = series[0]
+    sid, names = series[0]
     if len(series) > 1:
-        logger.info("%s holds %d DICOM series; reading the largest (%s, %d files)", folder, len(series), sid, count)
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(names)
-    return reader.Execute()
+        logger.info("%s holds %d DICOM series; reading the largest (%s, %d files)", folder, len(series), sid, len(names))
+    with native_stderr_captured() as native:
+        try:
+            return read_dicom_files(names)
+        except RuntimeError as exc:
+            failure = exc
+    raise unreadable_error(folder, _with_native(_one_line(failure), native)) from failure
+
+
+def _with_native(reason: str, native: Sequence[str]) -> str:
+    """``reason`` plus the native library's own error line, when it says more."""
+    extra = _native_reason(native)
+    return f"{reason}: {extra}" if extra and extra not in reason else reason
 
 
 def unreadable_error(path: PathLike, reason: str) -> InputError:
@@ -69,8 +154,19 @@ def unreadable_error(path: PathLike, reason: str) -> InputError:
     return InputError(f"could not read {path} ({reason}); give a NIfTI, NRRD, MHA file or a DICOM folder")
 
 
-def nonfinite_error(name: str, n_nan: int, n_inf: int) -> InputError:
-    return InputError(f"{name} has {n_nan} NaN and {n_inf} Inf voxels; replace them (e.g. with 0) before segmenting")
+def nonfinite_error(name: str, n_nan: int, n_inf: int, total: Optional[int] = None) -> InputError:
+    """The one-line error for NaN/Inf voxels (``total``: the voxel count, to say "every voxel")."""
+    every = " (every voxel)" if total is not None and n_nan + n_inf >= total else ""
+    return InputError(f"{name} has {n_nan} NaN and {n_inf} Inf voxels{every}; "
+                      "replace them (e.g. with 0) before segmenting")
+
+
+def raw_nonfinite(path: PathLike) -> tuple[int, int]:
+    """(NaN, Inf) voxels stored in a NIfTI file, which ITK's reader silently turns into 0; else (0, 0)."""
+    try:
+        return nifti_slabs.count_nonfinite(Path(path))
+    except nifti_slabs.READ_ERRORS:
+        return 0, 0  # damaged voxel data: ITK's reader reports it
 
 
 def constant_error(name: str, value: Any) -> InputError:
@@ -82,14 +178,82 @@ def _read_raw(path: PathLike) -> sitk.Image:
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p} does not exist; check the path")
-    try:
-        if p.is_dir():
+    if p.is_dir():
+        try:
             return _read_dicom_folder(p)
-        return sitk.ReadImage(str(p))
-    except InputError:
-        raise
-    except (RuntimeError, OSError) as exc:
-        raise unreadable_error(p, _one_line(exc)) from exc
+        except OSError as exc:
+            raise unreadable_error(p, _one_line(exc)) from exc
+    if not p.is_file():
+        raise InputError(f"{p} is not a regular file or folder; give an image file or a DICOM folder")
+    problem = _byte_problem(p)  # before ITK reads the voxels (it would read garbage, or print to stdout)
+    if problem:
+        raise unreadable_error(p, problem)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    image = failure = None
+    with native_stderr_captured() as native:  # ``native`` is filled when the block ends
+        try:
+            reader.ReadImageInformation()  # the header first: refuse a lying size before ITK allocates it
+            declared = int(np.prod([int(n) for n in reader.GetSize()], dtype=object)) * reader.GetNumberOfComponents()
+            if declared <= MAX_VOXELS:
+                image = reader.Execute()
+        except (RuntimeError, OSError) as exc:
+            failure = exc
+    if failure is not None:
+        raise unreadable_error(p, _with_native(_one_line(failure), native)) from failure
+    if image is None:
+        raise InputError(f"{p} declares {declared} voxel values (size {tuple(reader.GetSize())}), more than "
+                         f"TumorSeg reads ({MAX_VOXELS}); check the file's header or crop the image")
+    return image
+
+
+def _byte_problem(path: Path) -> str:
+    """Damage ITK's readers pass over silently: a short ``.nii`` (read as zeros), a compressed
+    ``.mha`` stream that does not inflate to the declared size (read as garbage). "" if none."""
+    try:
+        missing = nifti_slabs.missing_bytes(path)
+        if missing:
+            return f"the file ends {missing} bytes before its voxels do (truncated?)"
+        return metaimage_check.compressed_problem(path) or ""
+    except OSError as exc:
+        return _one_line(exc)
+
+
+def _check_raw_values(image: sitk.Image, path: PathLike, name: str) -> None:
+    """NaN/Inf a NIfTI file stores (ITK's reader reads them as 0): InputError naming ``name``."""
+    if image.GetPixelID() not in (sitk.sitkFloat32, sitk.sitkFloat64, sitk.sitkVectorFloat32,
+                                  sitk.sitkVectorFloat64):
+        return
+    n_nan, n_inf = raw_nonfinite(path)
+    if n_nan or n_inf:
+        total = int(np.prod(image.GetSize())) * image.GetNumberOfComponentsPerPixel()
+        raise nonfinite_error(name, n_nan, n_inf, total)
+
+
+def check_grid(size: Sequence[int], spacing: Sequence[float], origin: Sequence[float],
+               direction: Sequence[float], name: str) -> None:
+    """InputError for a grid no resampling can use: spacing not finite and positive, origin not
+    finite, a direction that is not finite or is singular (|det| < 1e-6), or too many voxels.
+
+    The first three axes are checked (a 4D grid's 4th axis is its channels). A direction that
+    is invertible but not orthonormal is accepted, as ITK accepts it.
+    """
+    dim = min(len(size), 3)
+    spacing3 = np.asarray(spacing[:dim], dtype=float)
+    if not np.all(np.isfinite(spacing3)) or np.any(spacing3 <= 0):
+        raise InputError(f"{name} has spacing {tuple(float(s) for s in spacing[:dim])} mm; voxel spacing must be "
+                         "positive (a flip belongs in the direction); fix the file's header")
+    if not np.all(np.isfinite(np.asarray(origin, dtype=float))):
+        raise InputError(f"{name} has a non-finite origin {tuple(origin)}; fix the file's header")
+    n = len(size)
+    matrix = np.asarray(direction, dtype=float).reshape(n, n)[:dim, :dim]
+    if not np.all(np.isfinite(matrix)) or abs(np.linalg.det(matrix)) < _MIN_DETERMINANT:
+        raise InputError(f"{name} has a degenerate direction matrix {tuple(float(d) for d in matrix.ravel())}; "
+                         "fix the file's header (its axes must be independent)")
+    voxels = int(np.prod([int(s) for s in size], dtype=object))
+    if voxels > MAX_VOXELS:
+        raise InputError(f"{name} declares {voxels} voxels (size {tuple(size)}), more than TumorSeg reads "
+                         f"({MAX_VOXELS}); check the file's header or crop the image")
 
 
 def check_image(image: sitk.Image, name: str = "image") -> sitk.Image:
@@ -102,26 +266,35 @@ def check_image(image: sitk.Image, name: str = "image") -> sitk.Image:
     size = image.GetSize()
     ncomp = image.GetNumberOfComponentsPerPixel()
     if ncomp > 1:
-        raise InputError(f"{name} has {ncomp} values per voxel; use read_channels to split it into 3D channels")
+        raise InputError(f"{name} has {ncomp} values per voxel; {split_advice(name)}")
     if dim == 4:
-        raise InputError(f"{name} is 4D (size {size}); use read_channels to split it into 3D channels")
+        raise InputError(f"{name} is 4D (size {size}); {split_advice(name)}")
+    if image.GetPixelID() in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):
+        raise InputError(f"{name} has complex voxels; give a real-valued image (e.g. its magnitude)")
     if dim != 3:
         raise InputError(f"{name} is {dim}D (size {size}); a 3D volume is needed")
     if int(np.prod(size)) == 0:
         raise InputError(f"{name} is empty (size {size}); give a volume with voxels")
     if min(size) < 2:
         raise InputError(f"{name} is a single slice (size {size}), i.e. 2D; a 3D volume is needed")
+    check_grid(size, image.GetSpacing(), image.GetOrigin(), image.GetDirection(), name)
     array = sitk.GetArrayViewFromImage(image)
     if np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.complexfloating):
         finite = np.isfinite(array)
         if not finite.all():
             n_nan = int(np.isnan(array).sum())
             n_inf = int(array.size - finite.sum()) - n_nan
-            raise nonfinite_error(name, n_nan, n_inf)
+            raise nonfinite_error(name, n_nan, n_inf, int(array.size))
     first = array.flat[0]
     if np.all(array == first):
         raise constant_error(name, first)
     return image
+
+
+def split_advice(name: str) -> str:
+    """What to do with a multi-channel file where 3D images are needed (the command-line way)."""
+    return ("give each channel as its own 3D file, in the model's input order (split it first, e.g. "
+            f"'fslsplit {name} channel -t'), or use a model that takes that many channels")
 
 
 def _squeeze_4d(image: sitk.Image) -> sitk.Image:
@@ -140,6 +313,7 @@ def read_image(path: PathLike) -> sitk.Image:
     missing/unreadable or the image is not a usable 3D volume (see :func:`check_image`).
     """
     image = _squeeze_4d(_read_raw(path))
+    _check_raw_values(image, path, str(path))  # before check_image: ITK read them as 0, a "constant" image
     return check_image(image, name=str(path))
 
 
@@ -150,6 +324,7 @@ def read_channels(path: PathLike) -> list[sitk.Image]:
     each with the 3D geometry of the file. A plain 3D image gives a one-element list.
     """
     image = _read_raw(path)
+    _check_raw_values(image, path, str(path))
     channels: list[sitk.Image]
     if image.GetNumberOfComponentsPerPixel() > 1:
         n = image.GetNumberOfComponentsPerPixel()
@@ -170,8 +345,36 @@ def read_channels(path: PathLike) -> list[sitk.Image]:
     return [check_image(ch, name=f"{path} channel {i}") for i, ch in enumerate(channels)]
 
 
-def read_images(items: Iterable[PathLike | sitk.Image]) -> list[sitk.Image]:
-    """Read and check a list of inputs; each is a path (file or DICOM folder) or a SimpleITK image."""
+def file_channels(path: PathLike) -> int:
+    """How many 3D channels an image file holds, from its header (4D: the 4th size, vector: the
+    components; else 1). 1 for folders and anything whose header cannot be read (the read reports it)."""
+    p = Path(path)
+    if not p.is_file():
+        return 1
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    with native_stderr_captured():
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            return 1
+    if reader.GetNumberOfComponents() > 1:
+        return int(reader.GetNumberOfComponents())
+    if reader.GetDimension() == 4:
+        return int(reader.GetSize()[3])
+    return 1
+
+
+def read_images(items: Iterable[PathLike | sitk.Image], channels: Optional[int] = None) -> list[sitk.Image]:
+    """Read and check a list of inputs; each is a path (file or DICOM folder) or a SimpleITK image.
+
+    With ``channels`` (the model's input count) > 1, one file holding exactly that many
+    channels (4D, or vector-valued) is split into them (:func:`read_channels`).
+    """
+    items = list(items)
+    if (channels is not None and channels > 1 and len(items) == 1 and isinstance(items[0], (str, os.PathLike))
+            and file_channels(items[0]) == channels):
+        return read_channels(items[0])
     images = []
     for i, item in enumerate(items):
         if isinstance(item, sitk.Image):
@@ -217,7 +420,7 @@ def _atomic_write(path: Path, ext: str, write: Any) -> None:
     """Call ``write(tmp_path)`` on a temp file next to ``path``, then rename it over ``path``."""
     # The writer creates the temp file itself (not mkstemp), so the output gets the
     # usual umask permissions rather than 0600; the random part avoids collisions.
-    tmp = str(path.parent / f".{path.name[: -len(ext)]}.{uuid.uuid4().hex[:12]}.tmp{ext}")
+    tmp = _temp_name(path, ext)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -290,19 +493,37 @@ def _as_label_image(labels: sitk.Image) -> sitk.Image:
     return out
 
 
+def _temp_name(path: Path, ext: str) -> str:
+    """A hidden, unique temp file name next to ``path`` (same extension, so ITK picks the format)."""
+    return str(path.parent / f".{path.name[: -len(ext)]}.{uuid.uuid4().hex[:12]}.tmp{ext}")
+
+
 def check_output_path(path: PathLike) -> Path:
     """Refuse a label map path that could not be written, before any work is done.
 
-    The extension must be one of :data:`~tumorseg_core.options.LABELMAP_EXTENSIONS` and
-    the folder must exist and be writable. Returns the path.
+    The extension must be one of :data:`~tumorseg_core.options.LABELMAP_EXTENSIONS`, the
+    folder must exist, the path must not be a folder, and a file must be creatable next to
+    it: the temporary file :func:`write_labelmap` would write is created and removed here
+    (``os.access`` says yes to root on a read-only mount or a full quota). Returns the path.
     """
     output = Path(path)
-    _extension(output, LABELMAP_EXTENSIONS)
+    ext = _extension(output, LABELMAP_EXTENSIONS)
     parent = output.parent if str(output.parent) else Path(".")
     if not parent.is_dir():
         raise TumorSegError(f"output folder '{parent}' does not exist; create it first")
-    if not os.access(parent, os.W_OK):
-        raise TumorSegError(f"output folder '{parent}' is not writable; choose another folder")
+    if output.is_dir():
+        raise TumorSegError(f"output {output} is a folder; give a file name such as {output / ('labels' + ext)}")
+    if output.exists() and not output.is_file():
+        raise TumorSegError(f"output {output} exists and is not a regular file; choose another name")
+    probe = _temp_name(output, ext)
+    try:
+        with open(probe, "xb"):
+            pass
+    except OSError as exc:
+        raise TumorSegError(f"cannot write into output folder '{parent}': {_os_reason(exc)}") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(probe)
     return output
 
 

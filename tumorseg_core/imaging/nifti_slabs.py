@@ -10,7 +10,9 @@ Only the voxel bytes are read here; the grid (size, spacing, origin, direction) 
 comes from ITK's header reading, so there is one definition of a NIfTI file's geometry.
 The values equal ITK's: no scaling is applied, so files with a ``scl_slope``/``scl_inter``
 that ITK would apply are not handled here (:func:`open_slabs` returns None), and NaN/Inf
-become 0 as ITK's NIfTI reader makes them.
+become 0 as ITK's NIfTI reader makes them. Because that hides them, the NaN and Inf voxels
+read are counted first (``GzipNiftiSlabs.n_nan``/``n_inf``), and :func:`count_nonfinite`
+counts those of any NIfTI-1 file (``.nii`` or ``.nii.gz``) for the readers that go through ITK.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ import SimpleITK as sitk
 # NIfTI-1 datatype codes -> numpy type names, for the scalar types ITK reads as they are.
 _DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8", 1280: "u8"}
 _HEADER_BYTES = 348
+# Float datatypes (NIfTI-1 codes) whose NaN/Inf ITK's reader zeroes: float32, float64, complex64/128.
+_FLOAT_DTYPES = {16: "f4", 64: "f8", 32: "f4", 1792: "f8"}
+_COMPLEX = {32: 2, 1792: 2}  # values per voxel
+_COUNT_CHUNK = 4 * 1024 * 1024  # values per chunk while counting
 #: What a damaged gzip stream raises while it is read.
 READ_ERRORS = (OSError, EOFError, ValueError, zlib.error)
 _NATIVE = "<" if sys.byteorder == "little" else ">"
@@ -57,6 +63,7 @@ class GzipNiftiSlabs:
         except BaseException:
             self._stream.close()
             raise
+        self.n_nan = self.n_inf = 0  # NaN/Inf voxels read so far (stored as 0 in the slabs, as ITK does)
         self._next = 0  # the next slice the stream will deliver
         self._kept = np.empty((0, size_xyz[1], size_xyz[0]), dtype=dtype.newbyteorder("="))
         self._kept_start = 0
@@ -109,10 +116,91 @@ class GzipNiftiSlabs:
         if self.dtype.byteorder not in ("=", "|") and self.dtype.byteorder != _NATIVE:
             out.byteswap(inplace=True)
         if out.dtype.kind == "f":
-            out[~np.isfinite(out)] = 0  # as ITK's NIfTI reader does
+            bad = ~np.isfinite(out)
+            if bad.any():
+                n_nan = int(np.isnan(out).sum())
+                self.n_nan += n_nan
+                self.n_inf += int(bad.sum()) - n_nan
+                out[bad] = 0  # as ITK's NIfTI reader does
 
     def close(self) -> None:
         self._stream.close()
+
+
+def _header(path: Path) -> Optional[tuple[str, bytes]]:
+    """(byte order, the 348 header bytes) of a NIfTI-1 file (gzip or not), else None."""
+    opener = gzip.open if str(path).lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as stream:
+            header = stream.read(_HEADER_BYTES)
+    except READ_ERRORS:
+        return None
+    if len(header) != _HEADER_BYTES:
+        return None
+    for order in ("<", ">"):
+        if struct.unpack(order + "i", header[:4])[0] == _HEADER_BYTES:
+            return order, header
+    return None  # NIfTI-2 or not NIfTI
+
+
+def missing_bytes(path: Path) -> int:
+    """How many voxel bytes an uncompressed NIfTI-1 file lacks (0 if complete or not such a file).
+
+    ITK's reader fills the voxels past a short ``.nii`` file's end with 0 without a word
+    (a file cut off in a copy reads as a mostly empty image). A ``.nii.gz`` ends in a
+    gzip error instead, which ITK reports.
+    """
+    if not str(path).lower().endswith(".nii"):
+        return 0
+    found = _header(Path(path))
+    if found is None:
+        return 0
+    order, header = found
+    dims = struct.unpack(order + "8h", header[40:56])
+    bitpix = struct.unpack(order + "h", header[72:74])[0]
+    vox_offset = struct.unpack(order + "f", header[108:112])[0]
+    if not 1 <= dims[0] <= 7 or bitpix <= 0 or not np.isfinite(vox_offset):
+        return 0
+    count = int(np.prod([max(1, int(d)) for d in dims[1:dims[0] + 1]], dtype=object))
+    end = max(int(vox_offset), _HEADER_BYTES + 4) + count * bitpix // 8
+    return max(0, end - Path(path).stat().st_size)
+
+
+def count_nonfinite(path: Path) -> tuple[int, int]:
+    """(NaN, Inf) values among a NIfTI-1 file's float voxels as stored (before ITK zeroes them).
+
+    (0, 0) for a file that is not NIfTI-1 or has no float voxels. Reads the voxels once
+    in chunks (a ``.nii.gz`` is inflated once more). A file that ends early is counted up
+    to its end (ITK's reader reports the truncation). Complex voxels count each part.
+    """
+    if not str(path).lower().endswith((".nii", ".nii.gz")):
+        return 0, 0
+    found = _header(Path(path))
+    if found is None:
+        return 0, 0
+    order, header = found
+    dims = struct.unpack(order + "8h", header[40:56])
+    datatype = struct.unpack(order + "h", header[70:72])[0]
+    vox_offset = struct.unpack(order + "f", header[108:112])[0]
+    if datatype not in _FLOAT_DTYPES or not 1 <= dims[0] <= 7 or not np.isfinite(vox_offset):
+        return 0, 0
+    count = int(np.prod([max(1, int(d)) for d in dims[1:dims[0] + 1]], dtype=np.int64)) * _COMPLEX.get(datatype, 1)
+    dtype = np.dtype(order + _FLOAT_DTYPES[datatype])
+    n_nan = n_inf = 0
+    opener = gzip.open if str(path).lower().endswith(".gz") else open
+    with opener(path, "rb") as stream:
+        stream.seek(max(int(vox_offset), _HEADER_BYTES))
+        while count > 0:
+            raw = stream.read(min(count, _COUNT_CHUNK) * dtype.itemsize)
+            values = np.frombuffer(raw[: len(raw) - len(raw) % dtype.itemsize], dtype=dtype)
+            if not values.size:
+                break
+            if not np.isfinite(values.min()) or not np.isfinite(values.max()):
+                nan = int(np.isnan(values).sum())
+                n_nan += nan
+                n_inf += int(values.size - np.isfinite(values).sum()) - nan
+            count -= values.size
+    return n_nan, n_inf
 
 
 def open_slabs(path: Path, reader: sitk.ImageFileReader,
@@ -126,18 +214,10 @@ def open_slabs(path: Path, reader: sitk.ImageFileReader,
     """
     if not str(path).lower().endswith(".nii.gz"):
         return None
-    try:
-        with gzip.open(path, "rb") as stream:
-            header = stream.read(_HEADER_BYTES)
-    except READ_ERRORS:
-        return None
-    if len(header) != _HEADER_BYTES:
-        return None
-    for order in ("<", ">"):
-        if struct.unpack(order + "i", header[:4])[0] == _HEADER_BYTES:
-            break
-    else:
+    found = _header(Path(path))
+    if found is None:
         return None  # NIfTI-2 or not NIfTI: ITK's reader handles it
+    order, header = found
     dims = struct.unpack(order + "8h", header[40:56])
     datatype = struct.unpack(order + "h", header[70:72])[0]
     vox_offset = struct.unpack(order + "f", header[108:112])[0]

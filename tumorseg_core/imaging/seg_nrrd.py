@@ -59,3 +59,26 @@ def seg_nrrd_metadata(labels: sitk.Image, infos: Sequence[SegmentInfo]) -> dict[
             f"Segment{i}_Tags": "|".join(tags) + "|",
         })
     return meta
+
+
+def segment_names(image: sitk.Image) -> dict[int, str]:
+    """Label value -> segment name from a ``.seg.nrrd`` header read with the image ({} if it names none).
+
+    Reads the ``Segment{i}_LabelValue`` and ``Segment{i}_Name`` fields SimpleITK keeps as the
+    image's metadata; segments without a label value (another layer's) are left out.
+    """
+    keys = set(image.GetMetaDataKeys())
+    names: dict[int, str] = {}
+    i = 0
+    while f"Segment{i}_ID" in keys or f"Segment{i}_Name" in keys:
+        value_key, name_key = f"Segment{i}_LabelValue", f"Segment{i}_Name"
+        if value_key in keys and name_key in keys:
+            try:
+                value = int(image.GetMetaData(value_key).strip())
+            except ValueError:
+                value = 0
+            name = image.GetMetaData(name_key).strip()
+            if value > 0 and name:
+                names.setdefault(value, name)
+        i += 1
+    return names

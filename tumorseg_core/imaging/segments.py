@@ -23,8 +23,25 @@ AUTO_COLORS = (
     (0.90, 0.30, 0.20), (0.25, 0.65, 0.30), (0.20, 0.45, 0.85), (0.95, 0.80, 0.20),
     (0.70, 0.35, 0.80), (0.20, 0.80, 0.80), (0.95, 0.55, 0.15), (0.60, 0.60, 0.60),
 )
-TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+#: The terminology context of every TumorSeg segment whose codes it lists: the context file
+#: TumorSegmentation/Resources/TumorSegTerminology.term.json, which the Slicer module loads.
+#: Slicer's default "3D Slicer General Anatomy list" has no Neoplasm type and no enhancing /
+#: non-enhancing modifiers, so it cannot be the context of a tumor segment.
+TUMORSEG_CONTEXT = "Segmentation category and type - TumorSeg"
+#: The context of any other codes: DICOM's master list, which every Slicer loads.
+DICOM_MASTER_CONTEXT = "Segmentation category and type - DICOM master list"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+_ALTERED = ("SCT", "49755003")
+_NEOPLASM = ("SCT", "108369006")
+#: The (category, type, modifier or None) code pairs (scheme, value) listed in TUMORSEG_CONTEXT's
+#: file; Testing/slicer/test_terminology.py checks that they equal the file's entries.
+TUMORSEG_CONTEXT_ENTRIES = frozenset({
+    (_ALTERED, _NEOPLASM, None),
+    (_ALTERED, _NEOPLASM, ("NCIt", "C113842")),
+    (_ALTERED, _NEOPLASM, ("NCIt", "C81175")),
+    (_ALTERED, ("SCT", "6574001"), None),
+    (_ALTERED, ("SCT", "79654002"), None),
+})
 
 
 @dataclass(frozen=True)
@@ -84,19 +101,49 @@ def complete_segments(values: Sequence[int], segments: Sequence[SegmentInfo]) ->
 SEEDED_TUMOR = SegmentInfo(value=1, name="Tumor", color=(0.89, 0.36, 0.27), terminology=NEOPLASM_TERMINOLOGY)
 
 
+def _code_key(code: Optional[Sequence[str]]) -> Optional[tuple[str, str]]:
+    """(scheme, value) of a ``[scheme, value, meaning]`` code: meanings vary in wording."""
+    return (str(code[0]).strip(), str(code[1]).strip()) if code else None
+
+
+def terminology_context(terminology: dict) -> str:
+    """The context name for a ``{category, type, modifier?}`` dict: TumorSeg's if it lists the codes, else DICOM's."""
+    key = (_code_key(terminology.get("category")), _code_key(terminology.get("type")),
+           _code_key(terminology.get("modifier")))
+    return TUMORSEG_CONTEXT if key in TUMORSEG_CONTEXT_ENTRIES else DICOM_MASTER_CONTEXT
+
+
+def _code_string(code: Optional[Sequence[str]], field: str) -> str:
+    """``scheme^value^meaning``, or ``^^`` for no code."""
+    if not code:
+        return "^^"
+    if len(code) != 3:
+        raise TumorSegError(f"terminology {field} {list(code)!r} is invalid; give [scheme, code, meaning]")
+    parts = [str(c) for c in code]
+    if any(ch in part for part in parts for ch in "~^|"):
+        # These characters separate the fields of the tag (and of Slicer's tag list).
+        raise TumorSegError(f"terminology {field} {parts!r} contains one of the reserved characters ~ ^ |; "
+                            "remove it")
+    return "^".join(parts)
+
+
 def terminology_string(terminology: Optional[dict]) -> Optional[str]:
-    """Slicer ``TerminologyEntry`` tag value for a ``{category, type, modifier}`` dict, or None."""
+    """Slicer ``TerminologyEntry`` tag value for a ``{category, type, modifier?}`` dict, or None.
+
+    The one builder of this string: the ``.seg.nrrd`` header (CLI, API, worker) and the
+    Slicer module's segments both use it. The format is Slicer's
+    (``vtkSlicerTerminologiesModuleLogic::SerializeTerminologyEntry``): context, category,
+    type, modifier, anatomic context, region, region modifier, joined by ``~``; the
+    context is :func:`terminology_context`'s. Raises TumorSegError for malformed codes.
+    """
     if not terminology:
         return None
-
-    def code(key: str) -> str:
-        # "typeModifier" is slicerio's name for the manifest's "modifier".
-        triple = terminology.get(key) or terminology.get("typeModifier" if key == "modifier" else key) or ["", "", ""]
-        if len(triple) != 3:
-            raise TumorSegError(f"terminology {key} {triple!r} is invalid; give [scheme, code, meaning]")
-        return "^".join(str(t) for t in triple)
-
+    if not terminology.get("category") or not terminology.get("type"):
+        raise TumorSegError("terminology needs both 'category' and 'type' codes; give [scheme, code, meaning] for each")
     return "~".join([
-        terminology.get("contextName", TERMINOLOGY_CONTEXT), code("category"), code("type"), code("modifier"),
+        terminology_context(terminology),
+        _code_string(terminology["category"], "category"),
+        _code_string(terminology["type"], "type"),
+        _code_string(terminology.get("modifier"), "modifier"),
         ANATOMIC_CONTEXT, "^^", "^^",
     ])

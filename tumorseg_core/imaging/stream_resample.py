@@ -39,7 +39,7 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import numpy as np
 import SimpleITK as sitk
 
-from tumorseg_core.errors import CancelledError, TumorSegError
+from tumorseg_core.errors import CancelledError, InputError, TumorSegError
 from tumorseg_core.imaging import geometry, io, nifti_slabs
 from tumorseg_core.imaging.geometry import GridGeometry
 
@@ -77,11 +77,12 @@ def _stream_reader(path: PathLike) -> Optional[sitk.ImageFileReader]:
         return None  # missing path or DICOM folder: the whole-image path reads or reports it
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
-    try:
-        reader.ReadImageInformation()
-        io_name = reader.GetImageIOFromFileName(str(p))
-    except RuntimeError:
-        return None  # unreadable: io._read_raw gives the InputError
+    with io.native_stderr_captured():  # niftilib prints "** ERROR: ..." for a bad header
+        try:
+            reader.ReadImageInformation()
+            io_name = reader.GetImageIOFromFileName(str(p))
+        except RuntimeError:
+            return None  # unreadable: io._read_raw gives the InputError
     if io_name not in _STREAMING_IOS:
         return None
     if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1:
@@ -90,6 +91,10 @@ def _stream_reader(path: PathLike) -> Optional[sitk.ImageFileReader]:
         return None
     if min(reader.GetSize()) < 2:
         return None  # empty or single slice: check_image reports it
+    try:
+        io.check_grid(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), str(p))
+    except InputError:
+        return None  # a grid no resampling can use: the whole-image path reports it
     return reader
 
 
@@ -104,6 +109,46 @@ def file_grid(path: PathLike) -> Optional[GridGeometry]:
     return None if reader is None else _grid_of(reader)
 
 
+def header_grid(path: PathLike) -> Optional[GridGeometry]:
+    """The 3D grid of any image file from its header alone (a 4D file's first three axes), else None.
+
+    None for folders (DICOM), unreadable headers and grids that are not 3D or 4D.
+    """
+    p = Path(path)
+    if not p.is_file():
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    with io.native_stderr_captured():
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            return None
+    dim = reader.GetDimension()
+    if dim not in (3, 4):
+        return None
+    direction = np.asarray(reader.GetDirection(), dtype=float).reshape(dim, dim)[:3, :3]
+    return GridGeometry(tuple(reader.GetSize()[:3]), tuple(reader.GetSpacing()[:3]), tuple(reader.GetOrigin()[:3]),
+                        tuple(float(d) for d in direction.ravel()))
+
+
+def check_model_grid_size(grid: GridGeometry, spacing_xyz: Optional[Sequence[float]], name: str) -> None:
+    """InputError if ``grid`` resampled to ``spacing_xyz`` would exceed ``io.MAX_VOXELS``.
+
+    Computed in floating point from the physical extent (size x spacing per axis; a
+    reorientation only permutes the axes, which leaves the product unchanged), so an
+    absurd header spacing (1e30 mm) is refused before the grid arithmetic overflows or
+    the model-grid array exhausts memory.
+    """
+    if spacing_xyz is None:
+        return
+    extent = np.asarray(grid.size, dtype=float) * np.asarray(grid.spacing, dtype=float)
+    counts = np.maximum(1.0, np.round(np.sort(extent) / np.sort(np.asarray(spacing_xyz, dtype=float))))
+    if not np.all(np.isfinite(counts)) or float(np.prod(counts)) > io.MAX_VOXELS:
+        raise InputError(f"{name} spans {tuple(float(f'{e:.4g}') for e in extent)} mm: too many voxels at the "
+                         f"model's spacing {tuple(spacing_xyz)} mm; check the spacing in its header")
+
+
 def _grid_of(reader: sitk.ImageFileReader) -> GridGeometry:
     return GridGeometry(tuple(reader.GetSize()), tuple(reader.GetSpacing()), tuple(reader.GetOrigin()),
                         tuple(reader.GetDirection()))
@@ -112,6 +157,7 @@ def _grid_of(reader: sitk.ImageFileReader) -> GridGeometry:
 def _whole_image_path(path: PathLike, spacing_xyz: Optional[Sequence[float]], orientation: Optional[str],
                       interpolator: str) -> tuple[np.ndarray, GridGeometry, GridGeometry]:
     image = io.read_image(path)
+    check_model_grid_size(GridGeometry.of(image), spacing_xyz, str(path))
     model = geometry.to_model_grid(image, spacing_xyz, orientation, interpolator)
     return sitk.GetArrayFromImage(model), GridGeometry.of(model), GridGeometry.of(image)
 
@@ -182,10 +228,15 @@ class _Checks:
     def failed(self) -> bool:
         return bool(self.n_nan or self.n_inf)
 
-    def raise_errors(self, name: str) -> None:
-        """The InputError check_image would raise (same order and wording), if any."""
+    def add_hidden(self, n_nan: int, n_inf: int) -> None:
+        """NaN/Inf voxels the reader handed over as 0 (NIfTI): they count, and the zeros do not make a constant."""
+        self.n_nan += n_nan
+        self.n_inf += n_inf
+
+    def raise_errors(self, name: str, total: int) -> None:
+        """The InputError check_image would raise (same order and wording), if any; ``total``: voxel count."""
         if self.failed:
-            raise io.nonfinite_error(name, self.n_nan, self.n_inf)
+            raise io.nonfinite_error(name, self.n_nan, self.n_inf, total)
         if self.constant:
             raise io.constant_error(name, self.first)
 
@@ -216,17 +267,21 @@ def read_to_model_grid(
     if reader is None:
         return _whole_image_path(path, spacing_xyz, orientation, interpolator)
     source = _grid_of(reader)
+    check_model_grid_size(source, spacing_xyz, str(path))
     try:
         model = geometry.model_grid(source, spacing_xyz, orientation)
     except TumorSegError:
         # The whole-image path reports a bad input before a bad spacing: keep that order.
         return _whole_image_path(path, spacing_xyz, orientation, interpolator)
 
+    if int(np.prod(model.size, dtype=object)) > io.MAX_VOXELS:
+        raise InputError(f"{path} would be {'x'.join(str(n) for n in model.size)} voxels on the model grid; "
+                         "check its spacing in the file's header")
     out = np.zeros(model.size[::-1], dtype=np.float32)  # to_model_grid interpolates into float32
     checks = _Checks(source.size[2])
     matrix = _index_matrix(model)
     slabs = 0
-    read_slab, finish, close = _slab_source(path, reader, source, checks.add)
+    read_slab, finish, close, hidden = _slab_source(path, reader, source, checks.add)
     # In increasing input z (a flipped model axis runs backwards), so a gzip stream only goes forward.
     try:
         for axis, first, stop, z0, z1 in sorted(_chunks(model, source, int(slab_voxels)), key=lambda c: (c[3], c[4])):
@@ -249,6 +304,7 @@ def read_to_model_grid(
             index[2 - axis] = slice(first, stop)  # numpy order is (z, y, x)
             out[tuple(index)] = sitk.GetArrayViewFromImage(chunk)
         finish()
+        checks.add_hidden(*hidden())
     finally:
         close()
     # Slices no chunk needed still count for the checks: read them in disjoint slabs.
@@ -258,24 +314,27 @@ def read_to_model_grid(
             slab = _read_slab(reader, source, int(z0), min(int(z0) + budget, source.size[2]))
             checks.add(int(z0), sitk.GetArrayViewFromImage(slab))
             slabs += 1
-    checks.raise_errors(str(path))
+    checks.raise_errors(str(path), int(np.prod(source.size)))
     logger.info("read %s onto the model grid in %d slabs of at most %d input voxels", path, slabs, int(slab_voxels))
     return out, model, source
 
 
 def _slab_source(path: PathLike, reader: sitk.ImageFileReader, source: GridGeometry,
-                 on_skipped: Callable[[int, np.ndarray], None]) -> tuple[Callable[[int, int], sitk.Image],
-                                                                         Callable[[], None], Callable[[], None]]:
-    """``(read, finish, close)``: ``read(z0, z1)`` -> input slices z0..z1-1 as an image, in
+                 on_skipped: Callable[[int, np.ndarray], None]) -> tuple[
+                     Callable[[int, int], sitk.Image], Callable[[], None], Callable[[], None],
+                     Callable[[], tuple[int, int]]]:
+    """``(read, finish, close, hidden)``: ``read(z0, z1)`` -> input slices z0..z1-1 as an image, in
     increasing z; ``finish()`` hands the slices after the last slab to ``on_skipped`` (gzip);
-    ``close()`` releases the stream.
+    ``close()`` releases the stream; ``hidden()`` -> (NaN, Inf) voxels the file stores but
+    the slabs hold as 0 (NIfTI readers zero them; MetaImage keeps them, so the checks see them).
 
     A ``.nii.gz`` is decompressed once, forward (``nifti_slabs``); ITK's region reader would
     decompress it from the start for every slab (10 slabs of a 600-slice CT: 6.2 s, not 1.6 s).
     """
     slabs = nifti_slabs.open_slabs(Path(path), reader, on_skipped)
     if slabs is None:
-        return (lambda z0, z1: _read_slab(reader, source, z0, z1)), (lambda: None), (lambda: None)
+        return ((lambda z0, z1: _read_slab(reader, source, z0, z1)), (lambda: None), (lambda: None),
+                (lambda: io.raw_nonfinite(path)))
     located = source.located()
 
     def read(z0: int, z1: int) -> sitk.Image:
@@ -294,14 +353,16 @@ def _slab_source(path: PathLike, reader: sitk.ImageFileReader, source: GridGeome
         except nifti_slabs.READ_ERRORS as exc:
             raise io.unreadable_error(path, str(exc)) from exc
 
-    return read, finish, slabs.close
+    return read, finish, slabs.close, (lambda: (slabs.n_nan, slabs.n_inf))
 
 
 def _read_slab(reader: sitk.ImageFileReader, source: GridGeometry, z0: int, z1: int) -> sitk.Image:
     """Input slices z0..z1-1 (whole x/y extent) as an image at their physical position."""
     reader.SetExtractIndex([0, 0, int(z0)])
     reader.SetExtractSize([source.size[0], source.size[1], int(z1 - z0)])
-    try:
-        return reader.Execute()
-    except RuntimeError as exc:
-        raise io.unreadable_error(reader.GetFileName(), io._one_line(exc)) from exc
+    with io.native_stderr_captured():
+        try:
+            return reader.Execute()
+        except RuntimeError as exc:
+            failure = exc
+    raise io.unreadable_error(reader.GetFileName(), io._one_line(failure)) from failure

@@ -34,6 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from tumorseg_core.inference.roi_windows import roi_window_starts
+from tumorseg_core.inference.uncertainty import entropy_from_sums
 
 logger = logging.getLogger(__name__)
 
@@ -65,13 +66,45 @@ def predict_labels(
     ``default``, or :data:`DEFAULT_CASCADE` without one. ``spacing_xyz`` is the model
     grid's spacing in mm (x, y, z), used for the margin.
     """
+    return _predict(predictor, volume, spacing_xyz, cascade, progress, cancel, coarse_predictor, spec, False)[0]
+
+
+def predict_labels_and_uncertainty(
+    predictor: Any,
+    volume: np.ndarray,
+    spacing_xyz: Sequence[float],
+    cascade: bool | None = None,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+    coarse_predictor: Any = None,
+    spec: Any = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`predict_labels`'s labels (bit-identical) and the uncertainty (z, y, x) float32 in [0, 1].
+
+    The normalised predictive entropy of the full-resolution pass's mean probabilities
+    (:meth:`Predictor.predict_with_uncertainty`); with the cascade, voxels outside the
+    candidate region (never seen at full resolution) get the coarse pass's entropy,
+    nearest neighbour from the coarse grid.
+    """
+    labels, uncertainty = _predict(predictor, volume, spacing_xyz, cascade, progress, cancel, coarse_predictor,
+                                   spec, True)
+    assert uncertainty is not None
+    return labels, uncertainty
+
+
+def _predict(predictor: Any, volume: np.ndarray, spacing_xyz: Sequence[float], cascade: bool | None,
+             progress: ProgressFn | None, cancel: CancelFn | None, coarse_predictor: Any, spec: Any,
+             uncertainty: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Cascade or exhaustive labels, with the uncertainty map when asked (else None)."""
     if cascade_enabled(cascade, spec):
         settings = {} if spec is None else {
             "coarse_factor": spec.factor, "threshold": spec.threshold, "margin_mm": spec.margin_mm,
             "input_clip": spec.input_clip}
-        return predict_cascade(predictor, volume, spacing_xyz, progress=progress, cancel=cancel,
-                               coarse_predictor=coarse_predictor, **settings)
-    return predictor.predict(volume, progress=progress, cancel=cancel)
+        return _cascade(predictor, volume, spacing_xyz, progress=progress, cancel=cancel,
+                        coarse_predictor=coarse_predictor, uncertainty=uncertainty, **settings)
+    if uncertainty:
+        return predictor.predict_with_uncertainty(volume, progress=progress, cancel=cancel)
+    return predictor.predict(volume, progress=progress, cancel=cancel), None
 
 
 def cascade_enabled(cascade: bool | None, spec: Any = None) -> bool:
@@ -161,13 +194,39 @@ def predict_cascade(
         input_clip: ``(low, high)`` the pooled volume is clipped to before the coarse pass
             (what the dedicated coarse network was trained on), or None.
     """
+    return _cascade(predictor, volume, spacing_xyz, coarse_factor, threshold, margin_mm, progress, cancel,
+                    coarse_predictor, input_clip, uncertainty=False)[0]
+
+
+def _nearest_to(coarse: np.ndarray, full_shape_zyx: Sequence[int]) -> np.ndarray:
+    """A coarse (cz, cy, cx) map on the full grid: full voxel j takes coarse voxel floor(j * c / n)."""
+    index = [np.minimum(np.arange(n) * c // n, c - 1) for n, c in zip(full_shape_zyx, coarse.shape)]
+    return coarse[np.ix_(*index)]
+
+
+def _cascade(
+    predictor: Any,
+    volume: np.ndarray,
+    spacing_xyz: Sequence[float],
+    coarse_factor: float = COARSE_FACTOR,
+    threshold: float = THRESHOLD,
+    margin_mm: float = MARGIN_MM,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+    coarse_predictor: Any = None,
+    input_clip: Sequence[float] | None = None,
+    uncertainty: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`predict_cascade`, with the uncertainty map when asked (else None)."""
     if coarse_factor <= 1:
         raise ValueError(f"coarse_factor must be > 1, got {coarse_factor}")
     full = tuple(int(n) for n in volume.shape[1:])
     coarse_net = predictor if coarse_predictor is None else coarse_predictor
     small = coarse_shape(full, coarse_net.patch_size_zyx, coarse_factor)
     if small == full:
-        return predictor.predict(volume, progress=progress, cancel=cancel)
+        if uncertainty:
+            return predictor.predict_with_uncertainty(volume, progress=progress, cancel=cancel)
+        return predictor.predict(volume, progress=progress, cancel=cancel), None
     coarse = area_pool(volume, small)
     if input_clip is not None:
         np.clip(coarse, float(input_clip[0]), float(input_clip[1]), out=coarse)
@@ -176,14 +235,24 @@ def predict_cascade(
     del coarse
     coarse_spacing = [s * n / c for s, n, c in zip(spacing_xyz, full[::-1], small[::-1])]
     region = candidate_region(probabilities, full, coarse_spacing, threshold, margin_mm)
+    coarse_entropy = None
+    if uncertainty:
+        coarse_entropy = _nearest_to(
+            entropy_from_sums(probabilities, 1.0, coarse_net.output_type, coarse_net.num_outputs), full)
+    del probabilities
     fraction = float(region.mean())
     logger.info("cascade: coarse grid %s, candidates cover %.1f%% of the volume", small, 100 * fraction)
     if fraction == 0.0:
         if progress is not None:
             progress(1.0, "no candidate region: empty result")
-        return np.zeros(full, dtype=np.uint8)
+        return np.zeros(full, dtype=np.uint8), coarse_entropy
     starts = roi_window_starts(region, predictor.patch_size_zyx, predictor.overlap)
     logger.info("cascade: %d full-resolution window(s)", len(starts))
     fine = None if progress is None else (
         lambda f, m: progress(_COARSE_SHARE + (1 - _COARSE_SHARE) * f, m))
-    return predictor.predict(volume, progress=fine, cancel=cancel, region=region, starts=starts)
+    if not uncertainty:
+        return predictor.predict(volume, progress=fine, cancel=cancel, region=region, starts=starts), None
+    labels, entropy = predictor.predict_with_uncertainty(volume, progress=fine, cancel=cancel, region=region,
+                                                         starts=starts)
+    entropy[~region] = coarse_entropy[~region]  # type: ignore[index]
+    return labels, entropy

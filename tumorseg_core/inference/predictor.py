@@ -289,13 +289,34 @@ class Predictor:
         :func:`~tumorseg_core.inference.roi_windows.roi_window_starts`; they must cover
         every ``region`` voxel (ValueError otherwise).
         """
+        return self._predict(volume, progress, cancel, region, starts, uncertainty=False)[0]
+
+    def predict_with_uncertainty(
+        self, volume: np.ndarray, progress: ProgressFn | None = None, cancel: CancelFn | None = None,
+        region: np.ndarray | None = None, starts: Starts | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(labels, uncertainty)`` on the model grid: :meth:`predict`'s labels (bit-identical)
+        and the normalised predictive entropy (z, y, x) float32 in [0, 1] of the same mean
+        probabilities (over windows, networks and TTA flips; see
+        :mod:`~tumorseg_core.inference.uncertainty`). Voxels no window reached (outside
+        ``region``) get 0. Costs one more float32 volume, never one per pass.
+        """
+        labels, uncertainty = self._predict(volume, progress, cancel, region, starts, uncertainty=True)
+        assert uncertainty is not None
+        return labels, uncertainty
+
+    def _predict(
+        self, volume: np.ndarray, progress: ProgressFn | None, cancel: CancelFn | None,
+        region: np.ndarray | None, starts: Starts | None, uncertainty: bool,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Labels, and the uncertainty map if asked (else None), through the band stitcher."""
         array = self._check_volume(volume)
         stitcher: BandStitcher | None = None
 
         def begin(spatial: tuple[int, int, int], weights: SlabWeights) -> None:
             nonlocal stitcher
             stitcher = BandStitcher(spatial, self._sum_channels, self.patch_size_zyx, weights.padded,
-                                    self.output_type, self.region_values)
+                                    self.output_type, self.region_values, uncertainty=uncertainty)
 
         undo, weights = self._run_windows(array, progress, cancel, region, starts, begin,
                                           lambda start, out: stitcher.add(start, out))  # type: ignore[union-attr]
@@ -307,9 +328,14 @@ class Predictor:
                 if not (weights.slab(z0, z1)[region[z0:z1]] > 0).all():
                     raise ValueError("the given windows leave some region voxels uncovered")
         labels = np.ascontiguousarray(labels)
+        entropy = None
+        if stitcher.uncertainty is not None:
+            entropy = np.ascontiguousarray(stitcher.uncertainty[undo[1:]])
         if region is not None:
             labels[~region] = 0
-        return labels
+            if entropy is not None:
+                entropy[~region] = 0.0
+        return labels, entropy
 
     def predict_probabilities(
         self, volume: np.ndarray, progress: ProgressFn | None = None, cancel: CancelFn | None = None

@@ -2,7 +2,9 @@
 
 read → align inputs onto the first grid → (denoise) → to the model grid → normalize
 → Predictor (argmax at model resolution) → postprocess → labels back to the first
-input's exact grid (nearest neighbour, uint8; never float logits per class).
+input's exact grid (nearest neighbour, uint8; never float logits per class). On request
+(``uncertainty=True``) also the normalised predictive entropy, made on the model grid
+from the same stitched probabilities and brought back linearly (``uncertainty.py``).
 
 Image files on one grid (NIfTI, MetaImage) are read straight onto the model grid slab by
 slab (``stream_resample.py``): the whole input is never in memory; same grid, and the
@@ -21,7 +23,14 @@ import SimpleITK as sitk
 
 from tumorseg_core.errors import CancelledError, InputError
 from tumorseg_core.imaging import geometry, postprocess, preprocess, stream_resample
-from tumorseg_core.imaging.io import check_output_path, read_images, write_labelmap
+from tumorseg_core.imaging.io import check_output_path, read_images, write_image, write_labelmap
+from tumorseg_core.inference import input_checks
+from tumorseg_core.inference.uncertainty import (
+    SegmentResult,
+    check_uncertainty_path,
+    entropy_of_probabilities,
+    to_reference,
+)
 from tumorseg_core.options import SegmentOptions
 
 logger = logging.getLogger(__name__)
@@ -64,6 +73,8 @@ class Segmenter:
         # Options first: a bad value fails before the package is opened and verified.
         self.options = SegmentOptions.from_mapping({**options, "device": device})
         self.package = model if isinstance(model, ModelPackage) else open_package(model)
+        if self.package.manifest.validation_warning():
+            logger.warning("%s", self.package.manifest.validation_warning())
         self.device = self.options.device
         self._predictor = None
         self._predictor_key: Optional[tuple] = None
@@ -138,44 +149,106 @@ class Segmenter:
         images: Union[ImageLike, Sequence[ImageLike]],
         progress: Optional[ProgressFn] = None,
         cancel: Optional[CancelFn] = None,
+        uncertainty: bool = False,
         **overrides: Any,
-    ) -> sitk.Image:
-        """Segment one case; returns a uint8 label map on the first image's exact grid."""
+    ) -> Union[sitk.Image, SegmentResult]:
+        """Segment one case; returns a uint8 label map on the first image's exact grid.
+
+        ``uncertainty=True`` returns a :class:`~tumorseg_core.inference.uncertainty.SegmentResult`
+        ``(labels, uncertainty)`` instead: the same label map (bit-identical) and the
+        normalised predictive entropy, float32 in [0, 1], on the same grid (linear from the
+        model grid). It is a request for a second output, not an option of the computation,
+        so it is not a :class:`~tumorseg_core.options.SegmentOptions` field.
+        """
+        if not isinstance(uncertainty, bool):
+            raise InputError(f"uncertainty must be true or false, got {uncertainty!r}")
         options = self._options_for(overrides)
+        self._check_before_reading(images, options)
         started = time.perf_counter()
         _report(progress, 0.0, "reading images")
         if self.manifest.nnunet is not None:
-            labels_array, _, image = self._nnunet_run(images, options, progress, cancel)
+            labels_array, probabilities, image = self._nnunet_run(images, options, progress, cancel)
             result = sitk.GetImageFromArray(labels_array)
             result.CopyInformation(image)
-            return self._finish(result, options, progress, started)
+            entropy = None
+            if uncertainty:
+                kind = "sigmoid" if self.manifest.nnunet.get("regions_class_order") else "softmax"
+                entropy = self._input_grid_uncertainty(probabilities, kind, image)
+            del probabilities
+            return self._finish(result, options, progress, started, entropy)
         if self.manifest.monai is not None:
-            from tumorseg_core.inference.monai_pipeline import segment_bundle_package
-
-            _report(progress, _PREPARE, "running the bundle's pipeline")
-            result = segment_bundle_package(self.package, _as_list(images), networks=self._cpu_networks())
-            _check_cancel(cancel)
-            return self._finish(result, options, progress, started)
+            return self._monai_segment(images, options, progress, cancel, started, uncertainty)
         volume, model_grid, reference = self.prepare(images, cancel, _scaled_progress(progress, 0.0, _PREPARE))
+        input_checks.check_points(options, reference, model_grid)  # DICOM folders: known only now
         _check_cancel(cancel)
         _report(progress, _PREPARE, "running the model")
 
-        labels = self.model_grid_labels(volume, _scaled_progress(progress, _PREPARE, _PREDICT_END), cancel, options)
+        labels, entropy = self._model_grid_outputs(
+            volume, _scaled_progress(progress, _PREPARE, _PREDICT_END), cancel, options, uncertainty)
         del volume
         _report(progress, _PREDICT_END, "labels to the input grid")
         label_image = model_grid.apply_to(sitk.GetImageFromArray(labels.astype(np.uint8, copy=False)))
         result = geometry.labels_to_reference(label_image, reference)
-        return self._finish(result, options, progress, started)
+        del labels, label_image
+        entropy_image = None if entropy is None else to_reference(entropy, model_grid, reference)
+        return self._finish(result, options, progress, started, entropy_image)
+
+    def _monai_segment(self, images: Any, options: SegmentOptions, progress: Optional[ProgressFn],
+                       cancel: Optional[CancelFn], started: float, uncertainty: bool) -> Any:
+        """An imported MONAI bundle's labels (and uncertainty from its activated outputs)."""
+        from tumorseg_core.inference.monai_pipeline import segment_bundle_package
+
+        _report(progress, _PREPARE, "running the bundle's pipeline")
+        if not uncertainty:
+            result = segment_bundle_package(self.package, _as_list(images), networks=self._cpu_networks())
+            _check_cancel(cancel)
+            return self._finish(result, options, progress, started)
+        from tumorseg_core.modelpkg.monai_section import check_monai_section
+
+        data = self.manifest.to_dict()
+        out_channels = data["kwargs"].get("out_channels")
+        activation = check_monai_section(data.get("monai"), self.manifest.num_inputs,
+                                         out_channels if isinstance(out_channels, int) else None).activation
+        if activation is None:
+            raise InputError(f"uncertainty is not available for model '{self.manifest.name}': its MONAI bundle "
+                             "has no softmax or sigmoid activation; run it without uncertainty")
+        result, probabilities = segment_bundle_package(self.package, _as_list(images), return_probabilities=True,
+                                                       networks=self._cpu_networks())
+        _check_cancel(cancel)
+        entropy = self._input_grid_uncertainty(probabilities, activation, result)
+        return self._finish(result, options, progress, started, entropy)
+
+    @staticmethod
+    def _input_grid_uncertainty(probabilities: np.ndarray, output_type: str, image: sitk.Image) -> sitk.Image:
+        """An imported model's probabilities (C, z, y, x), already on ``image``'s grid, as an uncertainty image."""
+        out = sitk.GetImageFromArray(entropy_of_probabilities(probabilities, output_type))
+        out.CopyInformation(image)
+        return out
+
+    def _check_before_reading(self, images: Any, options: SegmentOptions) -> None:
+        """The input count and the points, from the inputs' headers: fail before reading or any network."""
+        items = _as_list(images)
+        if self.manifest.monai is None:  # a bundle's pipeline takes its own inputs
+            input_checks.check_input_count(items, self.manifest.num_inputs, self.manifest.name,
+                                           self.manifest.input_modalities)
+        grid = input_checks.first_grid(items)
+        if grid is not None:
+            input_checks.check_points(options, grid)
+            if self.manifest.nnunet is None and self.manifest.monai is None:
+                input_checks.check_model_grid(grid, self.manifest.spacing_xyz, "the first input")
 
     def _finish(self, result: sitk.Image, options: SegmentOptions, progress: Optional[ProgressFn],
-                started: float) -> sitk.Image:
-        """The clicked-lesion filter (seeds) on the input-grid label map, and the last progress report."""
+                started: float, entropy: Optional[sitk.Image] = None) -> Union[sitk.Image, SegmentResult]:
+        """The clicked-lesion filter (seeds) on the input-grid label map, and the last progress report.
+
+        With ``entropy`` (the uncertainty image) the result is a ``SegmentResult``.
+        """
         if options.seeds_lps or options.background_lps:
             from tumorseg_core.interactive.refine import keep_clicked_lesions
 
             result = keep_clicked_lesions(result, options.seeds_lps, options.background_lps)
         _report(progress, 1.0, f"done in {time.perf_counter() - started:.1f} s")
-        return result
+        return result if entropy is None else SegmentResult(result, entropy)
 
     def probabilities(self, images: Union[ImageLike, Sequence[ImageLike]], progress: Optional[ProgressFn] = None,
                       cancel: Optional[CancelFn] = None, **overrides: Any) -> tuple:
@@ -205,7 +278,8 @@ class Segmenter:
         from tumorseg_core.inference.nnunet_pipeline import case_arrays, predict_case
 
         manifest = self.manifest
-        inputs = read_images(_as_list(images))
+        inputs = read_images(_as_list(images), channels=manifest.num_inputs)
+        input_checks.check_points(options, geometry.GridGeometry.of(inputs[0]))
         if len(inputs) != manifest.num_inputs:
             names = ", ".join(manifest.input_modalities)
             raise InputError(
@@ -275,6 +349,7 @@ class Segmenter:
         output: Union[str, "os.PathLike[str]"],
         progress: Optional[ProgressFn] = None,
         cancel: Optional[CancelFn] = None,
+        uncertainty_path: Union[str, "os.PathLike[str]", None] = None,
         **overrides: Any,
     ) -> sitk.Image:
         """Segment one case and write its label map to ``output``; returns the label map.
@@ -283,11 +358,32 @@ class Segmenter:
         the extension (:data:`~tumorseg_core.options.LABELMAP_EXTENSIONS`), ``.seg.nrrd``
         carries the manifest's segment names, colors and terminology, and the write is
         atomic. The output path is checked before any work is done.
+
+        ``uncertainty_path``: also write the uncertainty map there (float32 on the label
+        map's grid; :data:`~tumorseg_core.inference.uncertainty.UNCERTAINTY_EXTENSIONS`),
+        checked before any work too. Each file is written atomically, the uncertainty map
+        first; if the label map then cannot be written the new uncertainty file is removed,
+        so a failed call leaves neither.
         """
         check_output_path(output)
-        labels = self.segment(images, progress=progress, cancel=cancel, **overrides)
+        if uncertainty_path is not None:
+            check_uncertainty_path(uncertainty_path, output)
+        result = self.segment(images, progress=progress, cancel=cancel, uncertainty=uncertainty_path is not None,
+                              **overrides)
         _check_cancel(cancel)
-        write_labelmap(labels, output, segments=self.manifest.segments)
+        if uncertainty_path is None:
+            write_labelmap(result, output, segments=self.manifest.segments)
+            return result
+        labels, entropy = result
+        write_image(entropy, uncertainty_path)
+        try:
+            write_labelmap(labels, output, segments=self.manifest.segments)
+        except BaseException:
+            try:
+                os.remove(uncertainty_path)
+            except OSError:
+                logger.warning("could not remove %s after the label map failed to write", uncertainty_path)
+            raise
         return labels
 
     def _options_for(self, overrides: dict) -> SegmentOptions:
@@ -305,17 +401,25 @@ class Segmenter:
         (unless ``options.postprocess`` is False): everything :meth:`segment` does before
         putting the labels back on the input grid.
         """
-        from tumorseg_core.inference.cascade import predict_labels
+        return self._model_grid_outputs(volume, progress, cancel, options, uncertainty=False)[0]
+
+    def _model_grid_outputs(self, volume: np.ndarray, progress: Optional[ProgressFn], cancel: Optional[CancelFn],
+                            options: Optional[SegmentOptions], uncertainty: bool) -> tuple:
+        """``(labels, uncertainty or None)`` on the model grid; the uncertainty is the network's,
+        before postprocessing (which changes labels, not probabilities)."""
+        from tumorseg_core.inference.cascade import predict_labels, predict_labels_and_uncertainty
 
         options = options or self.options
         manifest = self.manifest
-        labels = predict_labels(self.predictor(options), volume, manifest.spacing_xyz, options.cascade,
-                                progress=progress, cancel=cancel,
-                                coarse_predictor=self.coarse_predictor(options), spec=manifest.cascade)
+        run = predict_labels_and_uncertainty if uncertainty else predict_labels
+        out = run(self.predictor(options), volume, manifest.spacing_xyz, options.cascade,
+                  progress=progress, cancel=cancel,
+                  coarse_predictor=self.coarse_predictor(options), spec=manifest.cascade)
+        labels, entropy = out if uncertainty else (out, None)
         _check_cancel(cancel)
         if options.postprocess and manifest.postprocessing:
             labels = postprocess.postprocess_labels(labels, manifest.spacing_xyz, manifest.postprocessing)
-        return labels
+        return labels, entropy
 
     def prepare(self, images: Union[ImageLike, Sequence[ImageLike]], cancel: Optional[CancelFn] = None,
                 progress: Optional[ProgressFn] = None) -> tuple:
@@ -330,7 +434,7 @@ class Segmenter:
         streamed = self.read_streaming(items, cancel)
         if streamed is not None:
             return streamed
-        inputs = read_images(items)
+        inputs = read_images(items, channels=manifest.num_inputs)
         if len(inputs) != manifest.num_inputs:
             names = ", ".join(manifest.input_modalities)
             raise InputError(
@@ -338,6 +442,7 @@ class Segmenter:
                 f"got {len(inputs)}; pass one image per modality in that order"
             )
         reference = geometry.GridGeometry.of(inputs[0])
+        input_checks.check_model_grid(reference, manifest.spacing_xyz, "the first input")
         aligned = geometry.align_to_reference(inputs)
         _check_cancel(cancel)
         _report(progress, _READ / _PREPARE, "resampling to the model grid")
@@ -422,7 +527,8 @@ def _as_list(images: Any) -> list:
 
 
 def segment(images: Any, model: Any = "default", device: str = "auto", progress: Optional[ProgressFn] = None,
-            cancel: Optional[CancelFn] = None, **options: Any) -> sitk.Image:
+            cancel: Optional[CancelFn] = None, uncertainty: bool = False,
+            **options: Any) -> Union[sitk.Image, SegmentResult]:
     """Segment tumors in one case.
 
     Args:
@@ -435,8 +541,13 @@ def segment(images: Any, model: Any = "default", device: str = "auto", progress:
             ``background_lps`` (keep only the lesions clicked / drop those marked),
             ``backend`` (``auto``: fastest installed for the device), ``cascade``
             (coarse-to-fine ROI pass; ``False``: exhaustive windows).
+        uncertainty: also return the voxel-wise uncertainty (not an option of the computation:
+            the label map is the same either way).
 
     Returns:
-        A uint8 label map with exactly the first image's size, spacing, origin and direction.
+        A uint8 label map with exactly the first image's size, spacing, origin and direction;
+        with ``uncertainty=True`` a :class:`~tumorseg_core.inference.uncertainty.SegmentResult`
+        ``(labels, uncertainty)``, the second a float32 image in [0, 1] on that same grid.
     """
-    return Segmenter(model, device).segment(images, progress=progress, cancel=cancel, **options)
+    return Segmenter(model, device).segment(images, progress=progress, cancel=cancel, uncertainty=uncertainty,
+                                            **options)

@@ -11,6 +11,10 @@ full-volume buffer is the uint8 label map: memory grows with the voxel count at 
 Per voxel the sums are added in the same window order as a full-volume accumulator, so
 the labels are bit-identical to argmax over full-volume sums.
 
+With ``uncertainty=True`` the finished slices also give the normalised entropy of their
+mean probabilities (:mod:`~tumorseg_core.inference.uncertainty`) into a second
+full-volume float32 map (4 more bytes per voxel); the labels do not change.
+
 All coordinates are on the grid padded by
 :func:`~tumorseg_core.inference.sliding_window.pad_to_window`, array order (z, y, x).
 """
@@ -20,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+
+from tumorseg_core.inference.uncertainty import entropy_from_sums
 
 # Slices per step when turning sums into labels (bounds the argmax temporaries).
 LABEL_SLAB = 16
@@ -62,10 +68,11 @@ class BandStitcher:
         patch_zyx: window size.
         weights: callable ``(z0, z1) -> (z1 - z0, Y, X)`` float32 weight sums of padded slices.
         output_type, region_values: as for :func:`labels_from_sums`.
+        uncertainty: also keep the normalised entropy (Z, Y, X) float32 as ``self.uncertainty``.
     """
 
     def __init__(self, padded_shape: Sequence[int], channels: int, patch_zyx: Sequence[int], weights,
-                 output_type: str, region_values: Sequence[int]) -> None:
+                 output_type: str, region_values: Sequence[int], uncertainty: bool = False) -> None:
         self.shape = tuple(int(n) for n in padded_shape)
         self.depth = int(patch_zyx[0])
         self.sums = np.zeros((channels, self.depth, *self.shape[1:]), dtype=np.float32)
@@ -75,6 +82,8 @@ class BandStitcher:
         self.output_type = output_type
         self.region_values = tuple(region_values)
         self._last_start = 0
+        self.num_outputs = channels + (output_type == "softmax")
+        self.uncertainty = np.zeros(self.shape, dtype=np.float32) if uncertainty else None
 
     def add(self, start: Sequence[int], window_sums: np.ndarray) -> None:
         """Add one window's (K', pz, py, px) weighted probabilities at ``start`` (z, y, x)."""
@@ -103,7 +112,10 @@ class BandStitcher:
         for z0 in range(self.base, min(z_end, self.base + self.depth), LABEL_SLAB):
             z1 = min(z0 + LABEL_SLAB, z_end, self.base + self.depth)
             band = self.sums[:, z0 - self.base : z1 - self.base]
-            self.labels[z0:z1] = labels_from_sums(band, self.weights(z0, z1), self.output_type, self.region_values)
+            weight = self.weights(z0, z1)
+            self.labels[z0:z1] = labels_from_sums(band, weight, self.output_type, self.region_values)
+            if self.uncertainty is not None:
+                self.uncertainty[z0:z1] = entropy_from_sums(band, weight, self.output_type, self.num_outputs)
         kept = max(self.depth - done, 0)
         # Slide the kept slices to the front in pieces no longer than the shift, so source
         # and destination never overlap (an overlapping copy would allocate a band-sized temp).

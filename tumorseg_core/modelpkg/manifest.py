@@ -35,7 +35,7 @@ REQUIRED_KEYS = (
     "spacing", "orientation", "patch_size", "output", "files",
 )
 OPTIONAL_KEYS = ("format_version", "postprocessing", "preprocessing", "inference", "metrics", "cascade", "nnunet",
-                 "monai")
+                 "monai", "validated")
 #: ``inference`` keys that become Predictor settings (the model's own defaults).
 INFERENCE_SETTINGS = ("overlap", "tta", "window_batch", "amp", "sigma_scale")
 OUTPUT_TYPES = ("softmax", "sigmoid")
@@ -104,7 +104,7 @@ def parse_manifest_json(raw: bytes, where: str) -> Dict[str, Any]:
 
     try:
         data = json.loads(raw.decode("utf-8"), parse_constant=_no_constants)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # RecursionError: nesting too deep
         raise ModelPackageError(f"{where} is not valid JSON ({str(exc).splitlines()[0]}); fix or replace it") from exc
     if not isinstance(data, dict):
         raise ModelPackageError(f"{where} must hold a JSON object")
@@ -203,6 +203,8 @@ def _check_optional(data: Dict[str, Any]) -> None:
     for key in ("preprocessing", "inference", "metrics"):
         if data.get(key) is not None and not isinstance(data[key], dict):
             raise _fail(key, "must be a JSON object or null")
+    if "validated" in data and not isinstance(data["validated"], bool):
+        raise _fail("validated", "must be true or false (false: validation Dice below the trainer's threshold)")
     overlap = (data.get("inference") or {}).get("overlap")
     if overlap is not None and not (_is_number(overlap) and 0 <= overlap < 1):
         raise _fail("inference.overlap", "must be a number in [0, 1)")
@@ -608,6 +610,23 @@ class Manifest:
     @property
     def metrics(self) -> Dict[str, Any]:
         return copy.deepcopy(self._data.get("metrics") or {})
+
+    @property
+    def validated(self) -> bool:
+        """False for a package ``tumorseg train`` marked "not validated" (validation Dice below its
+        threshold); True otherwise, also for manifests without the field."""
+        return bool(self._data.get("validated", True))
+
+    def validation_warning(self) -> Optional[str]:
+        """One line for the user when the model is not validated, else None."""
+        if self.validated:
+            return None
+        validation = (self._data.get("metrics") or {}).get("validation") or {}
+        dice, threshold = validation.get("dice"), validation.get("min_dice")
+        measured = f"validation Dice {dice:.4f}" if _is_number(dice) else "no validation Dice"
+        below = f" < {threshold}" if _is_number(threshold) and _is_number(dice) else ""
+        return (f"model '{self.name}' is not validated ({measured}{below}): its labels are unreliable; "
+                f"train it longer or on more data, or use a validated model")
 
     @property
     def cascade(self) -> Optional[CascadeSpec]:

@@ -23,6 +23,7 @@ import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
@@ -80,6 +81,17 @@ MAX_ENTRIES = 256
 MAX_MANIFEST_BYTES_IN_ZIP = 1024 * 1024
 _CHUNK = 1024 * 1024
 _DRIVE_RE = re.compile(r"^[A-Za-z]:")
+
+
+# What reading a damaged zip raises besides BadZipFile (bad deflate data, an unsupported
+# method, a lying header, a member that claims to be encrypted).
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, zlib.error,
+               RuntimeError, ValueError)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def sha256_file(path: Path) -> str:
@@ -167,18 +179,26 @@ def extract_zip(zip_path: Path, cache_root: Optional[Path] = None) -> Path:
     if not zip_path.is_file():
         raise ModelPackageError(f"model package {zip_path} does not exist; check the path")
     root = Path(cache_root) if cache_root is not None else cache_dir() / "packages"
-    dest = root / sha256_file(zip_path)
-    if dest.is_dir():
-        return dest
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=root))
+    try:
+        dest = root / sha256_file(zip_path)
+        if dest.is_dir():
+            return dest
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=root))
+    except OSError as exc:
+        raise ModelPackageError(f"could not unpack {zip_path.name} into {root} ({_first_line(exc)}); "
+                                "set TUMORSEG_CACHE to a writable folder") from exc
     try:
         try:
             with zipfile.ZipFile(zip_path) as zf:
                 files = _plan(zf, zip_path)
                 _extract_to(zf, files, tmp, zip_path)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as exc:
-            raise ModelPackageError(f"{zip_path.name} is not a readable zip file ({exc}); re-download or rebuild it") from exc
+        except _ZIP_ERRORS as exc:
+            raise ModelPackageError(f"{zip_path.name} is not a readable zip file ({_first_line(exc)}); "
+                                    "re-download or rebuild it") from exc
+        except OSError as exc:  # an entry clashing with another's folder ("a" and "a/b"), a full disk
+            raise ModelPackageError(f"could not extract {zip_path.name} ({_first_line(exc)}); "
+                                    "rebuild the zip or free disk space") from exc
         try:
             os.replace(tmp, dest)
         except OSError:
@@ -325,6 +345,14 @@ def resolve_package_path(name_or_path: PathLike) -> Path:
     )
 
 
+def _verify(root: Path) -> Dict[str, Any]:
+    """:func:`verify_folder`, with an unreadable file (permissions, I/O error) as a ModelPackageError."""
+    try:
+        return verify_folder(root)
+    except OSError as exc:
+        raise ModelPackageError(f"could not read package {root} ({_first_line(exc)}); check its files' permissions") from exc
+
+
 def open_package(name_or_path: PathLike) -> ModelPackage:
     """Open and verify a model package (``"default"``, an installed name, a folder or a ``.zip``).
 
@@ -339,15 +367,15 @@ def open_package(name_or_path: PathLike) -> ModelPackage:
             raise ModelPackageError(f"{path} is a file but not a .zip; a model package is a folder or a .zip")
         root = extract_zip(path)
         try:
-            data = verify_folder(root)
+            data = _verify(root)
         except ModelPackageError:
             # The cached extraction may have been altered: extract afresh once and re-check.
             shutil.rmtree(root, ignore_errors=True)
             root = extract_zip(path)
-            data = verify_folder(root)
+            data = _verify(root)
     elif path.is_dir():
         root = path
-        data = verify_folder(root)
+        data = _verify(root)
     else:
         raise ModelPackageError(f"{path} is neither a folder nor a .zip model package")
     manifest = Manifest(data)
@@ -368,7 +396,8 @@ def read_manifest(name_or_path: PathLike) -> Manifest:
         raise ModelPackageError(f"{path} is neither a folder nor a .zip model package")
     try:
         with zipfile.ZipFile(path) as zf:
-            names = [info for info in zf.infolist() if not info.is_dir()]
+            # The names extraction would refuse are refused here too (an empty name also breaks is_dir()).
+            names = [info for info in zf.infolist() if _safe_parts(info.filename, path) and not info.is_dir()]
             entry = next((i for i in names if i.filename == MANIFEST_NAME), None)
             tops = {i.filename.split("/")[0] for i in names}
             if entry is None and len(tops) == 1:  # zipped folder: one top-level directory
@@ -380,8 +409,9 @@ def read_manifest(name_or_path: PathLike) -> Manifest:
                 raise ModelPackageError(f"{path.name}: manifest.json is larger than 1 MB; a manifest is a small JSON file")
             with zf.open(entry) as fh:
                 raw = fh.read(MAX_MANIFEST_BYTES_IN_ZIP + 1)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, OSError) as exc:
-        raise ModelPackageError(f"{path.name} is not a readable zip file ({exc}); re-download or rebuild it") from exc
+    except (*_ZIP_ERRORS, OSError) as exc:
+        raise ModelPackageError(f"{path.name} is not a readable zip file ({_first_line(exc)}); "
+                                "re-download or rebuild it") from exc
     return Manifest(parse_manifest_json(raw, f"{path.name}:manifest.json"))
 
 

@@ -1,8 +1,13 @@
 """Training configuration: defaults, JSON loading and checks.
 
 A config is a JSON object; every key is optional except ``data``. Defaults
-(:data:`DEFAULT_CONFIG`) train a 3D U-Net on 1.5 mm isotropic 96^3 patches with
-Dice + cross-entropy, AdamW and a poly learning-rate schedule.
+(:data:`DEFAULT_CONFIG`) train a 3D U-Net on 1.5 mm isotropic patches with Dice +
+cross-entropy, AdamW and a poly learning-rate schedule. The patch size, batch size,
+iterations per epoch and epochs left at ``null`` are sized for the machine once the
+device is known (:data:`MACHINE_DEFAULTS`, :func:`apply_machine_defaults`): 96^3 patches,
+batch 2, 250 iterations, 100 epochs on a GPU; 48^3 (rounded up to what the network
+needs), batch 2, 40 iterations, 20 epochs on a CPU (one epoch in minutes on two cores
+rather than hours).
 """
 
 from __future__ import annotations
@@ -10,11 +15,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
 
 from tumorseg_core.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_LABEL: dict[str, Any] = {
     "value": 1,
@@ -41,14 +49,14 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "inputs": None,  # [{"modality": "MRI", "normalization": {...}}], default from the data
     "spacing": [1.5, 1.5, 1.5],  # mm, x y z
     "orientation": "LPS",
-    "patch_size": [96, 96, 96],  # voxels, x y z
+    "patch_size": None,  # voxels, x y z; None: MACHINE_DEFAULTS for the device
     "preprocessing": {"denoise": None, "crop_foreground": False},
     "output": {"type": "softmax", "labels": None},  # labels default from the data / DEFAULT_LABEL
     "postprocessing": [],
     "inference": {"overlap": 0.5},
-    "epochs": 100,
-    "iterations_per_epoch": 250,
-    "batch_size": 2,
+    "epochs": None,  # None: MACHINE_DEFAULTS for the device
+    "iterations_per_epoch": None,  # None: MACHINE_DEFAULTS for the device
+    "batch_size": None,  # None: MACHINE_DEFAULTS for the device
     "lr": None,  # default 1e-3 (adamw) / 1e-2 (sgd)
     "weight_decay": 3e-5,
     "optimizer": "adamw",
@@ -85,6 +93,20 @@ DEFAULT_CONFIG: dict[str, Any] = {
     # GPU's time), validate it, and write the package; running again with more time resumes.
     "time_limit_minutes": None,
     "grad_clip": 12.0,
+    # A resumable checkpoint inside an epoch at least this often (and on SIGINT/SIGTERM).
+    "checkpoint_minutes": 10.0,
+    # A progress line (iteration, loss, time left) this often; 0 = only the epoch lines.
+    "log_every_seconds": 60.0,
+    # A package whose validation Dice is below this is marked "validated": false.
+    "min_val_dice": 0.5,
+    # Input modality names, one per channel (e.g. ["CT"]); None: what the data says.
+    "modalities": None,
+}
+
+# Sizes for the machine: a key left at None in the config takes its device's value.
+MACHINE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gpu": {"patch_size": [96, 96, 96], "batch_size": 2, "iterations_per_epoch": 250, "epochs": 100},
+    "cpu": {"patch_size": [48, 48, 48], "batch_size": 2, "iterations_per_epoch": 40, "epochs": 20},
 }
 
 # Keys that define what is trained: resuming with any of them changed is refused.
@@ -123,8 +145,40 @@ def merge_config(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, A
     return config
 
 
+def apply_machine_defaults(config: dict[str, Any], device_type: str) -> dict[str, Any]:
+    """``config`` with its ``None`` sizes (patch_size, batch_size, iterations_per_epoch, epochs)
+    filled in from :data:`MACHINE_DEFAULTS` for ``device_type`` ("cpu" or a GPU type)."""
+    machine = "cpu" if device_type == "cpu" else "gpu"
+    config = copy.deepcopy(config)
+    filled = {}
+    for key, value in MACHINE_DEFAULTS[machine].items():
+        if config.get(key) is None:
+            config[key] = filled[key] = copy.deepcopy(value)
+    if "patch_size" in filled:
+        config["patch_size"] = filled["patch_size"] = _fit_divisor(config["patch_size"], config)
+    if filled and machine == "cpu":
+        logger.warning("no GPU: CPU-sized defaults %s (give --patch-size, --batch-size, --iterations-per-epoch "
+                       "or --epochs to choose)", ", ".join(f"{k} {v}" for k, v in filled.items()))
+    return config
+
+
+def _fit_divisor(patch_xyz: list[int], config: dict[str, Any]) -> list[int]:
+    """``patch_xyz`` rounded up to multiples of the network's window divisor (unchanged when the
+    architecture or kwargs are not valid: the data set-up reports that)."""
+    from tumorseg_core.errors import ModelPackageError
+    from tumorseg_core.models.registry import size_divisor
+
+    try:
+        divisor_zyx = size_divisor(str(config["architecture"]), dict(config["kwargs"] or {}))
+    except (ModelPackageError, TypeError, ValueError):
+        return patch_xyz
+    return [-(-int(p) // int(d)) * int(d) for p, d in zip(patch_xyz, divisor_zyx[::-1])]
+
+
 def _positive_int(config: dict[str, Any], key: str) -> None:
     value = config[key]
+    if value is None and key in MACHINE_DEFAULTS["cpu"]:
+        return
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise InputError(f"{key} must be a positive integer, got {value!r}")
 
@@ -137,11 +191,13 @@ def check_config(config: dict[str, Any]) -> None:
         _positive_int(config, key)
     for key in ("spacing", "patch_size"):
         value = config[key]
+        if value is None and key == "patch_size":
+            continue
         if not isinstance(value, list) or len(value) != 3 or not all(
             isinstance(v, (int, float)) and v > 0 for v in value
         ):
             raise InputError(f"{key} must be three positive numbers (x, y, z), got {value!r}")
-    if not all(float(v).is_integer() for v in config["patch_size"]):
+    if config["patch_size"] is not None and not all(float(v).is_integer() for v in config["patch_size"]):
         raise InputError(f"patch_size must be whole voxel counts, got {config['patch_size']}")
     if config["optimizer"] not in ("adamw", "sgd"):
         raise InputError(f"optimizer {config['optimizer']!r} is unknown; use adamw or sgd")
@@ -167,6 +223,17 @@ def check_config(config: dict[str, Any]) -> None:
         raise InputError(f"init_weights_sha256 must be a sha256 hex digest or null, got {pinned!r}")
     if pinned is not None and not config["init_weights"]:
         raise InputError("init_weights_sha256 is set without init_weights; give the package it pins or drop it")
+    for key in ("checkpoint_minutes", "log_every_seconds"):
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1e9:
+            raise InputError(f"{key} must be a number >= 0, got {value!r}")
+    dice = config["min_val_dice"]
+    if isinstance(dice, bool) or not isinstance(dice, (int, float)) or not 0 <= dice <= 1:
+        raise InputError(f"min_val_dice must be a number from 0 to 1, got {dice!r}")
+    names = config["modalities"]
+    if names is not None and (not isinstance(names, list) or not names
+                              or not all(isinstance(n, str) and n.strip() for n in names)):
+        raise InputError(f"modalities must be a list of names, one per input channel (e.g. [\"CT\"]), got {names!r}")
     if not isinstance(config["val_synthetic"], dict):
         raise InputError(f"val_synthetic must be an object of synthetic options, got {config['val_synthetic']!r}")
 
@@ -183,9 +250,20 @@ def default_labels(names: dict[int, str] | None) -> list[dict[str, Any]]:
     return labels
 
 
+UNSPECIFIED_MODALITY = "unspecified"
+
+
 def default_inputs(modalities: list[str] | None, n_channels: int) -> list[dict[str, Any]]:
-    """Manifest inputs: one per channel, normalization by modality (MRI z-score, CT window)."""
-    names = modalities if modalities and len(modalities) == n_channels else ["MRI"] * n_channels
+    """Manifest inputs: one per channel, normalization by modality (CT window; z-score otherwise).
+
+    ``modalities`` are the channel names the data or the user gave (e.g. ``["CT"]``,
+    ``["MRI/CT"]`` for mixed data); without them every channel is ``"unspecified"``
+    (z-scored) rather than a guess.
+    """
+    if modalities is not None and len(modalities) != n_channels:
+        raise InputError(f"{len(modalities)} modality name(s) ({', '.join(modalities)}) for {n_channels} input "
+                         f"channel(s); give one --modality per channel")
+    names = list(modalities) if modalities else [UNSPECIFIED_MODALITY] * n_channels
     inputs = []
     for name in names:
         kind = "CT" if name.upper() == "CT" else "MRI"

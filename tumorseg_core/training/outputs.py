@@ -81,8 +81,15 @@ def build_manifest(config: dict[str, Any], kwargs: dict[str, Any], validation: d
         "postprocessing": config["postprocessing"],
         "inference": config["inference"],
         "metrics": {"validation": validation},
+        "validated": is_validated(validation, config["min_val_dice"]),
         "files": {},
     }
+
+
+def is_validated(validation: dict[str, Any], min_dice: float) -> bool:
+    """True when the package's validation Dice was measured and reaches ``min_dice``."""
+    dice = validation.get("dice")
+    return isinstance(dice, (int, float)) and math.isfinite(dice) and dice >= float(min_dice)
 
 
 def readme_text(config: dict[str, Any], command: str, validation: dict[str, Any]) -> str:
@@ -99,7 +106,9 @@ def readme_text(config: dict[str, Any], command: str, validation: dict[str, Any]
         f"- Labels: {labels}",
         f"- Spacing (mm, x y z): {config['spacing']}; patch (voxels, x y z): {config['patch_size']}",
         f"- Training data: {validation.get('data')}",
-        f"- Validation Dice (mean over {validation.get('cases')} cases, foreground labels): {dice_text}",
+        f"- Validation Dice (mean over {validation.get('cases')} cases, foreground labels): {dice_text}"
+        + ("" if is_validated(validation, config["min_val_dice"]) else
+           f" (**not validated**: below {config['min_val_dice']}; its labels are unreliable)"),
         f"- Epochs: {validation.get('epochs')} x {config['iterations_per_epoch']} iterations, "
         f"batch {config['batch_size']}, seed {config['seed']}",
         "",

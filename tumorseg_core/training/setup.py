@@ -90,6 +90,23 @@ def _count_channels(source: DatasetSource) -> int:
     return sum(len(read_channels(p)) for p in source.cases[0].images)
 
 
+def _modalities(config: dict[str, Any], source: DatasetSource) -> tuple[list[str] | None, int]:
+    """(channel modality names, channel count): the user's ``modalities``, else what the data says
+    (a dataset.json's ``modality``, the synthetic phantoms' mix), else None (``unspecified``)."""
+    n_channels = _count_channels(source)
+    if config["modalities"]:
+        return list(config["modalities"]), n_channels
+    names = source.modalities
+    if names and len(names) != n_channels:
+        logger.warning("the data names %d modalities (%s) for %d input channel(s); the manifest says 'unspecified' "
+                       "(pass --modality, one per channel)", len(names), ", ".join(names), n_channels)
+        names = None
+    if not names:
+        logger.warning("the data do not say their modality; the manifest's inputs say 'unspecified' (z-score "
+                       "normalization): pass --modality (e.g. --modality CT for CT windowing)")
+    return names, n_channels
+
+
 def _network_kwargs(config: dict[str, Any], n_in: int, n_out: int) -> dict[str, Any]:
     from tumorseg_core.models.registry import size_divisor, validate_kwargs
 
@@ -148,7 +165,7 @@ def prepare_data(config: dict[str, Any], workdir: Path, info: dist_utils.DistInf
     if len(source.cases) < 2 and not config["val_data"] and (config["val_fraction"] > 0 or config["folds"]):
         raise InputError(f"{len(source.cases)} case(s) are too few to validate; add cases or set val_fraction 0")
     if config["inputs"] is None:
-        config["inputs"] = default_inputs(source.modalities, _count_channels(source))
+        config["inputs"] = default_inputs(*_modalities(config, source))
     if not config["output"].get("labels"):
         config["output"] = {"type": "softmax", "labels": default_labels(source.labels)}
     values = sorted(int(lab["value"]) for lab in config["output"]["labels"])

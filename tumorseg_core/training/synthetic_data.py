@@ -150,8 +150,19 @@ def synthetic_source(n: int, seed: int, options: dict[str, Any] | None, out_dir:
     """:func:`synthetic_cases` as a data source with a description for the manifest."""
     opts = _options(options)
     cases = synthetic_cases(n, seed, opts, out_dir)
-    description = (
+    return DatasetSource(cases, _description(n, seed, opts), [drawn_modality(n, seed, opts)], {})
+
+
+def drawn_modality(n: int, seed: int, options: dict[str, Any] | None) -> str:
+    """The one input channel's modality name over phantoms ``0..n-1``: ``"MRI"``, ``"CT"``, or
+    ``"MRI/CT"`` when the drawn cases mix them (the model then takes either)."""
+    opts = _options(options)
+    drawn = {str(draw_case_options(i, seed, opts)["modality"]).upper() for i in range(n)}
+    return "/".join(sorted(drawn, key=lambda m: (m != "MRI", m)))
+
+
+def _description(n: int, seed: int, opts: dict[str, Any]) -> str:
+    return (
         f"{n} synthetic phantoms (seed {seed}; {'/'.join(opts['modalities'])}, spacing "
         f"{opts['spacing_mm'][0]}-{opts['spacing_mm'][1]} mm, {round(100 * opts['lesion_free_fraction'])}% lesion-free)"
     )
-    return DatasetSource(cases, description, None, {})
