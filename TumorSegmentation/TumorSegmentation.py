@@ -225,8 +225,16 @@ class TumorSegmentationTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Segmenting (CPU)")
         segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Phantom tumor")
         segmentation.CreateDefaultDisplayNodes()
-        TumorSegmentationLogic().process([volume], segmentation, model="default", device="cpu",
-                                         waitForCompletion=True)
+        logic = TumorSegmentationLogic()
+        logic.process([volume], segmentation, model="default", device="cpu", waitForCompletion=True,
+                      uncertainty=True)
+        uncertainty = slicer.mrmlScene.GetNodeByID(logic.lastResult["uncertaintyVolumeID"])
+        self.assertEqual(uncertainty.GetImageData().GetDimensions(), volume.GetImageData().GetDimensions())
+
+        self.delayDisplay("Measuring")
+        table = logic.measure(segmentation, volume)
+        self.assertEqual(table.GetName(), "Tumor measurements")
+        self.assertGreater(table.GetNumberOfRows(), 0, "the phantom's lesions were not measured")
 
         expectedNames = [segment.name for segment in open_package("default").manifest.segments]
         segments = segmentation.GetSegmentation()

@@ -13,7 +13,8 @@ if str(ROOT / "TumorSegmentation") not in sys.path:
 from TumorSegmentationLib import install  # noqa: E402
 
 ALL_GOOD = {"torch": "2.13.0+cpu", "monai": "1.6.1", "SimpleITK": "2.5.7", "safetensors": "0.8.0", "scipy": "1.17.1",
-            "openvino": "2026.4.1", "numpy": "2.4.6"}
+            "openvino": "2026.4.1", "numpy": "2.4.6", "dynamic-network-architectures": "0.4.3", "scikit-image": "0.26.0",
+            "Pillow": "13.0.0", "pydicom": "3.0.2", "highdicom": "0.28.2"}
 
 
 @pytest.mark.parametrize("version, minimum, ok", [
@@ -156,3 +157,19 @@ def test_find_versions_reads_metadata_without_importing():
     assert install.is_at_least(found["numpy"], "1.22")
     assert found["safetensors"] and "safetensors" not in sys.modules
     assert found["no-such-dist"] is None
+
+
+def test_every_runtime_dependency_of_the_engine_is_installed_in_slicer():
+    """What pyproject.toml says the engine needs at run time, Slicer's installer checks and installs."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text(encoding="utf-8"))
+    needed = {re.split(r"[<>=!~ \[]", spec, maxsplit=1)[0] for spec in pyproject["project"]["dependencies"]}
+
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    missing = {norm(n) for n in needed} - {norm(n) for n in install.REQUIREMENTS}
+    assert not missing, f"add these to TumorSegmentationLib/install.py REQUIREMENTS: {sorted(missing)}"

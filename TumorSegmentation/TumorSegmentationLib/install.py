@@ -40,6 +40,13 @@ REQUIREMENTS = {
     # The fast CPU path (issue: fast on a laptop): OpenVINO runs the exported model ~2x faster than torch.
     "openvino": ("openvino", "2024.0"),
     "numpy": ("numpy", "1.22"),
+    # Imported nnU-Net models: PlainConvUNet / ResidualEncoderUNet (pure torch).
+    "dynamic-network-architectures": ("dynamic_network_architectures", "0.4"),
+    # Measurements (marching-cubes surface, RECIST picture) and DICOM SEG export.
+    "scikit-image": ("skimage", "0.21"),
+    "Pillow": ("PIL", "9"),
+    "pydicom": ("pydicom", "2.4"),
+    "highdicom": ("highdicom", "0.22"),
 }
 SLICER_OWNED = ("SimpleITK", "numpy")
 MIN_PYTHON = (3, 9)
