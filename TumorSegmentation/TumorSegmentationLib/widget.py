@@ -268,13 +268,20 @@ class TumorSegmentationPanel:
                 slicer.util.setSliceViewerLayers(foreground=uncertaintyID, foregroundOpacity=0.4)
             self.onMeasure()
 
-    def onMeasure(self) -> None:
+    def _result(self):
+        """(output segmentation, first input volume), or None while either is missing."""
         pn = self._parameterNode
         volume = self._inputs()[0]
         if pn is None or pn.outputSegmentation is None or volume is None:
+            return None
+        return pn.outputSegmentation, volume
+
+    def onMeasure(self) -> None:
+        result = self._result()
+        if result is None:
             return
         with slicer.util.tryWithErrorDisplay("Could not measure the segments.", waitCursor=True):
-            table = self.logic.measure(pn.outputSegmentation, volume)
+            table = self.logic.measure(*result)
             self.ui.measurementsTableView.setMRMLTableNode(table)
 
     def onExportDicomSeg(self) -> None:
@@ -283,13 +290,13 @@ class TumorSegmentationPanel:
 
         from DICOMLib import DICOMUtils
 
-        pn = self._parameterNode
-        volume = self._inputs()[0]
-        if pn is None or pn.outputSegmentation is None or volume is None:
+        result = self._result()
+        if result is None:
             return
+        segmentation, volume = result
         with slicer.util.tryWithErrorDisplay("Could not export the DICOM SEG.", waitCursor=True):
             with tempfile.TemporaryDirectory(prefix="TumorSeg-SEG-") as folder:
-                self.logic.exportDicomSeg(pn.outputSegmentation, volume, Path(folder) / "TumorSeg.dcm")
+                self.logic.exportDicomSeg(segmentation, volume, Path(folder) / "TumorSeg.dcm")
                 DICOMUtils.importDicom(folder, slicer.dicomDatabase, copyFiles=True)
             self.ui.statusLabel.text = f"DICOM SEG of '{volume.GetName()}' added to the DICOM database"
 

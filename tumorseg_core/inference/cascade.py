@@ -165,8 +165,7 @@ def candidate_region(
         distance = sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, squaredDistance=False,
                                                 useImageSpacing=True)
         seeds = sitk.GetArrayViewFromImage(distance) <= margin_mm
-    index = [np.minimum(np.arange(n) * c // n, c - 1) for n, c in zip(full_shape_zyx, seeds.shape)]
-    return seeds[np.ix_(*index)]
+    return _nearest_to(seeds, full_shape_zyx)
 
 
 def predict_cascade(
