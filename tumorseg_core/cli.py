@@ -22,7 +22,7 @@ logger = logging.getLogger("tumorseg_core")
 # Options whose value may start with '-' (negative LPS coordinates such as -48,43,6).
 _NEGATIVE_VALUE_OPTIONS = ("--seed", "--background")
 # Commands that run a network: they set torch's thread count once, here at the front door.
-_MODEL_COMMANDS = ("segment", "demo", "train", "evaluate")
+_MODEL_COMMANDS = ("segment", "demo", "train", "evaluate", "quantize")
 _NUMBER_LIST = re.compile(r"^-?\d*\.?\d+(,-?\d*\.?\d+)*$")
 # reStructuredText in the command modules' docstrings, which --help shows as plain text.
 _RST_ROLE = re.compile(r":[a-z]+:`(~?)([^`]*)`")
@@ -74,6 +74,8 @@ def _commands() -> dict[str, ModuleType]:
         info,
         measure,
         models,
+        prune,
+        quantize,
         segment,
         train,
     )
@@ -86,6 +88,8 @@ def _commands() -> dict[str, ModuleType]:
         "train": train,
         "evaluate": evaluate,
         "measure": measure,
+        "prune": prune,
+        "quantize": quantize,
         "import": import_model,
         "import-weights": import_weights,  # alias of "import" for state dicts, original interface
     }

@@ -24,6 +24,9 @@ from tumorseg_core.errors import TumorSegError
 DEVICES = ("auto", "cpu", "cuda", "mps")
 #: Inference engines (``inference/backends``); ``auto``: the fastest installed for the device.
 BACKENDS = ("auto", "torch", "onnxruntime", "openvino")
+#: Network arithmetic. ``auto``: the package's INT8 network on the CPU when it has one
+#: (``tumorseg quantize``), else float32; ``int8`` requires it; ``fp32`` never uses it.
+PRECISIONS = ("auto", "fp32", "int8")
 #: Presets of the sliding window. ``normal`` is the model's own settings (its manifest).
 QUALITIES = ("fast", "normal", "tta")
 QUALITY_LABELS = {
@@ -87,8 +90,11 @@ class SegmentOptions:
         overlap: sliding-window overlap in [0, 1).
         tta: flip test-time augmentation.
         window_batch: windows per network call (1..256).
+        precision: one of :data:`PRECISIONS`.
         postprocess: apply the manifest's postprocessing rules.
         cascade: the ROI cascade (coarse pass first); ``False``: every window.
+        skip_background: do not run the windows that lie wholly outside the body (air,
+            table); they count as background. ``False``: run every window.
         seeds_lps / background_lps: clicked points (LPS mm): keep the lesions at the seeds,
             drop those marked as background.
     """
@@ -99,8 +105,10 @@ class SegmentOptions:
     overlap: Optional[float] = None
     tta: Optional[bool] = None
     window_batch: Optional[int] = None
+    precision: str = "auto"
     postprocess: bool = True
     cascade: Optional[bool] = None
+    skip_background: bool = True
     seeds_lps: Tuple[Point, ...] = field(default_factory=tuple)
     background_lps: Tuple[Point, ...] = field(default_factory=tuple)
 
@@ -108,6 +116,7 @@ class SegmentOptions:
         set_ = object.__setattr__  # frozen: normalized values are set once, here
         set_(self, "device", check_device(self.device))
         set_(self, "backend", _choice(self.backend, BACKENDS, "backend"))
+        set_(self, "precision", _choice(self.precision, PRECISIONS, "precision"))
         set_(self, "quality", _choice(self.quality, QUALITIES, "quality"))
         if self.overlap is not None:
             if isinstance(self.overlap, bool) or not isinstance(self.overlap, (int, float)) \
@@ -118,6 +127,8 @@ class SegmentOptions:
         set_(self, "cascade", _optional_bool(self.cascade, "cascade"))
         if not isinstance(self.postprocess, bool):
             raise TumorSegError(f"option postprocess must be true or false, got {self.postprocess!r}")
+        if not isinstance(self.skip_background, bool):
+            raise TumorSegError(f"option skip_background must be true or false, got {self.skip_background!r}")
         if self.window_batch is not None:
             if isinstance(self.window_batch, bool) or not isinstance(self.window_batch, int) \
                     or not 1 <= self.window_batch <= MAX_WINDOW_BATCH:

@@ -22,6 +22,8 @@ TINY = {
     "unet3d": ({"in_channels": 2, "out_channels": 3, "features": [2, 4, 8]}, (1, 2, 8, 4, 12), (4, 4, 4)),
     "vnet": ({"in_channels": 2, "out_channels": 2}, (1, 2, 16, 16, 16), (16, 16, 16)),
     "unet2d": ({"in_channels": 1, "out_channels": 2, "features": [2, 2, 4, 4, 8, 2]}, (2, 1, 3, 16, 32), (1, 16, 16)),
+    "unet25d": ({"in_channels": 2, "out_channels": 2, "context": 1, "features": [2, 2, 4, 4, 8, 2]}, (2, 2, 3, 16, 32),
+                (1, 16, 16)),
     "segresnet": (
         {"in_channels": 1, "out_channels": 2, "init_filters": 8, "blocks_down": [1, 1], "blocks_up": [1]},
         (1, 1, 4, 6, 8), (2, 2, 2),

@@ -162,8 +162,9 @@ def test_find_versions_reads_metadata_without_importing():
 def test_every_runtime_dependency_of_the_engine_is_installed_in_slicer():
     """What pyproject.toml says the engine needs at run time, Slicer's installer checks and installs."""
     import re
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text(encoding="utf-8"))
     needed = {re.split(r"[<>=!~ \[]", spec, maxsplit=1)[0] for spec in pyproject["project"]["dependencies"]}

@@ -12,12 +12,22 @@ import argparse
 from typing import Any
 
 from tumorseg_core.errors import TumorSegError
-from tumorseg_core.options import BACKENDS, DEVICES, QUALITIES, QUALITY_LABELS, SegmentOptions, check_device
+from tumorseg_core.options import (
+    BACKENDS,
+    DEVICES,
+    PRECISIONS,
+    QUALITIES,
+    QUALITY_LABELS,
+    SegmentOptions,
+    check_device,
+)
 
 #: argparse destination -> SegmentOptions field, for the flags added here.
 FLAG_FIELDS = {
     "device": "device", "backend": "backend", "quality": "quality", "overlap": "overlap", "tta": "tta",
+    "precision": "precision",
     "window_batch": "window_batch", "postprocess": "postprocess", "cascade": "cascade",
+    "skip_background": "skip_background",
 }
 
 
@@ -35,6 +45,9 @@ def add_segment_options(parser: argparse.ArgumentParser, what: str = "") -> None
                         help=f"{prefix}where the network runs (default auto: a GPU when there is one)")
     parser.add_argument("--backend", default="auto", choices=BACKENDS,
                         help=f"{prefix}inference engine (default auto: openvino > onnxruntime > torch on the CPU)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help=f"{prefix}network arithmetic (default auto: the model's INT8 network on the CPU "
+                             "when it has one, from 'tumorseg quantize'; else float32)")
     parser.add_argument("--quality", default="normal", choices=QUALITIES,
                         help=prefix + "; ".join(f"{q}: {QUALITY_LABELS[q]}" for q in QUALITIES) + " (default normal)")
     parser.add_argument("--overlap", type=float, default=None,
@@ -48,6 +61,9 @@ def add_segment_options(parser: argparse.ArgumentParser, what: str = "") -> None
     parser.add_argument("--cascade", action=argparse.BooleanOptionalAction, default=None,
                         help=f"{prefix}coarse pass first, full resolution only around candidates "
                              "(--no-cascade: every window; default: the model's default)")
+    parser.add_argument("--no-skip-background", dest="skip_background", action="store_false", default=True,
+                        help=f"{prefix}run every window, also those wholly outside the body (default: skip them; "
+                             "they count as background)")
 
 
 def segment_options(args: argparse.Namespace, **extra: Any) -> SegmentOptions:

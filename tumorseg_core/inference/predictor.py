@@ -28,12 +28,14 @@ import numpy as np
 
 from tumorseg_core.errors import CancelledError, InputError, ModelPackageError, TumorSegError
 from tumorseg_core.inference.backends import LazyNetworks, prepare_backend
+from tumorseg_core.inference.backends.int8 import int8_wanted
 from tumorseg_core.inference.devices import device_name
 from tumorseg_core.inference.roi_windows import windows_to_run
 from tumorseg_core.inference.sliding_window import SlabWeights, gaussian_weights, pad_to_window
 from tumorseg_core.inference.stitching import LABEL_SLAB, BandStitcher
 from tumorseg_core.inference.tta import flip_axes_combinations
 from tumorseg_core.inference.window_batch import run_batch_numpy, run_batch_torch
+from tumorseg_core.inference.window_skipping import windows_in_body
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
@@ -103,6 +105,14 @@ class Predictor:
             hash of its weights).
         stored_graph: the networks are imported ONNX graphs (architecture ``onnx``),
             never re-exported: ``auto`` runs them through torch (ONNX Runtime inside).
+        int8_graphs: per network, a callable returning its INT8 ONNX graph's verified bytes
+            (the package's ``int8`` section): these run instead of the float32 networks, on
+            the CPU (:mod:`~tumorseg_core.inference.backends.int8`); ``.precision`` says which ran.
+
+    ``skip_background`` (attribute, default False; the Segmenter sets it from
+    ``SegmentOptions.skip_background``): windows wholly outside the body are not run and
+    count as background (:mod:`~tumorseg_core.inference.window_skipping`);
+    ``windows_skipped`` is how many of the last prediction's ``windows_total`` it skipped.
     """
 
     def __init__(
@@ -124,6 +134,7 @@ class Predictor:
         backend: str = "torch",
         export_identities: Sequence[str] | None = None,
         stored_graph: bool = False,
+        int8_graphs: Sequence[Callable[[], bytes]] | None = None,
     ) -> None:
         if not len(networks):
             raise ModelPackageError("the model has no networks (weight files); reinstall the model package")
@@ -161,16 +172,27 @@ class Predictor:
             networks = LazyNetworks.of([net.to(self.device).eval() for net in networks])
         lazy = networks
         self.in_channels = in_channels if in_channels is not None else _first_conv_in_channels(lazy.modules()[0])
-        # Window runners: the modules themselves (torch) or cached exports (CPU backends).
-        self.backend, self.networks = prepare_backend(
-            lazy, backend, self._device_name, self.patch_size_zyx, self.in_channels, export_identities,
-            stored_graph=stored_graph,
-        )
+        # Window runners: the modules themselves (torch), cached exports (CPU backends) or INT8 graphs.
+        self.precision = "int8" if int8_graphs else "fp32"
+        if int8_graphs:
+            from tumorseg_core.inference.backends.int8 import int8_runners
+
+            if len(int8_graphs) != len(lazy) or self.in_channels is None:
+                raise ModelPackageError("the model's INT8 networks do not match its networks; quantize it again")
+            self.backend, self.networks = int8_runners(int8_graphs, backend, self._device_name, self.patch_size_zyx,
+                                                       self.in_channels)
+        else:
+            self.backend, self.networks = prepare_backend(
+                lazy, backend, self._device_name, self.patch_size_zyx, self.in_channels, export_identities,
+                stored_graph=stored_graph,
+            )
         # Settings the warm pipeline may change between calls (validated setters below).
         self.overlap = overlap
         self.window_batch = window_batch
         self.tta = tta
         self._gaussian = gaussian_weights(self.patch_size_zyx, self.sigma_scale)
+        self.skip_background = False
+        self.windows_skipped = self.windows_total = 0
 
     @classmethod
     def from_package(cls, package: Any, device: str | torch.device = "auto", **options: Any) -> Predictor:
@@ -179,13 +201,19 @@ class Predictor:
         :meth:`Manifest.predictor_settings` gives the window, outputs, inputs and the
         manifest's ``inference`` defaults; ``None`` in ``options`` means "use the default".
         The networks are :class:`~tumorseg_core.inference.backends.LazyNetworks`: the weights
-        are loaded (and torch imported) only if the backend needs the modules.
+        are loaded (and torch imported) only if the backend needs the modules. ``precision``
+        (``auto``/``fp32``/``int8``, default ``auto``) picks the package's INT8 graphs where
+        :func:`~tumorseg_core.inference.backends.int8.int8_wanted` says so.
         """
         settings = package.manifest.predictor_settings()
         settings.update({key: value for key, value in options.items() if value is not None})
         name = _device_for(device, settings.get("backend"))
         settings.setdefault("export_identities", [f"{package.sha256}:{f.name}" for f in package.weight_files])
         settings.setdefault("stored_graph", getattr(package.manifest, "architecture", None) == "onnx")
+        # precision (SegmentOptions.precision): the package's INT8 graphs on the CPU when it has them
+        int8 = getattr(package.manifest, "int8", None)
+        if int8_wanted(settings.pop("precision", "auto"), int8 is not None, name, settings.get("backend")):
+            settings["int8_graphs"] = [lambda n=n: package.read_verified(n) for n in int8.networks]
 
         def load() -> list:
             from tumorseg_core.inference.devices import import_torch
@@ -420,6 +448,12 @@ class Predictor:
         starts = windows_to_run(spatial, self.patch_size_zyx, self.overlap, region, explicit)
         weights = SlabWeights(self._gaussian, starts, undo, spatial)
         begin(tuple(spatial), weights)  # type: ignore[arg-type]
+        self.windows_total = len(starts)
+        if self.skip_background:  # after the weights: a skipped window still weighs, as background
+            run = windows_in_body(array, starts, self.patch_size_zyx)
+            self.windows_skipped, starts = len(starts) - len(run), run
+        else:
+            self.windows_skipped = 0
         n = len(starts)
         pz, py, px = self.patch_size_zyx
         logger.info(

@@ -78,10 +78,11 @@ class Segmenter:
         self.device = self.options.device
         self._predictor = None
         self._predictor_key: Optional[tuple] = None
-        self._backend: Optional[str] = None
+        self._backend: Optional[tuple] = None  # (backend, precision) of the warm Predictor
         self._coarse: Optional[tuple] = None  # (backend option, Predictor of the cascade's coarse network)
         self._cpu_nets: Optional[list] = None  # an imported nnU-Net/MONAI model's folds (their pipelines)
         self._nnunet_runners: Optional[tuple] = None  # (backend option, an imported nnU-Net model's window runners)
+        self._slices: Any = None  # a 2.5D model's warm SliceSegmenter (slice_mode.py)
 
     @classmethod
     def with_options(cls, model: Any, options: SegmentOptions) -> "Segmenter":
@@ -111,13 +112,14 @@ class Segmenter:
         overlap = options.window_overlap
         overlap = overlap if overlap is not None else float(defaults.get("overlap", 0.5))
         key = (overlap, options.use_tta, options.window_batch)
-        if self._predictor is None or (self._backend is not None and options.backend != self._backend):
+        if self._predictor is None or (self._backend is not None
+                                       and (options.backend, options.precision) != self._backend):
             # The backend's session (export, load) is kept warm; only a new backend rebuilds.
             self._predictor = Predictor.from_package(
                 self.package, device=self.device, overlap=overlap, tta=options.use_tta,
-                window_batch=options.window_batch, backend=options.backend,
+                window_batch=options.window_batch, backend=options.backend, precision=options.precision,
             )
-            self._backend = options.backend
+            self._backend = (options.backend, options.precision)
         elif key != self._predictor_key:
             # Same networks, new sliding-window settings: no reload needed.
             self._predictor.overlap = overlap
@@ -125,6 +127,7 @@ class Segmenter:
             if options.window_batch is not None:
                 self._predictor.window_batch = options.window_batch
         self._predictor_key = key
+        self._predictor.skip_background = options.skip_background
         return self._predictor
 
     def coarse_predictor(self, options: SegmentOptions):
@@ -142,6 +145,7 @@ class Segmenter:
             self._coarse = (options.backend, coarse)
         elif options.window_batch is not None:
             self._coarse[1].window_batch = options.window_batch  # same networks, new batch size
+        self._coarse[1].skip_background = options.skip_background
         return self._coarse[1]
 
     def segment(
@@ -342,6 +346,25 @@ class Segmenter:
 
             self._cpu_nets = list(self.package.load_networks(import_torch().device("cpu")))
         return self._cpu_nets
+
+    def slice_segmenter(self) -> Any:
+        """The warm :class:`~tumorseg_core.inference.slice_mode.SliceSegmenter` of a 2.5D model
+        (built on first use; its normalized-image cache lives as long as this Segmenter)."""
+        if self._slices is None or self._slices.backend != self.options.backend:
+            from tumorseg_core.inference.slice_mode import SliceSegmenter
+
+            self._slices = SliceSegmenter(self.package, backend=self.options.backend, device=self.device)
+        return self._slices
+
+    def segment_slice(self, image: Any, index: int, axis: Union[str, int] = "axial") -> np.ndarray:
+        """Labels uint8 (2D) of slice ``index`` along ``axis`` of the image's own grid (2.5D models only;
+        see :meth:`~tumorseg_core.inference.slice_mode.SliceSegmenter.segment_slice`)."""
+        return self.slice_segmenter().segment_slice(image, index, axis)
+
+    def segment_by_slices(self, image: Any, axes: Sequence[Union[str, int]] = ("axial",)) -> sitk.Image:
+        """A 2.5D model's label map on the image's exact grid from every slice along ``axes``
+        (all three: tri-planar fusion of the probabilities); the manifest's postprocessing applies."""
+        return self.slice_segmenter().segment_volume(image, axes)
 
     def segment_to_file(
         self,

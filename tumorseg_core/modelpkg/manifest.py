@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from tumorseg_core.errors import ModelPackageError
 from tumorseg_core.imaging.preprocess import NORMALIZATION_TYPES
 from tumorseg_core.imaging.segments import SegmentInfo
+from tumorseg_core.modelpkg.int8_section import Int8Spec, check_int8_section
 from tumorseg_core.modelpkg.monai_section import MonaiSection, check_monai_section
 from tumorseg_core.models.registry import ARCHITECTURES, effective_kwargs, size_divisor
 
@@ -35,7 +36,7 @@ REQUIRED_KEYS = (
     "spacing", "orientation", "patch_size", "output", "files",
 )
 OPTIONAL_KEYS = ("format_version", "postprocessing", "preprocessing", "inference", "metrics", "cascade", "nnunet",
-                 "monai", "validated")
+                 "monai", "validated", "int8")
 #: ``inference`` keys that become Predictor settings (the model's own defaults).
 INFERENCE_SETTINGS = ("overlap", "tta", "window_batch", "amp", "sigma_scale")
 OUTPUT_TYPES = ("softmax", "sigmoid")
@@ -481,6 +482,13 @@ class Manifest:
             if data.get("cascade") is not None or data.get("nnunet") is not None:
                 raise _fail("monai", "cannot be combined with a 'cascade' or 'nnunet' section")
             self._monai = check_monai_section(data["monai"], len(data["inputs"]), self._kwargs_full.get("out_channels"))
+        self._int8: Optional[Int8Spec] = None
+        if data.get("int8") is not None:  # no format bump: an older reader ignores it and runs float32
+            if data.get("nnunet") is not None or data.get("monai") is not None or data["architecture"] == "onnx":
+                raise _fail("int8", "is for TumorSeg's own sliding-window networks (not nnU-Net, MONAI or ONNX imports)")
+            coarse = self._cascade.weights if self._cascade else None
+            ensemble = sorted(n for n in data["files"] if n.endswith(".safetensors") and n != coarse)
+            self._int8 = check_int8_section(data["int8"], data["files"], ensemble, self._patch)
         self._data = data
 
     @staticmethod
@@ -642,6 +650,11 @@ class Manifest:
     def nnunet(self) -> Optional[Dict[str, Any]]:
         """The validated ``nnunet`` section (an imported nnU-Net v2 model: its own pipeline), or None."""
         return copy.deepcopy(self._nnunet)
+
+    @property
+    def int8(self) -> Optional[Int8Spec]:
+        """The package's INT8 networks (``tumorseg quantize``, ``int8_section.py``), or None."""
+        return self._int8
 
     @property
     def files(self) -> Dict[str, str]:

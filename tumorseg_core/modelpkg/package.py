@@ -302,6 +302,19 @@ class ModelPackage:
             raise ModelPackageError(f"model '{self.manifest.name}' has no cascade network")
         return self._load_verified(self.root / spec.weights, spec.architecture, spec.kwargs, device)
 
+    def read_verified(self, name: str) -> bytes:
+        """The bytes of package file ``name``, hashed again as read (a file swapped after opening is refused)."""
+        if name not in self.manifest.files:
+            raise ModelPackageError(f"model '{self.manifest.name}' has no file {name!r}; reinstall the package")
+        try:
+            data = (self.root / name).read_bytes()
+        except OSError as exc:
+            raise ModelPackageError(f"could not read {name} from {self.root} ({_first_line(exc)}); "
+                                    "reinstall the package") from exc
+        if hashlib.sha256(data).hexdigest() != self.manifest.files[name]:
+            raise ModelPackageError(f"{name} changed since the package was verified; reinstall the package")
+        return data
+
     def _load_verified(self, path: Path, architecture: str, kwargs: Dict[str, Any], device: Any) -> "torch.nn.Module":
         from safetensors import SafetensorError
         from safetensors.torch import load as load_safetensors

@@ -87,6 +87,25 @@ def _build_unet2d(
     )
 
 
+def _build_unet25d(
+    in_channels: int = 1,
+    out_channels: int = 2,
+    context: int = 2,
+    features: Tuple[int, ...] = (8, 16, 32, 64, 128, 8),
+    act: Any = _DEFAULT_ACT_BASIC,
+    norm: Any = _DEFAULT_NORM_BASIC,
+    bias: bool = True,
+    dropout: float = 0.0,
+    upsample: str = "deconv",
+) -> torch.nn.Module:
+    from tumorseg_core.models.unet25d import StackUNet25D
+
+    return StackUNet25D(
+        in_channels=in_channels, context=context, out_channels=out_channels, features=tuple(features),
+        act=act, norm=norm, bias=bias, dropout=dropout, upsample=upsample,
+    )
+
+
 def _build_vnet(
     in_channels: int = 1,
     out_channels: int = 2,
@@ -190,6 +209,10 @@ ARCHITECTURES: Dict[str, ArchitectureSpec] = {
     "unet2d": ArchitectureSpec(
         _build_unet2d, lambda kwargs: (1, 16, 16),
         "2D U-Net (MONAI BasicUNet, spatial_dims=2) applied slice by slice along z",
+    ),
+    "unet25d": ArchitectureSpec(
+        _build_unet25d, lambda kwargs: (1, 16, 16),
+        "2.5D U-Net (MONAI BasicUNet, spatial_dims=2) seeing 2*context+1 neighbouring z slices as channels",
     ),
     "segresnet": ArchitectureSpec(
         _build_segresnet, _segresnet_divisor,
