@@ -93,17 +93,7 @@ class Int8OnnxRuntimeRunner(OnnxRuntimeRunner):
     name = "onnxruntime"
 
     def __init__(self, data: bytes, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(threads or configured_threads())
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(bytes(data), options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-        self.threads = options.intra_op_num_threads
+        self._open(bytes(data), threads)
 
 
 def _checked(source: GraphSource, index: int, shape: Sequence[int]) -> bytes:

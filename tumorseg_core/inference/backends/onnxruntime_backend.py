@@ -25,6 +25,10 @@ class OnnxRuntimeRunner:
     name = "onnxruntime"
 
     def __init__(self, folder: Path, threads: int | None = None) -> None:
+        self._open(str(Path(folder) / "model.onnx"), threads)
+
+    def _open(self, model: str | bytes, threads: int | None) -> None:
+        """One sequential CPU session for a graph file path or serialized graph bytes."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -33,8 +37,7 @@ class OnnxRuntimeRunner:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(Path(folder) / "model.onnx"), options,
-                                            providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.threads = options.intra_op_num_threads
 
