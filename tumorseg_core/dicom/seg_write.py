@@ -139,7 +139,7 @@ def write_dicom_seg(
                          "segment names") from exc
     seg.SeriesDescription = (series_description or f"{algorithm_name} segmentation")[:64]
     seg.ContentCreatorName = ""  # type 2 in the Content Identification Macro: present, empty
-    io._atomic_write(out, ".dcm", lambda tmp: seg.save_as(tmp, enforce_file_format=True))
+    io.atomic_write(out, ".dcm", lambda tmp: seg.save_as(tmp, enforce_file_format=True))
     logger.info("wrote DICOM SEG %s (%d segments, %d frames)", out, len(values), int(seg.NumberOfFrames))
     return out
 

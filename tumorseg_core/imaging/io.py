@@ -416,7 +416,7 @@ def _os_reason(exc: OSError) -> str:
     return f"{exc.strerror or _one_line(exc)}; check the path and free space"
 
 
-def _atomic_write(path: Path, ext: str, write: Any) -> None:
+def atomic_write(path: Path, ext: str, write: Any) -> None:
     """Call ``write(tmp_path)`` on a temp file next to ``path``, then rename it over ``path``."""
     # The writer creates the temp file itself (not mkstemp), so the output gets the
     # usual umask permissions rather than 0600; the random part avoids collisions.
@@ -459,7 +459,7 @@ def write_image(image: sitk.Image, path: PathLike) -> Path:
         except RuntimeError as exc:
             raise TumorSegError(f"could not write {p}: {_one_line(exc)}; check free space and permissions") from exc
         return p
-    _atomic_write(p, ext, lambda tmp: _sitk_write(image, tmp, compress=ext != ".nii"))
+    atomic_write(p, ext, lambda tmp: _sitk_write(image, tmp, compress=ext != ".nii"))
     return p
 
 
@@ -546,6 +546,6 @@ def write_labelmap(
         infos = _segment_infos(sitk.GetArrayViewFromImage(image), segments)
         for key, value in seg_nrrd_metadata(image, infos).items():
             image.SetMetaData(key, value)
-    _atomic_write(p, ext, lambda tmp: _sitk_write(image, tmp, compress=ext != ".nii"))
+    atomic_write(p, ext, lambda tmp: _sitk_write(image, tmp, compress=ext != ".nii"))
     logger.info("wrote %s", p)
     return p

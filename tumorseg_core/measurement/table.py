@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
 from tumorseg_core.errors import TumorSegError
-from tumorseg_core.imaging.io import _atomic_write
+from tumorseg_core.imaging.io import atomic_write
 
 PathLike = Union[str, "os.PathLike[str]"]
 Point = tuple[float, float, float]
@@ -242,7 +242,7 @@ def _write_text(path: Path, ext: str, text: str) -> Path:
         with open(tmp, "w", encoding="utf-8", newline="") as handle:
             handle.write(text)
 
-    _atomic_write(path, ext, write)
+    atomic_write(path, ext, write)
     return path
 
 
@@ -254,5 +254,5 @@ def write_bytes(path: PathLike, ext: str, data: bytes) -> Path:
         with open(tmp, "wb") as handle:
             handle.write(data)
 
-    _atomic_write(p, ext, write)
+    atomic_write(p, ext, write)
     return p
