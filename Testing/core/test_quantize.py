@@ -208,7 +208,7 @@ def test_refused_when_the_dice_drop_exceeds_the_budget(packages, tmp_path, monke
     out = tmp_path / "never"
     with pytest.raises(InputError, match=r"Dice 0\.9000 .*drop 0\.1000 > --max-dice-drop 0\.02.*nothing written"):
         engine.quantize_package(fp32, out, calibration="synthetic:1", max_windows=4)
-    assert tries == [1, 1]  # the first try, then with the first and last convolution in float32
+    assert tries == [1, 1]  # all INT8, then with the two finest resolution stages in float32
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".never")]
 
 
@@ -249,3 +249,33 @@ def test_the_worker_runs_the_int8_network_with_the_slicer_modules_default_option
     assert events[-1]["event"] == "done", events[-1]
     (segmenter,) = worker._segmenters.values()
     assert segmenter._predictor.precision == "int8" and output.is_file()
+
+
+def test_stage_nodes_are_the_finest_resolution_levels(tmp_path):
+    """Full resolution (levels=1), then also half resolution (levels=2), by the convolutions' output shapes."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tumorseg_core.inference.backends.quantize_graph import stage_nodes
+
+    rng = np.random.default_rng(0)
+
+    def weight(name, shape):
+        return numpy_helper.from_array(rng.normal(size=shape).astype(np.float32), name)
+
+    same = {"kernel_shape": [3, 3, 3], "pads": [1] * 6}
+    down = {"kernel_shape": [2, 2, 2], "strides": [2, 2, 2]}
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["a"], name="enc0", **same),
+             helper.make_node("Conv", ["a", "w1"], ["b"], name="down1", **down),
+             helper.make_node("Conv", ["b", "w2"], ["c"], name="down2", **down),
+             helper.make_node("ConvTranspose", ["c", "w3"], ["d"], name="up2", **down),
+             helper.make_node("ConvTranspose", ["d", "w4"], ["e"], name="up1", **down),
+             helper.make_node("Conv", ["e", "w5"], ["y"], name="head", kernel_shape=[1, 1, 1])]
+    inits = [weight("w0", (2, 1, 3, 3, 3)), weight("w1", (2, 2, 2, 2, 2)), weight("w2", (2, 2, 2, 2, 2)),
+             weight("w3", (2, 2, 2, 2, 2)), weight("w4", (2, 2, 2, 2, 2)), weight("w5", (2, 2, 1, 1, 1))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 1, 8, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    assert stage_nodes(path, levels=1) == ["enc0", "up1", "head"]
+    assert stage_nodes(path, levels=2) == ["enc0", "down1", "up2", "up1", "head"]

@@ -8,8 +8,9 @@ Example::
 The activations are calibrated on preprocessed windows of the calibration cases
 (``synthetic:N`` phantoms of the model's modality, or a dataset ``tumorseg train`` reads).
 Every calibration case is then segmented with float32 and with INT8; when the Dice
-of the two label maps falls more than ``--max-dice-drop`` below 1, the first and last
-convolution stay in float32 and the check runs again, and if it still misses, nothing is
+of the two label maps falls more than ``--max-dice-drop`` below 1, the convolutions of
+the two finest resolution stages (a U-Net's levels 0 and 1 and its output convolution) stay
+in float32 and the check runs again, and if it still misses, nothing is
 written. The new package holds every file of the old one plus one ``.int8.onnx`` graph per
 network, listed and hashed in its manifest (section ``int8``). On the CPU,
 ``tumorseg segment``, the API, the worker and Slicer then run the INT8 networks by

@@ -45,6 +45,32 @@ def conv_nodes(graph: Path) -> list[str]:
     return [node.name for node in model.graph.node if node.op_type in ("Conv", "ConvTranspose")]
 
 
+def stage_nodes(graph: Path, levels: int = 2) -> list[str]:
+    """The convolutions of the graph's ``levels`` finest resolution stages, in graph order.
+
+    A convolution belongs to them when its output's spatial size is at least the input's
+    divided by ``2 ** (levels - 1)`` on every axis (ONNX shape inference on the fixed window):
+    for a U-Net, the full-resolution encoder and decoder levels, their up-convolutions and the
+    output convolution, then the next level down. Falls back to the first and last
+    convolution where the shapes are unknown.
+    """
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load_model(str(graph), load_external_data=False))
+
+    def spatial(value) -> tuple[int, ...] | None:
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in value.type.tensor_type.shape.dim][2:]
+        return tuple(dims) if dims and all(dims) else None
+
+    shapes = {v.name: spatial(v) for v in (*model.graph.value_info, *model.graph.output)}
+    full = spatial(model.graph.input[0])
+    convs = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    if full is None or any(shapes.get(n.output[0]) is None for n in convs):
+        return sorted({convs[0].name, convs[-1].name}) if convs else []
+    least = [s / 2 ** (max(1, int(levels)) - 1) for s in full]
+    return [n.name for n in convs if all(o >= m for o, m in zip(shapes[n.output[0]], least))]
+
+
 class _Windows:
     """ONNX Runtime's CalibrationDataReader protocol over a list of windows (re-iterable via ``rewind``)."""
 
@@ -70,7 +96,7 @@ def quantize_graph(fp32_graph: Path, windows: Iterable[np.ndarray], exclude_node
     Args:
         fp32_graph: an ONNX file, input ``(B, C, z, y, x)`` float32 (dynamic batch), output logits.
         windows: calibration inputs, each ``(1, C, z, y, x)`` float32 (at least one).
-        exclude_nodes: node names left in float32 (e.g. the first and last convolution).
+        exclude_nodes: node names left in float32 (e.g. :func:`stage_nodes`).
     """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
