@@ -7,6 +7,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from model_factory import make_tiny_package
+from stand_in_networks import MeanThresholdNet
 from torch import nn
 
 from tumorseg_core.inference import cascade, roi_windows
@@ -17,21 +18,6 @@ SPACING_XYZ = (1.5, 1.5, 1.5)
 PATCH = (16, 16, 16)
 
 
-class MeanThresholdNet(nn.Module):
-    """Fixed stand-in network: logits (0, gain * (mean3x3x3(x) - t)); counts windows it sees."""
-
-    def __init__(self, threshold: float = 0.5, gain: float = 8.0) -> None:
-        super().__init__()
-        self.conv = nn.Conv3d(1, 2, kernel_size=3, padding=1)
-        with torch.no_grad():
-            self.conv.weight.zero_()
-            self.conv.weight[1] = gain / 27.0
-            self.conv.bias.copy_(torch.tensor([0.0, -gain * threshold]))
-        self.windows = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.windows += x.shape[0]
-        return self.conv(x)
 
 
 def phantom(shape=(48, 56, 64), centers=((12, 14, 16), (30, 40, 20), (36, 20, 50)), radii=(5, 3, 4)) -> np.ndarray:

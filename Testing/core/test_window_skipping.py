@@ -15,8 +15,8 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 from directions import rotation_direction
+from stand_in_networks import MeanThresholdNet
 from torch import nn
 
 from tumorseg_core.errors import TumorSegError
@@ -35,21 +35,9 @@ PATCH = (16, 16, 16)
 NORMALIZATION = json.loads((default_models_dir() / "manifest.json").read_text())["inputs"][0]["normalization"]
 
 
-class BrightNet(nn.Module):
-    """Fixed network: logits (0, gain * (mean3x3x3(x) - threshold)); counts the windows it sees."""
-
-    def __init__(self, threshold: float = 1.0, gain: float = 6.0) -> None:
-        super().__init__()
-        self.conv = nn.Conv3d(1, 2, kernel_size=3, padding=1)
-        with torch.no_grad():
-            self.conv.weight.zero_()
-            self.conv.weight[1] = gain / 27.0
-            self.conv.bias.copy_(torch.tensor([0.0, -gain * threshold]))
-        self.windows = 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.windows += x.shape[0]
-        return self.conv(x)
+def BrightNet(threshold: float = 1.0, gain: float = 6.0) -> MeanThresholdNet:
+    """The stand-in network with this file's threshold and gain (bright voxels are tumour)."""
+    return MeanThresholdNet(threshold, gain)
 
 
 def pad_with_air(image: sitk.Image, before_xyz, after_xyz, seed: int = 0) -> sitk.Image:
