@@ -50,16 +50,11 @@ ALGORITHM_TYPES = ("AUTOMATIC", "SEMIAUTOMATIC", "MANUAL")
 
 
 def check_seg_output_path(path: PathLike) -> Path:
-    """Refuse a DICOM SEG output path before any work is done: it must end in ``.dcm`` in a writable folder."""
+    """Refuse a DICOM SEG output path before any work is done: a ``.dcm`` file that can be written."""
     out = Path(path)
     if not out.name.lower().endswith(".dcm"):
         raise TumorSegError(f"cannot write {out.name} as DICOM SEG: give a file name ending in .dcm")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.is_dir():
-        raise TumorSegError(f"output folder '{parent}' does not exist; create it first")
-    if not os.access(parent, os.W_OK):
-        raise TumorSegError(f"output folder '{parent}' is not writable; choose another folder")
-    return out
+    return io.check_writable_file(out, (".dcm",))[0]
 
 
 def _label_values(array: np.ndarray) -> list[int]:

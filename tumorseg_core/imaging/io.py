@@ -498,33 +498,42 @@ def _temp_name(path: Path, ext: str) -> str:
     return str(path.parent / f".{path.name[: -len(ext)]}.{uuid.uuid4().hex[:12]}.tmp{ext}")
 
 
-def check_output_path(path: PathLike) -> Path:
-    """Refuse a label map path that could not be written, before any work is done.
+def check_writable_file(path: PathLike, extensions: Sequence[str], what: str = "output") -> tuple[Path, str]:
+    """Refuse a file path a result could not be written to, before any work is done; returns ``(path, extension)``.
 
-    The extension must be one of :data:`~tumorseg_core.options.LABELMAP_EXTENSIONS`, the
-    folder must exist, the path must not be a folder, and a file must be creatable next to
-    it: the temporary file :func:`write_labelmap` would write is created and removed here
-    (``os.access`` says yes to root on a read-only mount or a full quota). Returns the path.
+    The name must end in one of ``extensions``, the folder must exist, the path must not be
+    a folder, and a file must be creatable next to it: a temporary file like the one the
+    atomic writers use is created and removed here (``os.access`` says yes to root on a
+    read-only mount or a full quota). ``what`` names the file in the messages. InputError otherwise.
     """
     output = Path(path)
-    ext = _extension(output, LABELMAP_EXTENSIONS)
+    name = output.name.lower()
+    ext = next((e for e in extensions if name.endswith(e) and name != e), None)
+    if ext is None:
+        raise InputError(f"cannot write {output.name}: unknown extension; use one of {', '.join(extensions)}")
     parent = output.parent if str(output.parent) else Path(".")
     if not parent.is_dir():
-        raise TumorSegError(f"output folder '{parent}' does not exist; create it first")
+        raise InputError(f"{what} folder '{parent}' does not exist; create it first")
     if output.is_dir():
-        raise TumorSegError(f"output {output} is a folder; give a file name such as {output / ('labels' + ext)}")
+        raise InputError(f"{what} {output} is a folder; give a file name such as {output / ('result' + ext)}")
     if output.exists() and not output.is_file():
-        raise TumorSegError(f"output {output} exists and is not a regular file; choose another name")
+        raise InputError(f"{what} {output} exists and is not a regular file; choose another name")
     probe = _temp_name(output, ext)
     try:
         with open(probe, "xb"):
             pass
     except OSError as exc:
-        raise TumorSegError(f"cannot write into output folder '{parent}': {_os_reason(exc)}") from exc
+        raise InputError(f"cannot write into {what} folder '{parent}': {_os_reason(exc)}") from exc
     finally:
         with contextlib.suppress(OSError):
             os.remove(probe)
-    return output
+    return output, ext
+
+
+def check_output_path(path: PathLike) -> Path:
+    """Refuse a label map path that could not be written (:func:`check_writable_file` with
+    :data:`~tumorseg_core.options.LABELMAP_EXTENSIONS`), before any work is done. Returns the path."""
+    return check_writable_file(path, LABELMAP_EXTENSIONS)[0]
 
 
 def write_labelmap(

@@ -37,6 +37,7 @@ import SimpleITK as sitk
 
 from tumorseg_core.errors import InputError
 from tumorseg_core.imaging.geometry import GridGeometry
+from tumorseg_core.imaging.io import check_writable_file
 
 #: Formats the uncertainty map can be written in (atomically; ``.mhd`` is not: its voxels
 #: live in a second file).
@@ -135,21 +136,13 @@ def check_uncertainty_path(path: Union[str, "os.PathLike[str]"], output: Union[s
                            ) -> Path:
     """Refuse an uncertainty path that could not be written, before any work is done.
 
-    The extension must be one of :data:`UNCERTAINTY_EXTENSIONS`, the folder must exist and
-    be writable, and it must not be the label map's ``output``. Returns the path.
+    It must not be the label map's ``output``, and :func:`~tumorseg_core.imaging.io.check_writable_file`
+    with :data:`UNCERTAINTY_EXTENSIONS` must accept it. Returns the path.
     """
     target = Path(path)
-    if not target.name.lower().endswith(UNCERTAINTY_EXTENSIONS):
-        raise InputError(f"cannot write the uncertainty map {target.name}: unknown extension; "
-                         f"use one of {', '.join(UNCERTAINTY_EXTENSIONS)}")
     if output is not None and os.path.abspath(target) == os.path.abspath(output):
         raise InputError(f"the uncertainty map and the label map are both {target}; give them different names")
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise InputError(f"uncertainty folder '{parent}' does not exist; create it first")
-    if not os.access(parent, os.W_OK):
-        raise InputError(f"uncertainty folder '{parent}' is not writable; choose another folder")
-    return target
+    return check_writable_file(target, UNCERTAINTY_EXTENSIONS, "uncertainty")[0]
 
 
 def seeded_uncertainty_error() -> InputError:

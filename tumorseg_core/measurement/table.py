@@ -13,20 +13,17 @@ z index), ``recist_long_mm``, ``recist_short_mm``, ``recist_long_ends_lps`` and
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import io
 import json
 import math
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence, Union
 
-from tumorseg_core.errors import TumorSegError
-from tumorseg_core.imaging.io import atomic_write
+from tumorseg_core.imaging.io import atomic_write, check_writable_file
 
 PathLike = Union[str, "os.PathLike[str]"]
 Point = tuple[float, float, float]
@@ -210,31 +207,9 @@ _EMPTY_ROW = LesionMeasurement(0, 0, "", 0, 0.0, 0.0, _ORIGIN, _ORIGIN, _ORIGIN,
 
 
 def check_table_path(path: PathLike, extensions: Sequence[str] = TABLE_EXTENSIONS) -> str:
-    """Refuse an output path before any work is done; returns its extension.
-
-    The extension must be one of ``extensions``, the folder must exist, the path must not
-    be a folder, and a file must be creatable next to it (a probe file is made and removed).
-    """
-    p = Path(path)
-    ext = next((e for e in extensions if p.name.lower().endswith(e)), None)
-    if ext is None or p.name.lower() == ext:
-        raise TumorSegError(f"cannot write {p.name}: unknown extension; use one of {', '.join(extensions)}")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise TumorSegError(f"output folder '{parent}' does not exist; create it first")
-    if p.is_dir() or (p.exists() and not p.is_file()):
-        raise TumorSegError(f"output {p} is a folder or not a regular file; give a file name")
-    probe = parent / f".{p.name}.{uuid.uuid4().hex[:12]}.probe"
-    try:
-        with open(probe, "xb"):
-            pass
-    except OSError as exc:
-        raise TumorSegError(f"cannot write into output folder '{parent}' ({exc.strerror}); "
-                            "choose a folder you can write to") from exc
-    finally:
-        with contextlib.suppress(OSError):
-            os.remove(probe)
-    return ext
+    """Refuse an output path before any work is done (:func:`~tumorseg_core.imaging.io.check_writable_file`);
+    returns its extension."""
+    return check_writable_file(path, extensions)[1]
 
 
 def _write_text(path: Path, ext: str, text: str) -> Path:
