@@ -162,14 +162,16 @@ def run_baseline(source, model: str, out: str | None, device: str = "cpu", sw_ba
     return seconds
 
 
-def run_tumorseg(source, model: str, out: str | None, cascade: bool | None, device: str = "cpu") -> float:
+def run_tumorseg(source, model: str, out: str | None, cascade: bool | None, device: str = "cpu",
+                 **more_options) -> float:
+    """``tumorseg_core.segment`` timed (``more_options``: other ``SegmentOptions``); returns seconds."""
     import SimpleITK as sitk
 
     from tumorseg_core import segment
 
     sync(device)
     started = time.perf_counter()
-    options = {} if cascade is None else {"cascade": cascade}
+    options = dict(more_options) if cascade is None else {**more_options, "cascade": cascade}
     result = segment(source, model=model, device=device, **options)
     sync(device)
     seconds = time.perf_counter() - started
@@ -234,8 +236,9 @@ def worker(args: argparse.Namespace) -> None:
     print(json.dumps(report))
 
 
-def spawn(*extra: str) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), *extra]
+def spawn(*extra: str, script: str | Path | None = None) -> dict:
+    """Run ``script`` (default: this file) with ``extra`` in a fresh interpreter; its last stdout line as JSON."""
+    cmd = [sys.executable, str(Path(script or __file__).resolve()), *extra]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"worker {' '.join(extra[:2])} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")

@@ -39,8 +39,11 @@ logger = logging.getLogger("prune_tradeoff")
 
 
 def _save(path: Path, results: Dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    """Write ``results`` over what ``path`` holds (rows another run of this script added stay)."""
+    merged = {**(json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}), **results}
+    results.update(merged)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -145,6 +148,24 @@ def table(results: Dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def parent_augment(model: str) -> Dict[str, Any]:
+    """The augmentation settings of the package's training config ({} without one)."""
+    from tumorseg_core.modelpkg.package import open_package
+
+    stored = open_package(model).root / "training_config.json"
+    return dict(json.loads(stored.read_text(encoding="utf-8")).get("augment") or {}) if stored.is_file() else {}
+
+
+def row_key(keep: float, criterion: str, iterations: int, lr: float | None, distill_weight: float) -> str:
+    """The configuration's name (and package folder): ``[taylor-]keepK[-ftN[-lrR][-dW]]``.
+
+    L1 rows without distillation keep the names of the first session's results."""
+    key = ("" if criterion == "l1" else f"{criterion}-") + f"keep{keep:g}"
+    if iterations:
+        key += f"-ft{iterations}" + (f"-lr{lr:g}" if lr else "") + (f"-d{distill_weight:g}" if distill_weight else "")
+    return key
+
+
 def main(argv: List[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="work folder: results.json, packages, phantoms")
@@ -156,6 +177,13 @@ def main(argv: List[str] | None = None) -> int:
                         help="fine-tune crop side in voxels (the packages keep the parent's 64³ window)")
     parser.add_argument("--data", default="synthetic:16", help="fine-tune data")
     parser.add_argument("--lr", type=float, help="fine-tune learning rate (default: the parent's training lr)")
+    parser.add_argument("--criterion", default="taylor", choices=("taylor", "l1"),
+                        help="channel ranking (prune_package's criterion); 'l1' rows keep their old names")
+    parser.add_argument("--distill-weight", type=float, default=1.0,
+                        help="weight of the distillation loss to the parent in the fine-tune (0: labels only)")
+    parser.add_argument("--pos", type=float,
+                        help="foreground-centred crops per background-centred one in the fine-tune "
+                             "(default: the parent's, 3 for the shipped default)")
     parser.add_argument("--cases", type=int, default=6, help="evaluation phantoms")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--table", action="store_true", help="print the Markdown table of results.json and stop")
@@ -193,23 +221,28 @@ def main(argv: List[str] | None = None) -> int:
     # Pruned without fine-tune first (cheap), then the fine-tunes.
     for tuned in (False, True):
         for keep in args.keep:
-            key = f"keep{keep:g}" + (f"-ft{args.iterations}" if tuned else "") + (
-                f"-lr{args.lr:g}" if tuned and args.lr else "")
+            key = row_key(keep, args.criterion, args.iterations if tuned else 0, args.lr, args.distill_weight)
+            key += f"-pos{args.pos:g}" if tuned and args.pos else ""
             if key in results:
                 continue
             out = args.out / key
             started = time.perf_counter()
             if not out.is_dir():
                 prune_package(args.model, out, keep, fine_tune_iterations=args.iterations if tuned else 0,
-                              data=args.data, workdir=args.out / f"{key}.work",
+                              data=args.data, workdir=args.out / f"{key}.work", criterion=args.criterion,
+                              distill_weight=args.distill_weight,
                               config_overrides={"batch_size": args.batch_size,
                                                 "patch_size": [args.patch_size] * 3,
                                                 **({"lr": args.lr} if args.lr else {}),
+                                                **({"augment": {**parent_augment(args.model), "pos": args.pos,
+                                                                "neg": 1.0}} if args.pos else {}),
                                                 "cache_dir": str(args.out / "cache")})
             made = time.perf_counter() - started
             row = measure(out, cases)
-            row.update(keep=keep, make_seconds=made,
+            distill = f", distil {args.distill_weight:g}" if args.distill_weight else ", labels only"
+            row.update(keep=keep, make_seconds=made, criterion=args.criterion,
                        fine_tune=(f"{args.iterations} it × {args.batch_size} × {args.patch_size}³, lr {args.lr or 'parent'}"
+                                  f"{distill}" + (f", pos:neg {args.pos:g}:1" if args.pos else "")
                                   if tuned else "none"))
             results[key] = row
             _save(path, results)

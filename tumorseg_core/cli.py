@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more log output: -v for steps, -vv for debug (default: warnings and errors only)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for the network (default: every core this process may use)")
+                        help="CPU threads for the network (default: OMP_NUM_THREADS if set, else every core this process may use)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineErrorParser)
     sub.required = True
     for name, module in _commands().items():

@@ -14,6 +14,8 @@ Requests on stdin::
     {"id": 2, "cmd": "ping"}
     {"id": 3, "cmd": "devices"}
     {"id": 4, "cmd": "import", "source": "/downloads/model.zip", "overwrite": false}
+    {"id": 5, "cmd": "slice", "images": ["t1.mha"], "model": "live25d", "device": "cpu",
+     "axis": "axial", "index": 12, "options": {"backend": "auto"}}
     {"cmd": "shutdown"}
 
 ``options`` are :class:`~tumorseg_core.options.SegmentOptions` fields (validated there).
@@ -32,7 +34,21 @@ Events on stdout::
     {"event": "pong", "id": 2, "pid": 1234}
     {"event": "devices", "id": 3, "report": {"cuda_available": false, "gpus": [], ...}}
     {"event": "imported", "id": 4, "name": "my-model", "path": "/home/me/.tumorseg/models/my-model"}
+    {"event": "slice", "id": 5, "axis": "axial", "index": 12, "shape": [256, 256], "encoding": "zlib+base64",
+     "data": "eJzt...", "seconds": 0.04, "warm": true, "cached": true, "labels": [...]}
+    {"event": "slice", "id": 5, "superseded": true}
     {"event": "error", "id": 4, "message": "...", "kind": "ModelAlreadyInstalledError"}
+
+``slice`` runs a 2.5D model (architecture ``unet25d``) on one slice of the image's own grid
+(:class:`~tumorseg_core.inference.slice_mode.SliceSegmenter`; ``axis`` axial/coronal/sagittal
+fixes numpy axis 0/1/2 of the (z, y, x) array). The image is read and normalized once and
+kept warm per (model, image file: path, size, mtime), so scrolling costs one network call.
+Of the ``options`` only ``backend`` matters (all are validated). The answer is the slice's
+labels as ``data``: the uint8 (P, Q) array in C order, zlib-compressed, then base64 (one
+small JSON line, no temporary file to write, read and clean up per slice; a 512 x 512 slice
+of mostly background is about 1 KB). A ``slice`` request still waiting when a newer
+``slice`` request has arrived is *superseded*: it is answered with ``"superseded": true``
+and not run, so a client that scrolls faster than the model runs only pays for the latest.
 
 ``import`` installs a TumorSeg model package (folder or .zip) or imports a foreign model
 (``tumorseg_core.import_model``) into the user model folder. Error events carry ``kind``,
@@ -46,6 +62,7 @@ the process tree; nothing here needs to cooperate.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import logging
 import os
@@ -54,9 +71,10 @@ import sys
 import threading
 import time
 import traceback
-from collections import OrderedDict
+import zlib
+from collections import OrderedDict, deque
 from pathlib import Path
-from typing import Any, Dict, Optional, TextIO, Tuple
+from typing import Any, Deque, Dict, Optional, TextIO, Tuple
 
 from tumorseg_core.errors import TumorSegError
 
@@ -67,6 +85,8 @@ PROTOCOL_VERSION = 1
 MAX_CACHED_SEGMENTERS = 2
 #: Progress lines are rate-limited so a model with thousands of windows cannot flood the pipe.
 _PROGRESS_INTERVAL_S = 0.1
+#: How a ``slice`` answer encodes its labels (see the module docstring).
+SLICE_ENCODING = "zlib+base64"
 
 
 class Protocol:
@@ -135,6 +155,8 @@ class Worker:
     def __init__(self, protocol: Protocol) -> None:
         self.protocol = protocol
         self._segmenters: "OrderedDict[Tuple[Any, ...], Any]" = OrderedDict()
+        #: Warm SliceSegmenters (each holds one normalized image), keyed like the segmenters.
+        self._slicers: Dict[Tuple[Any, ...], Any] = {}
 
     # ------------------------------------------------------------------ requests
 
@@ -151,9 +173,9 @@ class Worker:
         if cmd == "ping":
             self.protocol.send("pong", id=rid, pid=os.getpid())
             return True
-        if cmd not in ("segment", "devices", "import"):
-            self.protocol.send("error", id=rid,
-                               message=f"unknown command {cmd!r}; use segment, devices, import, ping or shutdown")
+        if cmd not in ("segment", "devices", "import", "slice"):
+            self.protocol.send("error", id=rid, message=f"unknown command {cmd!r}; "
+                                                        "use segment, slice, devices, import, ping or shutdown")
             return True
         try:
             if cmd == "devices":
@@ -162,6 +184,8 @@ class Worker:
                 self.protocol.send("devices", id=rid, report=device_report())
             elif cmd == "import":
                 self._import(rid, request)
+            elif cmd == "slice":
+                self._slice(rid, request)
             else:
                 self._segment(rid, request)
         except TumorSegError as exc:
@@ -196,28 +220,10 @@ class Worker:
         self.protocol.send("progress", id=rid, fraction=1.0, message=f"installed {installed.name}")
         self.protocol.send("imported", id=rid, name=installed.name, path=str(installed))
 
-    def _segment(self, rid: Any, request: Dict[str, Any]) -> None:
-        started = time.perf_counter()
-        images = request.get("images")
-        output = request.get("output")
-        model = request.get("model", "default")
-        device = request.get("device", "auto")
-        options = request.get("options") or {}
-        uncertainty = request.get("uncertainty", False)
-        if not isinstance(uncertainty, bool):
-            raise TumorSegError("request 'uncertainty' must be true or false")
-        if not isinstance(images, list) or not images or not all(isinstance(p, str) for p in images):
-            raise TumorSegError("request 'images' must be a non-empty list of file paths")
-        if not isinstance(output, str) or not output:
-            raise TumorSegError("request 'output' must be a file path")
-        if not isinstance(model, str) or not isinstance(device, str) or not isinstance(options, dict):
-            raise TumorSegError("request 'model' and 'device' must be strings and 'options' an object")
-
+    def _segmenter(self, model: str, device: str) -> Tuple[Tuple[Any, ...], Any, bool]:
+        """``(cache key, Segmenter, warm)`` for a model on a device: the cached one, or a new one."""
         from tumorseg_core.inference.segmenter import Segmenter
-        from tumorseg_core.options import SegmentOptions
 
-        options = SegmentOptions.from_mapping({**options, "device": device})  # every value checked here
-        device = options.device
         key = (_model_key(model), device, model_fingerprint(model))
         segmenter = self._segmenters.get(key)
         warm = segmenter is not None
@@ -235,6 +241,73 @@ class Worker:
             self._segmenters[key] = segmenter
             while len(self._segmenters) > MAX_CACHED_SEGMENTERS:
                 self._segmenters.popitem(last=False)
+        self._slicers = {k: v for k, v in self._slicers.items() if k in self._segmenters}
+        return key, segmenter, warm
+
+    def _slice(self, rid: Any, request: Dict[str, Any]) -> None:
+        """One slice of a 2.5D model: labels of ``images``' slice ``index`` along ``axis`` (module docstring)."""
+        started = time.perf_counter()
+        images = request.get("images")
+        model = request.get("model", "default")
+        device = request.get("device", "auto")
+        options = request.get("options") or {}
+        axis, index = request.get("axis", "axial"), request.get("index")
+        if not isinstance(images, list) or not images or not all(isinstance(p, str) for p in images):
+            raise TumorSegError("request 'images' must be a non-empty list of file paths")
+        if not isinstance(model, str) or not isinstance(device, str) or not isinstance(options, dict):
+            raise TumorSegError("request 'model' and 'device' must be strings and 'options' an object")
+        import numpy as np
+
+        from tumorseg_core.inference.slice_mode import SliceSegmenter, axis_index
+        from tumorseg_core.options import SegmentOptions
+
+        axis_name = {0: "axial", 1: "coronal", 2: "sagittal"}[axis_index(axis)]
+        options = SegmentOptions.from_mapping({**options, "device": device})
+        key, segmenter, warm = self._segmenter(model, options.device)
+        slicer = self._slicers.get(key)
+        if slicer is None or slicer.backend != options.backend:
+            # Checks the architecture first: a 3D model is refused here, with a one-line message.
+            slicer = SliceSegmenter(segmenter.package, backend=options.backend, device=segmenter.device)
+            self._slicers[key] = slicer
+        misses = slicer.cache_misses
+        try:
+            labels = slicer.segment_slice(images, index, axis_name)
+        except TumorSegError:
+            raise
+        except Exception:
+            self._slicers.pop(key, None)  # possibly in a bad state: rebuild next time
+            raise
+        labels = np.ascontiguousarray(labels, dtype=np.uint8)
+        data = base64.b64encode(zlib.compress(labels.tobytes(), 1)).decode("ascii")
+        seconds = time.perf_counter() - started
+        logger.debug("slice request %s (%s %s) done in %.3f s", rid, axis_name, index, seconds)
+        self.protocol.send("slice", id=rid, axis=axis_name, index=int(index), shape=list(labels.shape),
+                           encoding=SLICE_ENCODING, data=data, seconds=round(seconds, 4), warm=warm,
+                           cached=slicer.cache_misses == misses,
+                           labels=[s.to_dict() for s in segmenter.manifest.segments])
+
+    def _segment(self, rid: Any, request: Dict[str, Any]) -> None:
+        started = time.perf_counter()
+        images = request.get("images")
+        output = request.get("output")
+        model = request.get("model", "default")
+        device = request.get("device", "auto")
+        options = request.get("options") or {}
+        uncertainty = request.get("uncertainty", False)
+        if not isinstance(uncertainty, bool):
+            raise TumorSegError("request 'uncertainty' must be true or false")
+        if not isinstance(images, list) or not images or not all(isinstance(p, str) for p in images):
+            raise TumorSegError("request 'images' must be a non-empty list of file paths")
+        if not isinstance(output, str) or not output:
+            raise TumorSegError("request 'output' must be a file path")
+        if not isinstance(model, str) or not isinstance(device, str) or not isinstance(options, dict):
+            raise TumorSegError("request 'model' and 'device' must be strings and 'options' an object")
+
+        from tumorseg_core.options import SegmentOptions
+
+        options = SegmentOptions.from_mapping({**options, "device": device})  # every value checked here
+        device = options.device
+        key, segmenter, warm = self._segmenter(model, device)
 
         last_sent = [0.0]
 
@@ -277,6 +350,17 @@ def _read_stdin(lines: "queue.Queue[Optional[str]]") -> None:
     lines.put(None)
 
 
+def _is_slice_request(line: Optional[str]) -> bool:
+    """True if a raw request line is a ``slice`` request (cheap text test first)."""
+    if line is None or '"slice"' not in line:
+        return False
+    try:
+        request = json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(request, dict) and request.get("cmd") == "slice"
+
+
 def serve(protocol: Protocol, idle_timeout: Optional[float]) -> int:
     """Announce readiness, then execute requests until shutdown, end of input or idleness."""
     worker = Worker(protocol)
@@ -284,12 +368,20 @@ def serve(protocol: Protocol, idle_timeout: Optional[float]) -> int:
     # A thread (not select) so the idle timeout also works on Windows pipes.
     threading.Thread(target=_read_stdin, args=(lines,), name="stdin-reader", daemon=True).start()
     protocol.send("ready", pid=os.getpid(), protocol=PROTOCOL_VERSION)
+    backlog: Deque[Optional[str]] = deque()  # lines received and not yet handled, in order
     while True:
-        try:
-            line = lines.get(timeout=idle_timeout if idle_timeout and idle_timeout > 0 else None)
-        except queue.Empty:
-            logger.info("idle for %.0f s; exiting", idle_timeout)
-            return 0
+        if not backlog:
+            try:
+                backlog.append(lines.get(timeout=idle_timeout if idle_timeout and idle_timeout > 0 else None))
+            except queue.Empty:
+                logger.info("idle for %.0f s; exiting", idle_timeout)
+                return 0
+        while True:  # everything already received, so a newer slice request can supersede older ones
+            try:
+                backlog.append(lines.get_nowait())
+            except queue.Empty:
+                break
+        line = backlog.popleft()
         if line is None:
             logger.info("stdin closed; exiting")
             return 0
@@ -299,6 +391,10 @@ def serve(protocol: Protocol, idle_timeout: Optional[float]) -> int:
             request = json.loads(line)
         except json.JSONDecodeError as exc:
             protocol.send("error", id=None, message=f"request is not valid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        if isinstance(request, dict) and request.get("cmd") == "slice" and any(map(_is_slice_request, backlog)):
+            logger.debug("slice request %s superseded by a newer one", request.get("id"))
+            protocol.send("slice", id=request.get("id"), superseded=True)
             continue
         if not worker.handle(request):
             return 0

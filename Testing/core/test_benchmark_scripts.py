@@ -68,6 +68,42 @@ def test_stage_breakdown_reports_every_stage(tmp_path, monkeypatch, capsys):
     assert float(report.split('"total_s": ')[1].split("}")[0]) > 0
 
 
+def test_realtime_3d_compare_runs_every_side_on_one_input(tmp_path, monkeypatch, capsys):
+    """realtime_3d_compare.py: MONAI + fp32/INT8/pruned with and without skipping, in-process workers."""
+    from tumorseg_core.training.prune import prune_package
+
+    bench = _load("realtime_3d_compare")
+    fp32 = make_tiny_package(tmp_path / "fp32", seed=2)
+    pruned = prune_package(str(fp32), tmp_path / "pruned", 0.5, fine_tune_iterations=0, criterion="l1")
+    monkeypatch.setitem(bench.cpu_vs_monai.CASES, "mri256", ((28, 24, 18), (2.0, 2.0, 2.0), "mri", 3))
+    monkeypatch.setattr(bench.cpu_vs_monai, "spawn", lambda *extra: {})  # the export warm-up
+
+    def in_process(*extra):
+        capsys.readouterr()
+        assert bench.main(list(extra)) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    monkeypatch.setattr(bench, "spawn", in_process)
+    try:  # a package without an INT8 graph runs in float32: the glue, not the quantizer, is under test here
+        assert bench.main(["--model", str(fp32), "--int8", str(fp32), "--pruned", str(pruned), "--cases", "mri256",
+                           "--repeats", "1", "--work", str(tmp_path / "work"), "--json"]) == 0
+    finally:
+        torch.set_num_threads(1)  # the workers' configure_threads
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(row["seconds"]) == set(bench.SIDES) == {"monai", "fp32", "fp32-noskip", "int8", "int8-noskip",
+                                                      "pruned", "pruned-noskip"}
+    assert all(t > 0 for t in row["seconds"].values())
+    for side in ("fp32", "fp32-noskip", "int8", "int8-noskip", "monai"):  # same network, same labels
+        assert row["dice_to_fp32"][side] == pytest.approx(1.0), side
+    assert 0.0 <= row["dice_to_fp32"]["pruned"] <= 1.0
+    assert row["x_monai"]["monai"] == 1.0
+    saved = json.loads((tmp_path / "work" / "realtime_3d.json").read_text())
+    assert saved["cases"] == [row] and "avx2=" in saved["cpu"]
+    labels = sitk.ReadImage(str(tmp_path / "work" / "mri256-pruned-noskip.nii.gz"))
+    assert labels.GetSize() == (28, 24, 18)
+    assert bench.table([row]).count("| mri256 |") == len(bench.SIDES)
+
+
 def test_make_eval_phantoms_writes_pairs_on_the_requested_grid(tmp_path):
     bench = _load("make_eval_phantoms")
     assert bench.main([str(tmp_path), "-n", "2", "--first-seed", "7", "--size", "40", "36", "24",

@@ -367,6 +367,7 @@ def test_zip_symlink_and_bomb_refused(pkg_dir, tmp_path, monkeypatch):
 
 def test_install_and_list_models(pkg_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(package_mod, "SHIPPED_DEFAULT", tmp_path / "no-default")
+    monkeypatch.setattr(package_mod, "SHIPPED_REALTIME", tmp_path / "no-realtime")
     assert installed_models() == []
     dest = install_package(pkg_dir)
     assert dest == tmp_path / "models" / "tiny-test"
@@ -441,6 +442,7 @@ def test_read_manifest_still_validates(pkg_dir, tmp_path):
 
 def test_installed_models_without_verifying(pkg_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(package_mod, "SHIPPED_DEFAULT", tmp_path / "no-default")
+    monkeypatch.setattr(package_mod, "SHIPPED_REALTIME", tmp_path / "no-realtime")
     install_package(pkg_dir)
     altered = write_package(tmp_path / "models" / "altered", make_manifest(name="altered"),
                             [tiny_nets(1)[0].state_dict()])
@@ -457,11 +459,13 @@ def test_installed_models_without_verifying(pkg_dir, tmp_path, monkeypatch):
         ("altered", "altered", ["MRI"], "user"), ("tiny-test", "tiny-test", ["MRI"], "user")]
     monkeypatch.undo()
     monkeypatch.setattr(package_mod, "SHIPPED_DEFAULT", tmp_path / "no-default")
+    monkeypatch.setattr(package_mod, "SHIPPED_REALTIME", tmp_path / "no-realtime")
     assert [i.key for i in installed_models(tmp_path / "models")] == ["tiny-test"]  # verify=True hashes
 
 
 def test_missing_default_and_unknown_name(tmp_path, monkeypatch):
     monkeypatch.setattr(package_mod, "SHIPPED_DEFAULT", tmp_path / "no-default")
+    monkeypatch.setattr(package_mod, "SHIPPED_REALTIME", tmp_path / "no-realtime")
     with pytest.raises(ModelPackageError, match="default model is not installed"):
         open_package("default")
     with pytest.raises(ModelPackageError, match="no model package 'nope'"):

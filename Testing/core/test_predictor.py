@@ -391,7 +391,8 @@ def test_resolve_device_names() -> None:
         resolve_device("tpu")
 
 
-def test_device_report_and_threads() -> None:
+def test_device_report_and_threads(monkeypatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     report = device_report()
     for key in ("torch", "cuda_available", "gpus", "mps_available", "cpu_count", "torch_threads", "auto_device"):
         assert key in report
@@ -399,6 +400,10 @@ def test_device_report_and_threads() -> None:
     before = torch.get_num_threads()
     try:
         assert configure_threads(1) == 1 and torch.get_num_threads() == 1
+        assert configure_threads() == report["cpu_count"]
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what a scheduler sets: honoured when --threads is not given
+        assert configure_threads() == 1 and torch.get_num_threads() == 1
+        monkeypatch.setenv("OMP_NUM_THREADS", "not a number")
         assert configure_threads() == report["cpu_count"]
         with pytest.raises(TumorSegError):
             configure_threads(0)

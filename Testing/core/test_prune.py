@@ -21,11 +21,14 @@ from tumorseg_core.errors import InputError  # noqa: E402
 from tumorseg_core.inference.segmenter import Segmenter  # noqa: E402
 from tumorseg_core.modelpkg.package import open_package  # noqa: E402
 from tumorseg_core.models.registry import build_network  # noqa: E402
+from tumorseg_core.training.distill import distill_fine_tune, distillation_loss  # noqa: E402
 from tumorseg_core.training.prune import (  # noqa: E402
     count_parameters,
     prune_network,
     prune_package,
+    taylor_importance,
     top_l1_channels,
+    tumour_voting_channels,
 )
 
 KWARGS = {"in_channels": 2, "out_channels": 3, "features": [4, 8, 12]}
@@ -142,13 +145,13 @@ def test_the_highest_l1_filters_are_kept_on_a_known_case():
 
 def test_pruned_package_verifies_and_segments_on_the_input_grid(tmp_path, make_sphere_image):
     parent = make_tiny_package(tmp_path / "parent", seed=4)
-    out = prune_package(str(parent), tmp_path / "pruned", 0.5, fine_tune_iterations=0)
+    out = prune_package(str(parent), tmp_path / "pruned", 0.5, fine_tune_iterations=0, criterion="l1")
     package = open_package(out)  # every sha256 verified
     manifest = package.manifest.to_dict()
     assert manifest["kwargs"]["features"] == [1, 2] and manifest["architecture"] == "unet3d"
     assert manifest["metrics"]["pruning"]["keep"] == 0.5
     assert manifest["metrics"]["pruning"]["parent"] == "tiny-test-model"
-    readme = (Path(out) / "README.md").read_text()
+    readme = (Path(out) / "README.md").read_text(encoding="utf-8")
     assert "Keep ratio: 0.5" in readme and "Parent model: tiny-test-model 0.0.1" in readme
     assert (Path(out) / "fold0.safetensors").stat().st_size < (parent / "fold0.safetensors").stat().st_size
     image, _ = make_sphere_image(radius_mm=6, size_xyz=(20, 17, 9), spacing=(1.2, 0.9, 3.1),
@@ -167,7 +170,7 @@ def test_fine_tune_starts_from_the_pruned_weights(tmp_path):
     overrides = {"device": "cpu", "val_data": None, "val_fraction": 0.5, "lr": 1e-7, "weight_decay": 0.0,
                  "batch_size": 1}
     out = prune_package(str(parent), tmp_path / "tuned", 0.5, fine_tune_iterations=1, data=str(data),
-                        workdir=tmp_path / "work", config_overrides=overrides)
+                        criterion="l1", workdir=tmp_path / "work", config_overrides=overrides)
     tuned = open_package(out)
     manifest = tuned.manifest.to_dict()
     assert manifest["kwargs"]["features"] == [1, 2]
@@ -191,6 +194,9 @@ def test_fine_tune_starts_from_the_pruned_weights(tmp_path):
     (["--keep", "0.5", "--data", "no/such/folder"], "not found"),
     (["--keep", "0.5", "--patch-size", "0", "16", "16"], "--patch-size must be positive"),
     (["--keep", "0.5", "--patch-size", "15", "16", "16"], "must be positive multiples of 2 2 2"),
+    (["--keep", "0.5", "--importance-windows", "0"], "--importance-windows must be at least 1"),
+    (["--keep", "0.5", "--distill-weight", "-1"], "--distill-weight must be 0 or more"),
+    (["--keep", "0.5", "--distill-temperature", "0"], "--distill-temperature must be positive"),
 ])
 def test_cli_errors_are_one_line(tmp_path, capsys, args, words):
     parent = make_tiny_package(tmp_path / "parent")
@@ -215,7 +221,7 @@ def test_cli_refuses_a_missing_package_an_existing_output_and_other_architecture
 def test_cli_writes_a_package_and_prints_its_path(tmp_path, capsys):
     parent = make_tiny_package(tmp_path / "parent")
     code = cli.main(["prune", str(parent), "-o", str(tmp_path / "out"), "--keep", "0.75",
-                     "--fine-tune-iterations", "0"])
+                     "--fine-tune-iterations", "0", "--criterion", "l1"])
     assert code == 0
     assert capsys.readouterr().out.strip() == str((tmp_path / "out").resolve())
     assert open_package(tmp_path / "out").manifest.kwargs["features"] == [2, 3]
@@ -271,3 +277,143 @@ def test_fine_tune_config_takes_the_parents_grid_and_labels_but_mines_no_hard_ne
     assert config["output"]["labels"] == manifest["output"]["labels"]
     with pytest.raises(InputError, match="unknown training config key"):
         fine_tune_config(parent, tmp_path / "pruned", manifest["kwargs"], 1, "synthetic:1", {"epochz": 2})
+
+
+def _sphere_window(size: int = 16, radius: float = 4.0, seed: int = 0):
+    """(image (1, 1, s, s, s) float32: a bright noisy sphere; labels (1, 1, s, s, s): the sphere)."""
+    rng = np.random.default_rng(seed)
+    z, y, x = np.mgrid[:size, :size, :size]
+    c = rng.uniform(size / 2 - 2, size / 2 + 2, 3)
+    inside = ((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) < radius ** 2
+    image = (inside * 2.0 + 0.3 * rng.standard_normal(inside.shape)).astype(np.float32)
+    return torch.from_numpy(image)[None, None], torch.from_numpy(inside.astype(np.float32))[None, None]
+
+
+def _head_needs_one_channel(channel: int) -> torch.nn.Module:
+    """A 2-level instance-norm unet3d whose head reads only ``channel`` of the last decoder convolution,
+    and that channel's filter has the smallest L1 norm there (InstanceNorm divides the scale out again)."""
+    torch.manual_seed(7)
+    net = build_network("unet3d", {"in_channels": 1, "out_channels": 2, "features": [4, 8], "norm": "instance"})
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.weight[1, channel] = 3.0
+        net.head.weight[0, channel] = -3.0
+        net.decoders[0].block[4].weight[channel] *= 1e-3
+    return net.eval()
+
+
+def test_taylor_criterion_keeps_the_channel_the_head_needs_where_l1_drops_it():
+    channel = 2
+    net = _head_needs_one_channel(channel)
+    last = "decoders.0.block.4"
+    assert tumour_voting_channels(net) == {last: [channel]}
+    windows = [_sphere_window(seed=s) for s in range(3)] + [(torch.zeros(1, 1, 16, 16, 16),) * 2]  # no lesion
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    scores = taylor_importance(net, windows, max_windows=8)
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # weights untouched
+    assert set(scores) == {"encoders.0.block.0", "encoders.0.block.4", "encoders.1.block.0", "encoders.1.block.4",
+                           "ups.0", "decoders.0.block.0", last}
+    assert scores[last].shape == (4,) and scores["ups.0"].shape == (4,)
+    # The head ignores the other channels: zero gradient, zero importance; the one it reads matters.
+    others = [i for i in range(4) if i != channel]
+    assert scores[last][channel] > 0 and torch.all(scores[last][others] == 0)
+    # The first-order estimate of zeroing that channel: how much the objective would fall.
+    state = net.state_dict()
+    l1 = prune_network("unet3d", net_kwargs_of(net), state, 0.5)
+    assert channel not in l1.kept[last]  # the smallest filter: L1 pruning removes what the head needs
+    taylor = prune_network("unet3d", net_kwargs_of(net), state, 0.5, importance=scores)
+    assert channel in taylor.kept[last]
+    protected = prune_network("unet3d", net_kwargs_of(net), state, 0.25, protected=tumour_voting_channels(net))
+    assert protected.kept[last] == [channel]  # keep 1 of 4: the protected one, though L1 ranks it last
+    image, labels = _sphere_window(seed=1)
+    with torch.no_grad():
+        kept_net = _pruned_net(taylor)
+        dropped_net = _pruned_net(l1)
+        margin_kept = kept_net(image)[:, 1] - kept_net(image)[:, 0]
+        margin_dropped = dropped_net(image)[:, 1] - dropped_net(image)[:, 0]
+    inside = labels[:, 0] > 0
+    assert float(margin_kept[inside].mean() - margin_kept[~inside].mean()) > 0.5
+    assert float(margin_dropped.max() - margin_dropped.min()) < 1e-5  # the head reads nothing: one value everywhere
+    with pytest.raises(InputError, match="no importance window"):
+        taylor_importance(net, [(torch.zeros(1, 1, 16, 16, 16),) * 2])
+
+
+def net_kwargs_of(net: torch.nn.Module) -> dict:
+    return {"in_channels": 1, "out_channels": 2, "features": [4, 8], "norm": "instance"}
+
+
+def test_distillation_loss_is_the_kl_divergence_and_zero_only_for_equal_probabilities():
+    torch.manual_seed(0)
+    teacher = torch.randn(2, 3, 4, 5, 6)
+    student = torch.randn(2, 3, 4, 5, 6, requires_grad=True)
+    for t in (1.0, 2.0):
+        loss = distillation_loss(student, teacher, t)
+        assert loss.shape == () and float(loss.detach()) > 0
+        log_s = torch.log_softmax(student / t, 1)
+        log_t = torch.log_softmax(teacher / t, 1)
+        reference = torch.nn.functional.kl_div(log_s, log_t, log_target=True, reduction="none").sum(1).mean()
+        torch.testing.assert_close(loss, reference * t * t)
+    assert float(distillation_loss(teacher + 5.0, teacher)) == pytest.approx(0.0, abs=1e-6)  # same softmax
+    # No gradient reaches the teacher; a gradient step moves the student towards it.
+    teacher_param = teacher.clone().requires_grad_(True)
+    loss = distillation_loss(student, teacher_param)
+    loss.backward()
+    assert teacher_param.grad is None and student.grad is not None
+    with torch.no_grad():
+        assert float(distillation_loss(student - 0.5 * student.grad / student.grad.abs().max(), teacher)) < float(loss)
+    with pytest.raises(ValueError, match="differ in shape"):
+        distillation_loss(student, teacher[:, :2])
+
+
+def test_distilled_fine_tune_moves_the_pruned_student_towards_the_parent():
+    from types import SimpleNamespace
+
+    from tumorseg_core.training.config import merge_config
+
+    torch.set_num_threads(1)  # as conftest sets it; an earlier CLI test may have set every core
+    parent = _random_net("instance", seed=11)
+    kwargs = dict(KWARGS, norm="instance")
+    student = _pruned_net(prune_network("unet3d", kwargs, parent.state_dict(), 0.5))
+    torch.manual_seed(1)
+    image = torch.randn(1, 2, 8, 8, 8)
+    label = (torch.rand(1, 1, 8, 8, 8) < 0.3).float() * 2  # labels 0 and 2 of out_channels 3
+
+    class Patches(torch.utils.data.Dataset):
+        def set_epoch(self, epoch):
+            pass
+
+        def __len__(self):
+            return 30
+
+        def __getitem__(self, i):
+            return {"image": image[0], "label": label[0]}
+
+    config = merge_config({}, {})
+    config.update(iterations_per_epoch=30, epochs=1, batch_size=1, lr=1e-2, grad_clip=None,
+                  output={"type": "softmax", "labels": [{"value": 1}, {"value": 2}]})
+    run = SimpleNamespace(config=config, patches=Patches(), val_cases=[], patch_zyx=(8, 8, 8))
+    with torch.no_grad():
+        gap_before = float(distillation_loss(student(image), parent(image)))
+    result = distill_fine_tune(student, parent, run, weight=20.0, temperature=1.0)
+    with torch.no_grad():
+        gap_after = float(distillation_loss(student(image), parent(image)))
+    assert len(result["losses"]) == 30 and result["validation"] is None
+    assert gap_after < 0.5 * gap_before
+    assert not student.training
+
+
+def test_taylor_pruned_and_distilled_package_records_its_criterion(tmp_path):
+    parent = make_tiny_package(tmp_path / "parent", seed=5)
+    data = _make_volumes(tmp_path / "data", n=2)
+    overrides = {"device": "cpu", "val_data": None, "val_fraction": 0.5, "batch_size": 1}
+    out = prune_package(str(parent), tmp_path / "tuned", 0.5, fine_tune_iterations=2, data=str(data),
+                        criterion="taylor", importance_windows=2, workdir=tmp_path / "work",
+                        config_overrides=overrides)
+    pruning = open_package(out).manifest.to_dict()["metrics"]["pruning"]
+    assert (pruning["criterion"], pruning["importance_windows"], pruning["distill_weight"]) == ("taylor", 2, 1.0)
+    assert list(pruning["protected_channels"]) == ["decoders.0.block.4"]
+    readme = (Path(out) / "README.md").read_text(encoding="utf-8")
+    assert "Taylor importance on 2 windows" in readme and "KL to the parent's softmax" in readme
+    with pytest.raises(InputError, match="--criterion must be one of"):
+        prune_package(str(parent), tmp_path / "x", 0.5, criterion="random")
+    assert not (tmp_path / "x").exists()

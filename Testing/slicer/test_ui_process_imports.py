@@ -37,6 +37,8 @@ from tumorseg_core.modelpkg import package
 from tumorseg_core import options
 
 from TumorSegmentationLib import dicom_export, measurements_table, segments_on_volume, uncertainty_volume
+from TumorSegmentationLib import effect_interactive, effect_live
+from tumorseg_core.interactive.session import InteractiveSession
 from tumorseg_core.dicom import seg_read, seg_write
 from tumorseg_core.measurement import measure
 import numpy as np, SimpleITK as sitk
@@ -53,6 +55,7 @@ state = {
     "options": panel_state.run_options("normal", "auto", "auto"),
     "devices": panel_state.device_labels(None),
     "lesions": len(measure(sitk.GetImageFromArray(mask)).rows),
+    "clicked": int(sitk.GetArrayFromImage(InteractiveSession(sitk.GetImageFromArray(mask.astype(np.float32) * 100)).add_click((4.0, 4.0, 2.0))).sum()),
     "blocked_loaded": sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED),
 }
 print(json.dumps(state))
@@ -66,5 +69,6 @@ def test_ui_side_code_runs_with_torch_and_monai_blocked():
     state = json.loads(done.stdout.strip().splitlines()[-1])
     assert "default" in state["models"] and len(state["modalities"]) == 1
     assert state["lesions"] == 1  # the measurement table is computed in the UI process
+    assert state["clicked"] > 0  # the effect's Click mode runs in the UI process
     assert state["segments"] and state["options"] == {"quality": "normal", "backend": "auto", "cascade": None}
     assert state["blocked_loaded"] == []

@@ -22,6 +22,7 @@ import vtk
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 from tumorseg_core.errors import TumorSegError
+from TumorSegmentationLib import effect_interactive as ei
 from TumorSegmentationLib import effect_logic as el
 from TumorSegmentationLib import panel_state as ps
 
@@ -30,6 +31,8 @@ logger = logging.getLogger(__name__)
 ICON_PATH = os.path.join(os.path.dirname(__file__), "..", "Resources", "Icons", "TumorEffect.png")
 ROI_REFERENCE_ROLE = "Tumor.ROI"
 POLL_INTERVAL_MS = 200
+LIVE_DEBOUNCE_MS = 60  # Live: wait this long after the last mouse move / scroll before asking for a slice
+LIVE_POLL_MS = 25
 
 
 def scriptedEffectClassName(path: str = __file__) -> str:
@@ -113,6 +116,11 @@ class TumorSegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 <li><b>Auto:</b> run the selected model on the source volume and write one of its labels
 into the selected segment (other segments are not changed).</li>
 <li><b>Refine:</b> click the lesion(s) to keep in the segment; Ctrl+click removes one.</li>
+<li><b>Click / Box / Scribble:</b> each click, box or painted stroke refines the last result;
+<b>Shift</b> or <b>Ctrl</b> marks background; a box comes from two opposite corners or an ROI;
+<b>Undo step</b> steps back one interaction.</li>
+<li><b>Live:</b> a 2.5D model previews the slice under the mouse as you scroll; a click adds it
+to the selected segment (Undo works).</li>
 <li><b>ROI:</b> optional box; only the image inside it is used and changed.</li>
 </ul><p>Masking settings (editable area, intensity range, overwrite) apply as for other effects.</html>"""
 
@@ -121,6 +129,7 @@ into the selected segment (other segments are not changed).</li>
     def setupOptionsFrame(self):
         self.modeComboBox = qt.QComboBox()
         self.modeComboBox.addItems(list(el.MODES))
+        self.modeComboBox.addItems(list(ei.MODES))  # Click / Box / Scribble (effect_interactive)
         self.modeComboBox.toolTip = "Seed: click a lesion. Auto: run a model. Refine: keep clicked lesions."
         self.scriptedEffect.addLabeledOptionsWidget("Mode:", self.modeComboBox)
 
@@ -142,6 +151,24 @@ into the selected segment (other segments are not changed).</li>
         self.roiSelector.toolTip = "Optional: only the image inside this box is used and changed"
         self.scriptedEffect.addLabeledOptionsWidget("ROI:", self.roiSelector)
 
+        self.boxFrame = qt.QWidget()
+        boxRow = qt.QHBoxLayout(self.boxFrame)
+        boxRow.setContentsMargins(0, 0, 0, 0)
+        boxRow.addWidget(qt.QLabel("Box ROI:"))
+        self.boxRoiSelector = slicer.qMRMLNodeComboBox()
+        self.boxRoiSelector.nodeTypes = ["vtkMRMLMarkupsROINode"]
+        self.boxRoiSelector.noneEnabled = True
+        self.boxRoiSelector.addEnabled = False
+        self.boxRoiSelector.setMRMLScene(slicer.mrmlScene)
+        self.boxRoiSelector.toolTip = "Box mode: the ROI whose box holds the lesion"
+        boxRow.addWidget(self.boxRoiSelector)
+        self.boxFromRoiButton = qt.QPushButton("Box from ROI")
+        self.boxFromRoiButton.toolTip = "Refine the result with the selected ROI's box (or click two opposite corners)"
+        boxRow.addWidget(self.boxFromRoiButton)
+        self.scriptedEffect.addOptionsWidget(self.boxFrame)
+        self.undoStepButton = qt.QPushButton("Undo step")
+        self.undoStepButton.toolTip = "Click / Box / Scribble: step back one interaction and rewrite the segment"
+
         self.applyButton = qt.QPushButton("Apply")
         self.applyButton.toolTip = "Run the model (Auto mode); turns into Cancel while it runs"
         self.clearPointsButton = qt.QPushButton("Clear points")
@@ -149,6 +176,7 @@ into the selected segment (other segments are not changed).</li>
         buttons = qt.QHBoxLayout()
         buttons.addWidget(self.applyButton)
         buttons.addWidget(self.clearPointsButton)
+        buttons.addWidget(self.undoStepButton)
         self.scriptedEffect.addOptionsWidget(buttons)
         self.progressBar = qt.QProgressBar()
         self.progressBar.setRange(0, 100)
@@ -157,6 +185,7 @@ into the selected segment (other segments are not changed).</li>
         self.statusLabel = qt.QLabel()
         self.statusLabel.wordWrap = True
         self.scriptedEffect.addOptionsWidget(self.statusLabel)
+        self.setupLiveOptions()  # Live mode (effect_live)
 
         self.refreshModels()
         self.modeComboBox.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
@@ -166,6 +195,8 @@ into the selected segment (other segments are not changed).</li>
         self.roiSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateMRMLFromGUI)
         self.applyButton.connect("clicked()", self.onApplyOrCancel)
         self.clearPointsButton.connect("clicked()", self.onClearPoints)
+        self.boxFromRoiButton.connect("clicked()", self.onBoxFromRoi)
+        self.undoStepButton.connect("clicked()", self.onUndoStep)
 
     def refreshModels(self):
         from tumorseg_core.modelpkg.package import installed_models
@@ -241,7 +272,10 @@ into the selected segment (other segments are not changed).</li>
         for widget in (self.modelComboBox, self.outputLabelComboBox, self.deviceComboBox):
             widget.enabled = auto and not running
         self.clearPointsButton.visible = not auto
+        self.undoStepButton.visible = self.modeComboBox.currentText in ei.MODES
+        self.boxFrame.visible = self.modeComboBox.currentText == ei.MODE_BOX
         self.progressBar.visible = running
+        self.updateLiveWidgets()
 
     # ------------------------------------------------------------------ logic
 
@@ -270,14 +304,21 @@ into the selected segment (other segments are not changed).</li>
         self.statusLabel.styleSheet = "color: red"
 
     def deactivate(self):
+        self.stopLive()
         if self.logic is not None:
             self.logic.resetPoints()
+            self.logic.interactive.reset()
 
     def onClearPoints(self):
         self.effectLogic().resetPoints()
+        self.effectLogic().interactive.reset()
         self.statusLabel.text = "Points cleared"
 
     def processInteractionEvents(self, callerInteractor, eventId, viewWidget):
+        if self.processLiveEvent(callerInteractor, eventId, viewWidget):
+            return True
+        if self.scriptedEffect.parameter("Mode") in ei.MODES:
+            return self.processInteractiveEvent(callerInteractor, eventId, viewWidget)
         if viewWidget.className() != "qMRMLSliceWidget" or eventId != vtk.vtkCommand.LeftButtonPressEvent:
             return False
         mode = self.scriptedEffect.parameter("Mode")
@@ -296,12 +337,53 @@ into the selected segment (other segments are not changed).</li>
             self.showError(exc)
         return True
 
+    def processInteractiveEvent(self, callerInteractor, eventId, viewWidget):
+        """Click / Box / Scribble: forward press, move and release (as RAS) to the logic, which decides."""
+        if viewWidget.className() != "qMRMLSliceWidget" or callerInteractor.GetAltKey():
+            return False
+        logic = self.effectLogic().interactive
+        ras = self.xyToRas(callerInteractor.GetEventPosition(), viewWidget)
+        try:
+            if eventId == vtk.vtkCommand.LeftButtonPressEvent:
+                if not self.scriptedEffect.confirmCurrentSegmentVisible():
+                    return True
+                background = bool(callerInteractor.GetShiftKey() or callerInteractor.GetControlKey())
+                with slicer.util.WaitCursor():
+                    result = logic.press(self.scriptedEffect.parameter("Mode"), ras, background=background)
+            elif eventId == vtk.vtkCommand.MouseMoveEvent:
+                return logic.move(ras)
+            elif eventId == vtk.vtkCommand.LeftButtonReleaseEvent and logic.strokeRas:
+                with slicer.util.WaitCursor():
+                    result = logic.release(ras)
+            else:
+                return False
+        except TumorSegError as exc:
+            self.showError(exc)
+            return True
+        if result is not None:
+            self.showResult(result)
+        return True
+
+    def onBoxFromRoi(self):
+        try:
+            with slicer.util.WaitCursor():
+                self.showResult(self.effectLogic().interactive.box_from_roi(self.boxRoiSelector.currentNode()))
+        except TumorSegError as exc:
+            self.showError(exc)
+
+    def onUndoStep(self):
+        try:
+            self.showResult(self.effectLogic().interactive.undo())
+        except TumorSegError as exc:
+            self.showError(exc)
+
     def onApplyOrCancel(self):
         logic = self.effectLogic()
         if logic.isRunning:
             logic.cancel()
             self.updateButtons()
             return
+        self.stopLive()  # Auto needs the shared worker
         label = self.outputLabelComboBox.currentData
         self.progressBar.value = 0
         try:
@@ -334,6 +416,122 @@ into the selected segment (other segments are not changed).</li>
         self.updateButtons()
 
     def cleanup(self):
+        self.stopLive()
         self.timer.stop()
         if self.logic is not None and self.logic.isRunning:
             self.logic.cancel()
+
+    # ------------------------------------------------------------------ Live mode (effect_live.LivePreviewLogic)
+
+    def setupLiveOptions(self):
+        self.live = None
+        self.livePending = None  # (slice node, RAS point or None): the latest slice asked for, sent after the delay
+        self.liveCheckBox = qt.QCheckBox("Live")
+        self.liveCheckBox.toolTip = ("Preview a 2.5D model's result on the slice under the mouse while scrolling "
+                                     "(the selected model if it is 2.5D, else the shipped real-time model); "
+                                     "click to add it to the selected segment")
+        self.scriptedEffect.addOptionsWidget(self.liveCheckBox)
+        self.liveDebounceTimer = qt.QTimer()
+        self.liveDebounceTimer.singleShot = True
+        self.liveDebounceTimer.setInterval(LIVE_DEBOUNCE_MS)
+        self.liveDebounceTimer.connect("timeout()", self.onLiveDebounce)
+        self.livePollTimer = qt.QTimer()
+        self.livePollTimer.setInterval(LIVE_POLL_MS)
+        self.livePollTimer.connect("timeout()", self.onLivePoll)
+        self.liveCheckBox.connect("toggled(bool)", self.onLiveToggled)
+
+    def updateLiveWidgets(self):
+        """Live uses the Model, Output and Device choices, so they stay enabled while it is on."""
+        if getattr(self, "liveCheckBox", None) is not None and self.liveCheckBox.checked:
+            for widget in (self.modelComboBox, self.outputLabelComboBox, self.deviceComboBox):
+                widget.enabled = True
+
+    def liveActive(self):
+        return getattr(self, "live", None) is not None and self.live.isActive
+
+    def onLiveToggled(self, checked):
+        if not checked:
+            self.stopLive()
+            return
+        from TumorSegmentationLib.effect_live import LivePreviewLogic, live_model_for
+
+        logic = self.effectLogic()
+        if self.live is None or self.live.effectLogic is not logic:
+            self.live = LivePreviewLogic(logic)
+        try:
+            self.live.start(live_model_for(self.modelComboBox.currentData, logic.segmentationLogic.modelManifest),
+                            self.deviceComboBox.currentText,
+                            output_label=self.outputLabelComboBox.currentData)
+        except TumorSegError as exc:
+            self.showError(exc)
+            self.setLiveChecked(False)
+            return
+        self.statusLabel.text = self.live.message
+        self.statusLabel.styleSheet = ""
+        self.updateLiveWidgets()
+
+    def setLiveChecked(self, checked):
+        wasBlocked = self.liveCheckBox.blockSignals(True)
+        self.liveCheckBox.checked = checked
+        self.liveCheckBox.blockSignals(wasBlocked)
+
+    def stopLive(self):
+        if getattr(self, "live", None) is None:
+            return
+        self.liveDebounceTimer.stop()
+        self.livePollTimer.stop()
+        self.livePending = None
+        self.live.stop()
+        self.setLiveChecked(False)
+
+    def processLiveEvent(self, callerInteractor, eventId, viewWidget):
+        """Live: mouse moves ask (after a short delay) for the slice under the mouse; a click accepts the preview."""
+        if not self.liveActive() or viewWidget.className() != "qMRMLSliceWidget":
+            return False
+        if eventId == vtk.vtkCommand.MouseMoveEvent:
+            ras = self.xyToRas(callerInteractor.GetEventPosition(), viewWidget)
+            self.livePending = (viewWidget.mrmlSliceNode(), ras)
+            self.liveDebounceTimer.start()
+            return False  # other handlers (crosshair, data probe) still see the move
+        if eventId == vtk.vtkCommand.LeftButtonPressEvent and not callerInteractor.GetAltKey():
+            if not self.scriptedEffect.confirmCurrentSegmentVisible():
+                return True
+            try:
+                self.showResult(self.live.accept())
+            except TumorSegError as exc:
+                self.showError(exc)
+            return True
+        return False
+
+    def processViewNodeEvents(self, callerViewNode, eventId, viewWidget):
+        """Live: scrolling (the slice node changed) asks for the new slice."""
+        if self.liveActive() and callerViewNode is not None and callerViewNode.IsA("vtkMRMLSliceNode"):
+            self.livePending = (callerViewNode, None)
+            self.liveDebounceTimer.start()
+
+    def onLiveDebounce(self):
+        pending, self.livePending = self.livePending, None
+        if pending is None or not self.liveActive():
+            return
+        try:
+            self.live.request(*pending)
+        except TumorSegError as exc:
+            self.showError(exc)
+        if self.live.isBusy:
+            self.livePollTimer.start()
+
+    def onLivePoll(self):
+        try:
+            busy = self.live is not None and self.live.poll()
+        except TumorSegError as exc:
+            self.showError(exc)
+            busy = False
+        if self.live is not None and not self.live.isActive:  # a worker error ended the session
+            self.setLiveChecked(False)
+            self.statusLabel.text = self.live.message
+            self.statusLabel.styleSheet = "color: red"
+        elif self.live is not None and self.live.preview is not None:
+            self.statusLabel.text = self.live.message
+            self.statusLabel.styleSheet = ""
+        if not busy:
+            self.livePollTimer.stop()

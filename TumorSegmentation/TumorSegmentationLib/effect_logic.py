@@ -130,6 +130,7 @@ class TumorEffectLogic:
         self._segmentationLogic = segmentationLogic
         self._session: Optional[_Session] = None
         self._auto: Optional[dict] = None
+        self._interactive: Any = None
         self.lastResult: Optional[EffectResult] = None
 
     # ------------------------------------------------------------------ selection
@@ -290,6 +291,17 @@ class TumorEffectLogic:
             session.seeds, session.background = session.history.pop()
             if not session.history:
                 self._session = None
+
+    # ------------------------------------------------------------------ Click / Box / Scribble
+
+    @property
+    def interactive(self) -> Any:
+        """The Click / Box / Scribble logic (:class:`effect_interactive.InteractiveEffectLogic`), made on first use."""
+        if self._interactive is None:
+            from .effect_interactive import InteractiveEffectLogic
+
+            self._interactive = InteractiveEffectLogic(self)
+        return self._interactive
 
     # ------------------------------------------------------------------ Auto mode
 

@@ -38,11 +38,12 @@ class TumorEffectSelfTest(unittest.TestCase):
         self.tempDir.cleanup()
 
     def runTest(self):
-        self.setUp()
-        try:
-            self.test_seed_click_through_segment_editor()
-        finally:
-            self.tearDown()
+        for test in (self.test_seed_click_through_segment_editor, self.test_click_box_and_undo_through_segment_editor):
+            self.setUp()
+            try:
+                test()
+            finally:
+                self.tearDown()
 
     # ------------------------------------------------------------------ helpers
 
@@ -105,3 +106,41 @@ class TumorEffectSelfTest(unittest.TestCase):
         self.assertFalse(self.segmentArray(segmentationNode, segmentID, volumeNode).any())
         editorWidget.setActiveEffectByName("")
         logger.info("Tumor effect self-test passed")
+
+    def test_click_box_and_undo_through_segment_editor(self):
+        """Click mode, then a box from an ROI node, then the effect's Undo step and the editor's Undo."""
+        phantom, volumeNode = self.loadPhantom(seed=6)
+        editorWidget, segmentationNode, segmentID = self.segmentEditor(volumeNode)
+        editorWidget.setActiveEffectByName("Tumor")
+        effect = editorWidget.activeEffect()
+        effect.setParameter("Mode", "Click")
+        effect.self().updateGUIFromMRML()
+        self.assertEqual(effect.self().modeComboBox.currentText, "Click")
+        logic = effect.self().effectLogic().interactive
+
+        lps = phantom.lesions[0].center_lps
+        center = (-lps[0], -lps[1], lps[2])
+        result = logic.press("Click", center)
+        self.assertTrue(result.changed, result.message)
+        truth = sitk.GetArrayFromImage(phantom.truth) > 0
+        clicked = self.segmentArray(segmentationNode, segmentID, volumeNode)
+        dice = 2.0 * (clicked & truth).sum() / max(clicked.sum() + truth.sum(), 1)
+        logger.info("Tumor effect Click self-test: Dice %.3f (%s)", dice, result.message)
+        self.assertGreaterEqual(dice, 0.6)
+
+        roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "Tumor box")
+        roi.SetXYZ(*center)
+        radius = phantom.lesions[0].radius_mm
+        roi.SetSize(3.0 * radius, 3.0 * radius, 3.0 * radius)
+        result = logic.box_from_roi(roi)
+        self.assertEqual(logic.interactions, 2, result.message)
+        self.assertTrue(self.segmentArray(segmentationNode, segmentID, volumeNode).any())
+
+        logic.undo()  # the effect's Undo step: back to the click's result, exactly
+        self.assertTrue((self.segmentArray(segmentationNode, segmentID, volumeNode) == clicked).all())
+        logic.undo()
+        self.assertFalse(self.segmentArray(segmentationNode, segmentID, volumeNode).any())
+        editorWidget.undo()  # the editor's Undo takes back the effect's last rewrite
+        self.assertTrue((self.segmentArray(segmentationNode, segmentID, volumeNode) == clicked).all())
+        editorWidget.setActiveEffectByName("")
+        logger.info("Tumor effect Click/Box/Undo self-test passed")

@@ -31,8 +31,9 @@ logger = logging.getLogger(__name__)
 #: Default seconds a warm worker waits for the next request before exiting by itself.
 DEFAULT_IDLE_TIMEOUT_S = 15 * 60
 _STDERR_TAIL_LINES = 40
-#: Events that end a request (``pong`` answers ``ping``, ``devices`` the device report, ``imported`` an import).
-FINAL_EVENTS = ("done", "error", "pong", "devices", "imported")
+#: Events that end a request (``pong`` answers ``ping``, ``devices`` the device report, ``imported`` an import,
+#: ``slice`` a slice request).
+FINAL_EVENTS = ("done", "error", "pong", "devices", "imported", "slice")
 _LIVE_RUNNERS: "weakref.WeakSet[WorkerRunner]" = weakref.WeakSet()
 
 

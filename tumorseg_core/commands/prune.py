@@ -1,12 +1,14 @@
 """Make a smaller, faster model: structured channel pruning with a short fine-tune.
 
 Keeps the fraction --keep of the output channels of every convolution of a unet3d model
-package (the filters of largest L1 norm), rebuilds the network with the smaller
-channel counts, fine-tunes it briefly with the training loop of tumorseg train
-(initial weights: the pruned network) and writes an ordinary verified model package
-with the smaller kwargs; its README names the keep ratio and the parent model.
-Checkpoints of the fine-tune go to --workdir (default OUT.work); running the same
-command again resumes. Example::
+package (--criterion taylor, the default: the channels that most move the lesion-vs-background
+logits on a few patches of --data, and always the head's lesion-voting channels; l1: the
+filters of largest L1 norm), rebuilds the network with the smaller channel counts,
+fine-tunes it briefly (by default distilling from the parent: labels' loss + W x KL to the
+parent's output; --distill-weight 0: the training loop of tumorseg train, which resumes
+from its checkpoints) and writes an ordinary verified model package with the smaller
+kwargs; its README names the keep ratio, the criterion and the parent model. Data cache
+and checkpoints go to --workdir (default OUT.work). Example::
 
     tumorseg prune default -o default-pruned50 --keep 0.5 --fine-tune-iterations 100
 """
@@ -25,13 +27,31 @@ logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from tumorseg_core.training.prune import DEFAULT_FINE_TUNE_DATA, DEFAULT_FINE_TUNE_ITERATIONS
+    from tumorseg_core.training.distill import DEFAULT_DISTILL_WEIGHT, DEFAULT_TEMPERATURE
+    from tumorseg_core.training.prune import (
+        CRITERIA,
+        DEFAULT_CRITERION,
+        DEFAULT_FINE_TUNE_DATA,
+        DEFAULT_FINE_TUNE_ITERATIONS,
+        DEFAULT_IMPORTANCE_WINDOWS,
+    )
 
     parser.add_argument("package", metavar="PACKAGE",
                         help="model package to prune: default, an installed name, a folder or a .zip")
     parser.add_argument("-o", "--output", required=True, metavar="OUT", help="model package folder to write")
     parser.add_argument("--keep", type=float, required=True, metavar="FRACTION",
                         help="fraction of each convolution's output channels kept, in (0, 1], e.g. 0.5")
+    parser.add_argument("--criterion", choices=CRITERIA, default=DEFAULT_CRITERION,
+                        help="which channels stay: taylor ranks them by their effect on the lesion-vs-background "
+                             "logits on a few --data patches and keeps the head's lesion-voting channels; l1 by "
+                             f"filter norm, no data (default: {DEFAULT_CRITERION})")
+    parser.add_argument("--importance-windows", type=int, default=DEFAULT_IMPORTANCE_WINDOWS, metavar="N",
+                        help=f"patches with lesions the taylor criterion sums over (default: {DEFAULT_IMPORTANCE_WINDOWS})")
+    parser.add_argument("--distill-weight", type=float, default=DEFAULT_DISTILL_WEIGHT, metavar="W",
+                        help="fine-tune loss = labels' loss + W x KL to the parent's output; 0: labels only, "
+                             f"with the resumable tumorseg train loop (default: {DEFAULT_DISTILL_WEIGHT:g})")
+    parser.add_argument("--distill-temperature", type=float, default=DEFAULT_TEMPERATURE, metavar="T",
+                        help=f"softmax temperature of the distillation (default: {DEFAULT_TEMPERATURE:g})")
     parser.add_argument("--fine-tune-iterations", type=int, default=DEFAULT_FINE_TUNE_ITERATIONS, metavar="N",
                         help="training steps after pruning; 0 for none "
                              f"(default: {DEFAULT_FINE_TUNE_ITERATIONS})")
@@ -64,6 +84,7 @@ def _data(value: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from tumorseg_core.commands.train import StopOnSignal, _progress_callback, _training_lines
     from tumorseg_core.inference.devices import configure_threads, import_torch
+    from tumorseg_core.training.distill import check_distill
     from tumorseg_core.training.prune import check_keep, prune_package
 
     keep = check_keep(args.keep)
@@ -73,12 +94,17 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.patch_size is not None and min(args.patch_size) < 1:
         raise InputError(f"--patch-size must be positive voxel counts, got {args.patch_size}")
+    if args.importance_windows < 1:
+        raise InputError(f"--importance-windows must be at least 1, got {args.importance_windows}")
+    check_distill(args.distill_weight, args.distill_temperature)
     data = _data(args.data)
     configure_threads(getattr(args, "threads", None))
     import_torch()
     overrides: dict = {}
     words = ["tumorseg", "prune", args.package, "-o", args.output, "--keep", f"{keep:g}",
-             "--fine-tune-iterations", str(args.fine_tune_iterations), "--data", args.data]
+             "--fine-tune-iterations", str(args.fine_tune_iterations), "--data", args.data,
+             "--criterion", args.criterion, "--importance-windows", str(args.importance_windows),
+             "--distill-weight", f"{args.distill_weight:g}", "--distill-temperature", f"{args.distill_temperature:g}"]
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
         words += ["--batch-size", str(args.batch_size)]
@@ -96,7 +122,9 @@ def run(args: argparse.Namespace) -> int:
     stop = StopOnSignal()
     try:
         path = prune_package(args.package, args.output, keep, fine_tune_iterations=args.fine_tune_iterations,
-                             data=data, overwrite=args.overwrite, workdir=args.workdir,
+                             data=data, criterion=args.criterion, importance_windows=args.importance_windows,
+                             distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
+                             overwrite=args.overwrite, workdir=args.workdir,
                              config_overrides=overrides or None, command=command, progress=progress, cancel=stop)
     finally:
         stop.restore()

@@ -13,8 +13,8 @@ from scipy import ndimage
 
 def bbox(mask: np.ndarray, pad: int) -> tuple[slice, ...]:
     """Slices of ``mask``'s bounding box grown by ``pad`` voxels (clipped to the array)."""
-    idx = np.nonzero(mask)
-    return tuple(slice(max(int(i.min()) - pad, 0), min(int(i.max()) + pad + 1, n)) for i, n in zip(idx, mask.shape))
+    hits = [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != ax))) for ax in range(mask.ndim)]
+    return tuple(slice(max(int(i[0]) - pad, 0), min(int(i[-1]) + pad + 1, n)) for i, n in zip(hits, mask.shape))
 
 
 def dilate_mm(mask: np.ndarray, radius: float, spacing: np.ndarray) -> np.ndarray:

@@ -43,21 +43,56 @@ class Levels:
     enclosed: bool = False  # a lesion inside an organ that lies in a thin layer around it
 
 
-def radial_profile(values: np.ndarray, dist: np.ndarray, max_radius: float) -> np.ndarray:
-    """Median of ``values`` in shells of :data:`STEP_MM` around the seed (NaN where empty, then filled)."""
+@dataclass
+class Shells:
+    """The voxels of a distance map (mm, any shape) grouped by profile shell, computed once per map.
+
+    ``order`` holds the flat indices of the voxels with distance below ``counts.size *``
+    :data:`STEP_MM`, shell by shell (stable within a shell); ``bins`` their shell numbers
+    (in that order) and ``counts`` the voxels per shell.
+    """
+
+    order: np.ndarray
+    bins: np.ndarray
+    counts: np.ndarray
+
+
+def make_shells(dist: np.ndarray, max_radius: float) -> Shells:
+    """:class:`Shells` of ``dist`` up to ``max_radius`` mm (a radix sort of the shell numbers)."""
     n = int(np.ceil(max_radius / STEP_MM))
-    inside = dist < n * STEP_MM
-    bins = (dist[inside] / STEP_MM).astype(np.int64)
-    vals = values[inside].astype(np.float64)
-    order = np.lexsort((vals, bins))
-    bins, vals = bins[order], vals[order]
-    counts = np.bincount(bins, minlength=n)
+    flat = dist.ravel()
+    inside = np.flatnonzero(flat < n * STEP_MM)
+    bins = (flat[inside] / STEP_MM).astype(np.uint16 if n < 65536 else np.int64)
+    perm = np.argsort(bins, kind="stable")
+    return Shells(inside[perm], bins[perm], np.bincount(bins, minlength=n)[:n])
+
+
+def radial_profile(values: np.ndarray, dist: np.ndarray, max_radius: float, shells: Optional[Shells] = None,
+                   below: Optional[float] = None) -> np.ndarray:
+    """Median of ``values`` in shells of :data:`STEP_MM` around the seed (NaN where empty, then filled).
+
+    ``values`` and ``dist`` have one shape; ``shells`` (:func:`make_shells` of ``dist`` for at
+    least ``max_radius``) saves sorting ``dist`` again; only voxels with ``dist < below`` count
+    when ``below`` is given.
+    """
+    n = int(np.ceil(max_radius / STEP_MM))
+    sh = shells if shells is not None and shells.counts.size >= n else make_shells(dist, max_radius)
+    total = int(sh.counts[:n].sum())
+    order, bins = sh.order[:total], sh.bins[:total]
+    counts = sh.counts[:n]
+    if below is not None:
+        keep = dist.ravel()[order] < below
+        order, bins = order[keep], bins[keep]
+        counts = np.bincount(bins, minlength=n)[:n]
+    vals = values.ravel()[order].astype(np.float64)
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
     prof = np.full(n, np.nan)
     ok = counts > 0
-    lo = starts[ok] + (counts[ok] - 1) // 2
-    hi = starts[ok] + counts[ok] // 2
-    prof[ok] = 0.5 * (vals[lo] + vals[hi])
+    for i in np.flatnonzero(ok):
+        c, s0 = int(counts[i]), int(starts[i])
+        lo, hi = (c - 1) // 2, c // 2
+        part = np.partition(vals[s0:s0 + c], (lo, hi)) if c > 2 else np.sort(vals[s0:s0 + c])
+        prof[i] = 0.5 * (part[lo] + part[hi])
     if not ok.all():  # shells thinner than the voxels near the seed: interpolate
         idx = np.arange(n)
         prof = np.interp(idx, idx[ok], prof[ok])

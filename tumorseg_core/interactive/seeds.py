@@ -32,11 +32,13 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from tumorseg_core.errors import CancelledError, InputError
-from tumorseg_core.interactive.morphology import component, fill_holes, open_mm
+from tumorseg_core.interactive.morphology import bbox, component, fill_holes, open_mm
 from tumorseg_core.interactive.profile import (
     Levels,
+    Shells,
     analyse_profile,
     core_in_organ,
+    make_shells,
     radial_profile,
     refine_levels,
 )
@@ -53,6 +55,10 @@ OPEN_MM = 1.0  # opening radius that removes noise spurs and one-voxel bridges
 RIM_BEYOND_MAX = 0.3  # a rim's level in more of the shell just outside it: an organ, not a rim
 RIM_LEVEL = 0.55  # a rim is cut at this fraction of the way from the organ to its peak (blur spreads it)
 OPEN_FRACTION = 0.15  # ... or this fraction of the lesion's radius, when larger
+EXTEND_FILLED = 0.85  # a fallback region filling this much of its limit's sphere is extended (when asked)
+EXTEND_SHELL_MM = 2.0  # ... measured on a shell this thick
+EXTEND_STEP = 1.5
+SMALL_BALL = 33  # openings by a ball of at most this many voxels use binary morphology, larger ones distances
 
 
 @dataclass
@@ -78,6 +84,7 @@ class _Roi:
     noise: float  # noise sigma of ``smooth``
     crop: np.ndarray  # the raw crop
     raw_noise: float
+    shells: Shells  # ``dist`` grouped by profile shell up to ``radius`` (sorted once)
 
     def ball(self, center_zyx: np.ndarray, radius: float) -> np.ndarray:
         """Boolean ball of ``radius`` mm around a continuous crop index (z, y, x)."""
@@ -111,7 +118,7 @@ def _continuous_index(image: sitk.Image, point: Sequence[float], what: str) -> n
 def _raw_noise(raw: np.ndarray) -> float:
     """Robust noise sigma from finite differences (edges are a minority)."""
     diffs = [np.abs(np.diff(raw, axis=a)).ravel() for a in range(3) if raw.shape[a] > 1]
-    return float(np.median(np.concatenate(diffs))) * 1.4826 / np.sqrt(2.0)
+    return float(np.median(np.concatenate(diffs), overwrite_input=True)) * 1.4826 / np.sqrt(2.0)
 
 
 def _gain(sigma_vox: np.ndarray) -> float:
@@ -135,7 +142,21 @@ def _make_roi(array: np.ndarray, spacing_zyx: np.ndarray, seed_zyx: np.ndarray, 
     axes = [(np.arange(n) - lc) * s for n, lc, s in zip(crop.shape, local, spacing_zyx)]
     dist = np.sqrt(axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2)
     raw_noise = _raw_noise(crop)
-    return _Roi(slices, smooth, dist, spacing_zyx, local, radius, raw_noise * _gain(sigma), crop, raw_noise)
+    return _Roi(slices, smooth, dist, spacing_zyx, local, radius, raw_noise * _gain(sigma), crop, raw_noise,
+                make_shells(dist, radius))
+
+
+def _smooth_within(roi: _Roi, sigma_vox: np.ndarray, reach: float) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """The raw crop smoothed by ``sigma_vox`` (z, y, x voxels), exactly, but only on the box of the voxels
+    nearer than ``reach`` mm to the seed (the box itself and its slices within the crop)."""
+    half = np.ceil(reach / roi.spacing_zyx).astype(int) + 1
+    pad = (4.0 * np.asarray(sigma_vox) + 0.5).astype(int) + 1  # the kernel's reach (truncate 4)
+    c = np.round(roi.seed_zyx).astype(int)
+    box = tuple(slice(max(ci - h, 0), min(ci + h + 1, n)) for ci, h, n in zip(c, half, roi.crop.shape))
+    outer = tuple(slice(max(b.start - p, 0), min(b.stop + p, n)) for b, p, n in zip(box, pad, roi.crop.shape))
+    sm = ndimage.gaussian_filter(roi.crop[outer], sigma_vox, mode="nearest")
+    inner = tuple(slice(b.start - o.start, b.stop - o.start) for b, o in zip(box, outer))
+    return sm[inner], box
 
 
 def _fine_image(roi: _Roi, lv: Levels) -> tuple[np.ndarray, float, Levels]:
@@ -149,11 +170,11 @@ def _fine_image(roi: _Roi, lv: Levels) -> tuple[np.ndarray, float, Levels]:
         noise = roi.raw_noise * _gain(sigma)
         if 0.5 * abs(lv.outer - lv.background) * (1.5 if lv.layered else 1.0) < CNR_MIN * noise:
             continue  # even a better measured contrast cannot make it
-        sm = ndimage.gaussian_filter(roi.crop, sigma, mode="nearest")
-        fine = refine_levels(radial_profile(sm, roi.dist, reach), lv)
+        part, box = _smooth_within(roi, sigma, reach)
+        fine = refine_levels(radial_profile(part, roi.dist[box], reach), lv)
         if 0.5 * abs(fine.outer - fine.background) >= CNR_MIN * noise:
             logger.debug("fine smoothing %.1f mm (noise %.3g): %s", s, noise, fine)
-            return sm, noise, fine
+            return ndimage.gaussian_filter(roi.crop, sigma, mode="nearest"), noise, fine
     return roi.smooth, roi.noise, lv
 
 
@@ -180,7 +201,7 @@ def _segment(roi: _Roi, lv: Levels, sm: np.ndarray, noise: float) -> np.ndarray:
     region = component(mask, seed | (roi.dist <= 0.5 * lv.radius))
     # Large lesions also lose what touches them through a contact thinner than 0.3 of their
     # radius (a wall, a vessel), small ones only noise spurs.
-    opened = component(open_mm(region, max(OPEN_MM, OPEN_FRACTION * lv.radius), sp), seed)
+    opened = component(_open(region, max(OPEN_MM, OPEN_FRACTION * lv.radius), sp), seed)
     lesion_ball = roi.dist <= lv.radius  # judge the opening by what it keeps of the lesion, not of a leak
     if (opened & lesion_ball).sum() >= 0.5 * (region & lesion_ball).sum():
         region = opened
@@ -189,7 +210,7 @@ def _segment(roi: _Roi, lv: Levels, sm: np.ndarray, noise: float) -> np.ndarray:
         level = float(np.median(sm[far]))
         if lv.layered or lv.enclosed or abs(level - lv.outer) > 0.25 * abs(lv.outer - lv.background):
             logger.debug("clipping %d voxels (level %.4g)", int(far.sum()), level)
-            region = component(open_mm(region & near, 1.5, sp), seed)
+            region = component(_open(region & near, 1.5, sp), seed)
     return fill_holes(region)
 
 
@@ -206,14 +227,53 @@ def _beyond_rim(roi: _Roi, lv: Levels) -> float:
     return float(np.mean(sign * (roi.smooth[shell] - 0.5 * (lv.outer + lv.background)) > 0))
 
 
-def _fallback(roi: _Roi, limit: float) -> np.ndarray:
-    """Bounded region for a click without a lesion edge: similar to the seed, within ``limit`` mm."""
+def _ball_structure(radius: float, spacing_zyx: np.ndarray) -> np.ndarray:
+    """Offsets within ``radius`` mm of the centre, bool (z, y, x), distances computed as
+    :func:`scipy.ndimage.distance_transform_edt` computes them (so both agree on ties)."""
+    half = np.ceil(radius / spacing_zyx).astype(int)
+    axes = [np.arange(-h, h + 1, dtype=np.float64) * s for h, s in zip(half, spacing_zyx)]
+    d2 = (axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2) + axes[2][None, None, :] ** 2
+    return np.sqrt(d2) <= radius
+
+
+def _open(mask: np.ndarray, radius: float, spacing_zyx: np.ndarray) -> np.ndarray:
+    """:func:`open_mm`, by binary erosion and dilation with the ball itself when it is small (the
+    same voxels, several times faster on a large mask than the distance transforms)."""
+    ball = _ball_structure(radius, spacing_zyx)
+    if int(ball.sum()) > SMALL_BALL or not mask.any():
+        return open_mm(mask, radius, spacing_zyx)
+    box = bbox(mask, 1)
+    eroded = np.zeros_like(mask)
+    eroded[box] = ndimage.binary_erosion(mask[box], ball, border_value=1)
+    if not eroded.any():
+        return eroded
+    box = bbox(eroded, max(ball.shape) // 2 + 1)
+    out = np.zeros_like(mask)
+    out[box] = ndimage.binary_dilation(eroded[box], ball)
+    return out & mask
+
+
+def _fallback(roi: _Roi, limit: float, extend: bool = False) -> np.ndarray:
+    """Bounded region for a click without a lesion edge: similar to the seed, within ``limit`` mm.
+
+    With ``extend``, a region that still fills most of the limit's sphere (a large lesion whose
+    edge the profile missed, not a bounded one) is redone with a limit :data:`EXTEND_STEP` times
+    larger, up to half the crop's radius.
+    """
     seed = roi.seed_mask()
     vals = roi.smooth[seed]
     med = float(np.median(vals))
     spread = max(1.4826 * float(np.median(np.abs(vals - med))), roi.noise)
-    mask = (np.abs(roi.smooth - med) <= 3.0 * spread) & (roi.dist <= limit)
-    return component(open_mm(mask, OPEN_MM, roi.spacing_zyx), seed) | (seed & (roi.dist <= limit))
+    similar = np.abs(roi.smooth - med) <= 3.0 * spread
+    while True:
+        region = component(_open(similar & (roi.dist <= limit), OPEN_MM, roi.spacing_zyx), seed)
+        region |= seed & (roi.dist <= limit)
+        shell = (roi.dist <= limit) & (roi.dist > limit - max(EXTEND_SHELL_MM, float(roi.spacing_zyx.max())))
+        filled = float(region[shell].mean()) if shell.any() else 0.0
+        logger.debug("fallback fills %.2f of its %.0f mm sphere", filled, limit)
+        if not extend or filled < EXTEND_FILLED or limit >= 0.5 * roi.radius:
+            return region
+        limit = min(EXTEND_STEP * limit, 0.5 * roi.radius)
 
 
 def _split_by_background(roi: _Roi, region: np.ndarray, bg_zyx: Sequence[np.ndarray]) -> np.ndarray:
@@ -232,13 +292,12 @@ def _split_by_background(roi: _Roi, region: np.ndarray, bg_zyx: Sequence[np.ndar
     return component((ws == 1) & region, seed_ball)
 
 
-def _one_seed(roi: _Roi, limit: float) -> tuple[np.ndarray, bool]:
+def _one_seed(roi: _Roi, limit: float, extend: bool = False) -> tuple[np.ndarray, bool]:
     """Region of one seed and whether it had to be bounded."""
     core = float(np.median(roi.smooth[roi.seed_mask()]))
-    prof = radial_profile(roi.smooth, roi.dist, roi.radius)
-    near = roi.dist < 0.5 * roi.radius
-    fine_img = ndimage.gaussian_filter(roi.crop, np.clip(FINE_MM[1] / roi.spacing_zyx, 0.0, 2.0), mode="nearest")
-    fine = radial_profile(fine_img[near], roi.dist[near], 0.5 * roi.radius)
+    prof = radial_profile(roi.smooth, roi.dist, roi.radius, roi.shells)
+    fine_img, box = _smooth_within(roi, np.clip(FINE_MM[1] / roi.spacing_zyx, 0.0, 2.0), 0.5 * roi.radius)
+    fine = radial_profile(fine_img, roi.dist[box], 0.5 * roi.radius, below=0.5 * roi.radius)
     lv = analyse_profile(prof, core, roi.noise, 0.5 * roi.radius, fine)
     if lv is not None and lv.layered:
         beyond = _beyond_rim(roi, lv)
@@ -248,19 +307,19 @@ def _one_seed(roi: _Roi, limit: float) -> tuple[np.ndarray, bool]:
             logger.debug("the outer layer is an organ: lesion %s", lv)
     if lv is None:
         logger.debug("no lesion edge around the seed (level %.4g, noise %.3g)", core, roi.noise)
-        return _fallback(roi, limit), True
+        return _fallback(roi, limit, extend), True
     sm, noise, lv = _fine_image(roi, lv)
     region = _segment(roi, lv, sm, noise)
     logger.debug("levels %s noise %.3g: %d voxels", lv, roi.noise, int(region.sum()))
     edge = roi.dist > min(0.75 * roi.radius, roi.radius - 1.5 * float(roi.spacing_zyx.max()))
     if not region.any() or (region & edge).any():
-        return _fallback(roi, limit), True
+        return _fallback(roi, limit, extend), True
     return region, False
 
 
 def segment_from_seeds(image: sitk.Image, seeds_lps: Sequence[Point], background_lps: Sequence[Point] = (), *,
                        max_radius_mm: float = 60.0, progress: Optional[Callable[[float, str], None]] = None,
-                       cancel: Optional[Callable[[], bool]] = None) -> SeedResult:
+                       cancel: Optional[Callable[[], bool]] = None, extend_fallback: bool = False) -> SeedResult:
     """Segment the lesion(s) under seed clicks, without a model.
 
     Args:
@@ -270,6 +329,9 @@ def segment_from_seeds(image: sitk.Image, seeds_lps: Sequence[Point], background
         background_lps: points on non-lesion tissue (Ctrl+click), LPS mm.
         max_radius_mm: the crop around each seed; lesions up to about half of it are found.
         progress: ``progress(fraction, message)``; cancel: returns True to stop.
+        extend_fallback: a click without a lesion edge whose similar region fills its
+            ``max_radius_mm / 4`` sphere grows on, up to ``max_radius_mm / 2`` (the interactive
+            session, whose classifier and walker bound it again).
 
     Returns:
         :class:`SeedResult` whose ``labels`` is uint8 (1 = lesion) on ``image``'s exact grid.
@@ -301,7 +363,7 @@ def segment_from_seeds(image: sitk.Image, seeds_lps: Sequence[Point], background
         if progress is not None:
             progress(i / len(seeds), f"segmenting seed {i + 1}/{len(seeds)}")
         roi = _make_roi(array, spacing, seed, radius)
-        region, was_bounded = _one_seed(roi, limit)
+        region, was_bounded = _one_seed(roi, limit, extend_fallback)
         bounded |= was_bounded
         origin = np.array([s.start for s in roi.slices], float)
         local_bg = [b - origin for b in bgs if np.all(b - origin >= -0.5)

@@ -7,7 +7,7 @@ loaded, that every file is listed in the manifest's ``files`` and that every lis
 file exists with the listed sha256. Weights are read only with ``safetensors``;
 nothing here can execute code stored in a package.
 
-Names: ``"default"`` is the package shipped in ``tumorseg_core/data/models/default``;
+Names: ``"default"`` and ``"realtime"`` are the packages shipped in ``tumorseg_core/data/models/``;
 another plain name is a folder in the user model folder (``$TUMORSEG_MODELS`` or
 ``~/.tumorseg/models``); anything else is a path to a folder or ``.zip``.
 """
@@ -46,16 +46,23 @@ logger = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 SHIPPED_DEFAULT = Path(__file__).resolve().parent.parent / "data" / "models" / "default"
+SHIPPED_REALTIME = Path(__file__).resolve().parent.parent / "data" / "models" / "realtime"
 
 __all__ = [
     "Manifest", "ModelInfo", "ModelPackage", "default_models_dir", "install_package",
-    "installed_models", "open_package", "read_manifest", "user_models_dir", "write_package",
+    "installed_models", "open_package", "read_manifest", "shipped_models", "user_models_dir", "write_package",
 ]
 
 
 def default_models_dir() -> Path:
     """The folder of the model shipped with TumorSeg (``tumorseg_core/data/models/default``)."""
     return SHIPPED_DEFAULT
+
+
+def shipped_models() -> Dict[str, Path]:
+    """The models shipped with TumorSeg by name: ``"default"`` (the 3D model) and ``"realtime"``
+    (the 2.5D model of slice mode and the effect's Live mode), in ``tumorseg_core/data/models``."""
+    return {"default": SHIPPED_DEFAULT, "realtime": SHIPPED_REALTIME}
 
 
 def user_models_dir() -> Path:
@@ -338,13 +345,14 @@ class ModelPackage:
 def resolve_package_path(name_or_path: PathLike) -> Path:
     """Map ``"default"``, an installed model name, or a path to a package folder or zip."""
     text = os.fspath(name_or_path)
-    if text == "default":
-        if not (SHIPPED_DEFAULT / MANIFEST_NAME).is_file():
+    shipped = shipped_models()
+    if text in shipped:
+        if not (shipped[text] / MANIFEST_NAME).is_file():
             raise ModelPackageError(
-                "the default model is not installed in this copy of TumorSeg; "
+                f"the {text} model is not installed in this copy of TumorSeg; "
                 "reinstall tumorseg-core or pass --model with a package path"
             )
-        return SHIPPED_DEFAULT
+        return shipped[text]
     path = Path(text).expanduser()
     if path.exists():
         return path
@@ -564,16 +572,15 @@ class ModelInfo:
 
 
 def installed_models(models_dir: Optional[PathLike] = None, verify: bool = True) -> List[ModelInfo]:
-    """The shipped default and every valid package in the user model folder.
+    """The shipped models (:func:`shipped_models`) and every valid package in the user model folder.
 
     With ``verify`` (the CLI's ``tumorseg models``) each is fully verified, hashes included;
     ``verify=False`` reads only the manifests (Slicer's UI process: listing stays instant
     whatever the weights weigh; the worker verifies before running). Broken ones are
     skipped with a warning.
     """
-    candidates = []
-    if (SHIPPED_DEFAULT / MANIFEST_NAME).is_file():
-        candidates.append(("default", SHIPPED_DEFAULT, "shipped"))
+    candidates = [(name, path, "shipped") for name, path in shipped_models().items()
+                  if (path / MANIFEST_NAME).is_file()]
     folder = Path(models_dir) if models_dir is not None else user_models_dir()
     if folder.is_dir():
         for entry in sorted(folder.iterdir()):

@@ -42,16 +42,25 @@ class StackUNet25D(BasicUNet):
         return super().forward(stacks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: (B, C, z, y, x) -> logits (B, K, z, y, x)."""
+        """``x``: (B, C, z, y, x) -> logits (B, K, z, y, x); in training mode (B, K, z - 2k, y, x)
+        when ``z > 2k``.
+
+        Training mode predicts only the slices whose 2k neighbours are all real (``k .. z-k-1``),
+        as slice mode sees them: replicated edge slices would teach the network a context it
+        meets only at a volume's first and last k slices. The trainer scores such an output on
+        the label's centre slices. Evaluation mode (validation, sliding window) predicts every
+        slice, the window's borders padded by repeating the edge slice.
+        """
         if x.ndim != 5:
             raise ValueError(f"StackUNet25D expects (B, C, z, y, x), got shape {tuple(x.shape)}")
         b, c, z, h, w = x.shape
         k = self.context
-        padded = F.pad(x, (0, 0, 0, 0, k, k), mode="replicate") if k else x
-        # (B, C, z, y, x, 2k+1) -> (B, z, C, 2k+1, y, x) -> (B*z, C*(2k+1), y, x)
-        stacks = padded.unfold(2, 2 * k + 1, 1).permute(0, 2, 1, 5, 3, 4).reshape(b * z, c * (2 * k + 1), h, w)
+        padded = x if (self.training and z > 2 * k) or not k else F.pad(x, (0, 0, 0, 0, k, k), mode="replicate")
+        n = padded.shape[2] - 2 * k  # slices predicted
+        # (B, C, n, y, x, 2k+1) -> (B, n, C, 2k+1, y, x) -> (B*n, C*(2k+1), y, x)
+        stacks = padded.unfold(2, 2 * k + 1, 1).permute(0, 2, 1, 5, 3, 4).reshape(b * n, c * (2 * k + 1), h, w)
         out = self.forward_stack(stacks)
-        return out.reshape(b, z, out.shape[1], h, w).permute(0, 2, 1, 3, 4).contiguous()
+        return out.reshape(b, n, out.shape[1], h, w).permute(0, 2, 1, 3, 4).contiguous()
 
 
 class CentreSliceNet(torch.nn.Module):

@@ -148,6 +148,22 @@ def _initialize_from_package(model: torch.nn.Module, spec: str, pinned: str | No
     logger.info("initialized the network from %s (%s %s)", spec, package.manifest.name, package.manifest.version)
 
 
+def centre_crop_like(label: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """``label`` (B, 1, z, y, x) cut to the spatial size of ``logits`` (B, K, z', y', x'), centred.
+
+    A network may predict fewer slices than it was given in training (the 2.5D network
+    predicts only the slices whose neighbours are all real); its output is scored on the
+    label's centre. Returns ``label`` itself when the sizes agree."""
+    if label.shape[2:] == logits.shape[2:]:
+        return label
+    if any(n > m or (m - n) % 2 for n, m in zip(logits.shape[2:], label.shape[2:])):
+        raise ValueError(f"network output {tuple(logits.shape[2:])} cannot be centred in the label "
+                         f"{tuple(label.shape[2:])}")
+    cut = [slice(None), slice(None)] + [slice((m - n) // 2, (m + n) // 2)
+                                        for n, m in zip(logits.shape[2:], label.shape[2:])]
+    return label[tuple(cut)]
+
+
 class Interrupted(Exception):
     """Raised inside :func:`_train_epoch` when ``cancel`` says stop (the caller checkpoints)."""
 
@@ -213,7 +229,8 @@ def _train_epoch(run: RunData, model: torch.nn.Module, optimizer: Any, scheduler
         label = batch_data["label"].to(device, non_blocking=True).round().long()
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=device.type, enabled=use_amp):
-            loss = loss_fn(model(image), label)
+            logits = model(image)
+            loss = loss_fn(logits, centre_crop_like(label, logits))
         scaler.scale(loss).backward()
         if config["grad_clip"]:
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
