@@ -192,7 +192,7 @@ class InteractiveEffectLogic:
             raise InputError(f"the ROI '{roi.GetName()}' has zero size; give it a size in all three directions")
         state = self._current()
         seg = self.owner.editorNode.GetSegmentationNode()
-        corners = [tuple(geometry_bridge.LPS_FROM_RAS[:3, :3] @ c) for c in regions._roi_corners_in(roi, seg)]
+        corners = [tuple(geometry_bridge.LPS_FROM_RAS[:3, :3] @ c) for c in regions.roi_corners_in(roi, seg)]
         return self._apply_box(state, corners)
 
     def scribble(self, points_ras: Sequence[Sequence[float]], foreground: bool = True) -> EffectResult:
@@ -231,7 +231,7 @@ class InteractiveEffectLogic:
     def _key(self) -> tuple:
         """What a session belongs to: segmentation, source volume (its voxel object and placement),
         segment and the editor's reference grid."""
-        seg, source, sid = self.owner._selection()
+        seg, source, sid = self.owner.selection()
         image = source.GetImageData()
         matrix = geometry_bridge.volume_ijk_to_frame(source, seg)
         reference = self.owner.backend.referenceGeometry()
@@ -242,7 +242,7 @@ class InteractiveEffectLogic:
     def _current(self) -> _State:
         """The session of the current selection (a new one when the selection or volume changed)."""
         key = self._key()
-        seg, source, sid = self.owner._selection()
+        seg, source, sid = self.owner.selection()
         reference = self.owner.backend.referenceGeometry()
         state = self._state
         if state is not None and state.key == key:
@@ -321,7 +321,7 @@ class InteractiveEffectLogic:
     def _lesion(result: Optional[sitk.Image], reference: Any) -> np.ndarray:
         """A session result (None: nothing) as a bool (z, y, x) mask on the reference grid."""
         if result is None:
-            return np.zeros(regions._extent_shape(reference.GetExtent()), dtype=bool)
+            return np.zeros(regions.extent_shape(reference.GetExtent()), dtype=bool)
         return regions.sitk_to_reference_mask(result, reference)
 
     def _write(self, mask: np.ndarray, mode: str) -> np.ndarray:
@@ -333,7 +333,7 @@ class InteractiveEffectLogic:
         reference = backend.referenceGeometry()
         backend.saveStateForUndo()
         backend.modifySelectedSegment(regions.mask_to_oriented(mask, reference), mode)
-        seg, _, sid = self.owner._selection()
+        seg, _, sid = self.owner.selection()
         return np.packbits(regions.segment_mask(seg, sid, reference))
 
     @staticmethod

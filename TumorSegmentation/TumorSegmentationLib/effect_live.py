@@ -193,7 +193,7 @@ class LivePreviewLogic:
         from tumorseg_core.options import SegmentOptions
 
         self.stop()
-        seg, source, _ = self.effectLogic._selection()
+        seg, source, _ = self.effectLogic.selection()
         run_options = SegmentOptions.from_mapping({**dict(options or {}), "device": device})
         manifest = self.effectLogic.segmentationLogic.modelManifest(model)
         if manifest.architecture != SLICE_ARCHITECTURE:
@@ -249,7 +249,7 @@ class LivePreviewLogic:
 
     def slice_for_view(self, sliceNode: Any, pointRas: Optional[Sequence[float]] = None) -> Optional[Tuple[str, int]]:
         """``(axis, index)`` on the source volume's grid of the slice ``sliceNode`` shows (None: off the volume)."""
-        _, source, _ = self.effectLogic._selection()
+        _, source, _ = self.effectLogic.selection()
         slice_to_ras = gb.matrix_to_numpy(sliceNode.GetSliceToRAS())
         return slice_under_mouse(slice_to_ras, gb.volume_ijk_to_frame(source), _shape_zyx(source), pointRas)
 
@@ -296,7 +296,7 @@ class LivePreviewLogic:
         return session is not None and session["written"] is not None and session["written"][0] != self._stamp()
 
     def _stamp(self) -> tuple:
-        seg, source, _ = self.effectLogic._selection()
+        seg, source, _ = self.effectLogic.selection()
         image = source.GetImageData()
         return (source.GetID(), image.GetMTime() if image is not None else 0,
                 tuple(gb.volume_ijk_to_frame(source, seg).ravel()))
@@ -305,7 +305,7 @@ class LivePreviewLogic:
         """The source volume as a MetaImage in the segmentation's frame (written once per change)."""
         session = self._session
         assert session is not None
-        seg, source, _ = self.effectLogic._selection()
+        seg, source, _ = self.effectLogic.selection()
         if (seg.GetID(), source.GetID()) != session["selection"]:
             raise InputError("the segmentation or source volume changed; turn Live off and on again")
         stamp = self._stamp()
@@ -417,7 +417,7 @@ class LivePreviewLogic:
     def _show(self, preview: _Preview) -> None:
         session = self._session
         assert session is not None
-        seg, _, _ = self.effectLogic._selection()
+        seg, _, _ = self.effectLogic.selection()
         mask = preview.labels == session["value"]
         image = self._slice_image(preview.axis, preview.index, mask)
         node = self._preview_node(seg)
@@ -475,7 +475,7 @@ class LivePreviewLogic:
         preview, session = self._preview, self._session
         if session is None or preview is None:
             raise InputError("nothing to accept yet: move the mouse over a slice and wait for the live preview")
-        seg, source, _ = self.effectLogic._selection()
+        seg, source, _ = self.effectLogic.selection()
         if (seg.GetID(), source.GetID()) != session["selection"]:
             raise InputError("the segmentation or source volume changed; turn Live off and on again")
         mask = preview.labels == session["value"]

@@ -152,7 +152,9 @@ class TumorEffectLogic:
         self._session = None
         return segmentID
 
-    def _selection(self) -> tuple:
+    def selection(self) -> tuple:
+        """``(segmentation node, source volume node, selected segment ID)`` of the editor, or an
+        InputError that says what to select (the effect's modes all start here)."""
         seg = self.editorNode.GetSegmentationNode()
         source = self.editorNode.GetSourceVolumeNode()
         sid = self.editorNode.GetSelectedSegmentID()
@@ -188,7 +190,7 @@ class TumorEffectLogic:
                background_ras: Sequence[Sequence[float]] = ()) -> EffectResult:
         """One-shot refine of the selected segment (e.g. a model result) with all points at once."""
         self._session = None
-        seg, source, sid = self._selection()
+        seg, source, sid = self.selection()
         session = self._new_session(MODE_REFINE, seg, source, sid)
         session.seeds = [tuple(map(float, p)) for p in seeds_ras]
         session.background = [tuple(map(float, p)) for p in background_ras]
@@ -196,7 +198,7 @@ class TumorEffectLogic:
         return self._apply(session, first=False)
 
     def _click(self, mode: str, ras_point: Sequence[float], add: bool, background: bool) -> EffectResult:
-        seg, source, sid = self._selection()
+        seg, source, sid = self.selection()
         point = tuple(float(c) for c in ras_point)
         key = self._key(mode, seg, source, sid)
         session = self._session
@@ -228,7 +230,7 @@ class TumorEffectLogic:
 
     def _apply(self, session: _Session, first: bool) -> EffectResult:
         started = time.perf_counter()
-        seg, source, _ = self._selection()
+        seg, source, _ = self.selection()
         reference = self.backend.referenceGeometry()
         lps = regions.world_ras_to_frame_lps
         seeds = [lps(p, seg) for p in session.seeds]
@@ -333,7 +335,7 @@ class TumorEffectLogic:
             raise TumorSegError("a segmentation is already running; wait for it or cancel it")
         if roi is not None:
             self.roiNode = roi
-        seg, source, sid = self._selection()
+        seg, source, sid = self.selection()
         self._session = None
         input_node = regions.cropped_volume_node(source, self.roiNode, seg) if self.roiNode is not None else source
         temp = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", self.scene.GenerateUniqueName("TumorEffectAuto"))
@@ -387,7 +389,7 @@ class TumorEffectLogic:
             auto["callback"](result)
 
     def _write_auto(self, auto: dict) -> EffectResult:
-        seg, _, sid = self._selection()
+        seg, _, sid = self.selection()
         if (seg.GetID(), sid) != auto["selection"]:
             raise TumorSegError("the selected segment changed during the run; nothing was written")
         reference = self.backend.referenceGeometry()

@@ -25,7 +25,8 @@ from tumorseg_core.errors import InputError, TumorSegError
 from . import geometry_bridge as gb
 
 
-def _extent_shape(extent: Sequence[int]) -> tuple:
+def extent_shape(extent: Sequence[int]) -> tuple:
+    """The (z, y, x) array shape of a VTK extent (i0, i1, j0, j1, k0, k1)."""
     return (extent[5] - extent[4] + 1, extent[3] - extent[2] + 1, extent[1] - extent[0] + 1)
 
 
@@ -82,7 +83,7 @@ def _roi_object_from(roi: Any, node_with_frame: Any) -> np.ndarray:
     return np.linalg.inv(object_to_world) @ _transform_matrix(node_with_frame, None)
 
 
-def _roi_corners_in(roi: Any, node_with_frame: Any) -> np.ndarray:
+def roi_corners_in(roi: Any, node_with_frame: Any) -> np.ndarray:
     """The ROI's 8 corners as RAS points (8, 3) in ``node_with_frame``'s frame."""
     half = np.asarray(roi.GetSize(), dtype=float) / 2.0
     corners = np.array([[*signs, 1.0] for signs in itertools.product((-1, 1), repeat=3)]) * np.r_[half, 1.0]
@@ -102,7 +103,7 @@ def _index_box(corners_ijk: np.ndarray, size_xyz: Sequence[int]) -> tuple:
 def roi_crop(image: sitk.Image, roi: Any, segmentation_node: Any) -> sitk.Image:
     """``image`` (LPS, segmentation frame) cropped to the ROI's bounding box; InputError if they do not overlap."""
     corners = [image.TransformPhysicalPointToContinuousIndex((gb.LPS_FROM_RAS[:3, :3] @ c).tolist())
-               for c in _roi_corners_in(roi, segmentation_node)]
+               for c in roi_corners_in(roi, segmentation_node)]
     box = _index_box(np.array(corners), image.GetSize())
     if box is None:
         raise InputError(f"the ROI '{roi.GetName()}' does not overlap the source volume; move it onto the image")
@@ -114,7 +115,7 @@ def roi_mask(reference: Any, roi: Any, segmentation_node: Any) -> np.ndarray:
     """Voxels of the reference grid whose centre lies inside the ROI box."""
     matrix = _roi_object_from(roi, segmentation_node) @ reference_ijk_to_ras(reference)
     half = np.asarray(roi.GetSize(), dtype=float) / 2.0 + 1e-6
-    nz, ny, nx = _extent_shape(reference.GetExtent())
+    nz, ny, nx = extent_shape(reference.GetExtent())
     k, j, i = np.arange(nz)[:, None, None], np.arange(ny)[None, :, None], np.arange(nx)[None, None, :]
     inside = np.ones((nz, ny, nx), dtype=bool)
     for axis in range(3):  # one coordinate at a time keeps memory at one float array of the grid
@@ -126,7 +127,7 @@ def roi_mask(reference: Any, roi: Any, segmentation_node: Any) -> np.ndarray:
 def cropped_volume_node(source: Any, roi: Any, segmentation_node: Any) -> Any:
     """A temporary scalar volume node holding the part of ``source`` inside the ROI's bounding box."""
     to_ijk = np.linalg.inv(gb.volume_ijk_to_frame(source, segmentation_node))
-    corners = np.c_[_roi_corners_in(roi, segmentation_node), np.ones(8)]
+    corners = np.c_[roi_corners_in(roi, segmentation_node), np.ones(8)]
     array = gb.volume_array(source)
     box = _index_box((to_ijk @ corners.T).T[:, :3], array.shape[::-1])
     if box is None:
@@ -172,9 +173,9 @@ def _array_on_reference(image: Any, reference: Any) -> np.ndarray:
     extent = image.GetExtent()
     scalars = image.GetPointData().GetScalars()
     if extent[0] > extent[1] or extent[2] > extent[3] or extent[4] > extent[5] or scalars is None:
-        return np.zeros(_extent_shape(target), dtype=np.uint8)
-    values = numpy_support.vtk_to_numpy(scalars).reshape(_extent_shape(extent))
-    out = np.zeros(_extent_shape(target), dtype=values.dtype)
+        return np.zeros(extent_shape(target), dtype=np.uint8)
+    values = numpy_support.vtk_to_numpy(scalars).reshape(extent_shape(extent))
+    out = np.zeros(extent_shape(target), dtype=values.dtype)
     # Copy the overlap of the two extents (the resampler may return a smaller extent).
     lo = [max(extent[2 * a], target[2 * a]) for a in range(3)]
     hi = [min(extent[2 * a + 1], target[2 * a + 1]) for a in range(3)]
@@ -194,7 +195,7 @@ def segment_mask(segmentation_node: Any, segment_id: str, reference: Any) -> np.
     slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
         segmentation_node, segment_id, labelmap, False)  # False: stay in the segmentation's frame
     if segment is None or labelmap.GetPointData().GetScalars() is None:
-        return np.zeros(_extent_shape(reference.GetExtent()), dtype=bool)
+        return np.zeros(extent_shape(reference.GetExtent()), dtype=bool)
     return _array_on_reference(labelmap, reference) == segment.GetLabelValue()
 
 
