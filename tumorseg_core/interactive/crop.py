@@ -21,22 +21,6 @@ MAX_VOXELS = 56 ** 3  # the working grid's size limit (the solver's time grows w
 MIN_VOXEL_MM = 1.0
 
 
-def point_index(image: sitk.Image, point: Sequence[float], what: str = "point") -> np.ndarray:
-    """Continuous (x, y, z) index of an LPS point of ``image``; InputError when it is not inside."""
-    try:
-        p = tuple(float(v) for v in point)
-    except (TypeError, ValueError):
-        raise InputError(f"{what} {point!r} is not a point; give three numbers (LPS mm)") from None
-    if len(p) != 3 or not np.all(np.isfinite(p)):
-        raise InputError(f"{what} {point!r} is not a point; give three finite numbers (LPS mm)")
-    idx = np.asarray(image.TransformPhysicalPointToContinuousIndex(p))
-    size = np.asarray(image.GetSize())
-    if np.any(idx < -0.5) or np.any(idx > size - 0.5):
-        raise InputError(f"{what} at LPS {tuple(round(v, 1) for v in p)} mm is outside the image; "
-                         "click inside the volume (coordinates are LPS, not RAS)")
-    return idx
-
-
 @dataclass
 class Crop:
     """The working grid: ``array`` (z, y, x) float32 on ``grid``; image voxels ``lo``..``hi`` (x, y, z)."""

@@ -33,6 +33,7 @@ from scipy import ndimage
 
 from tumorseg_core.errors import CancelledError, InputError
 from tumorseg_core.interactive.morphology import bbox, component, fill_holes, open_mm
+from tumorseg_core.interactive.points import point_index
 from tumorseg_core.interactive.profile import (
     Levels,
     Shells,
@@ -101,18 +102,7 @@ class _Roi:
 
 def _continuous_index(image: sitk.Image, point: Sequence[float], what: str) -> np.ndarray:
     """Continuous (z, y, x) index of an LPS point; InputError when it lies outside the image."""
-    try:
-        p = tuple(float(v) for v in point)
-    except (TypeError, ValueError):
-        raise InputError(f"{what} {point!r} is not a point; give three numbers (LPS mm)") from None
-    if len(p) != 3 or not np.all(np.isfinite(p)):
-        raise InputError(f"{what} {point!r} is not a point; give three finite numbers (LPS mm)")
-    idx = np.asarray(image.TransformPhysicalPointToContinuousIndex(p))
-    size = np.asarray(image.GetSize())
-    if np.any(idx < -0.5) or np.any(idx > size - 0.5):
-        raise InputError(f"{what} at LPS {tuple(round(v, 1) for v in p)} mm is outside the image; "
-                         "click inside the volume (coordinates are LPS, not RAS)")
-    return idx[::-1]
+    return point_index(image, point, what)[::-1]
 
 
 def _raw_noise(raw: np.ndarray) -> float:

@@ -34,8 +34,9 @@ from scipy import ndimage
 
 from tumorseg_core.errors import InputError
 from tumorseg_core.interactive.classifier import foreground_probability
-from tumorseg_core.interactive.crop import Crop, make_crop, point_index
+from tumorseg_core.interactive.crop import Crop, make_crop
 from tumorseg_core.interactive.features import compute_features, normalise
+from tumorseg_core.interactive.points import point_index
 from tumorseg_core.interactive.seeds import segment_from_seeds
 from tumorseg_core.interactive.walker import edge_weights, solve
 
