@@ -247,22 +247,13 @@ class Worker:
     def _slice(self, rid: Any, request: Dict[str, Any]) -> None:
         """One slice of a 2.5D model: labels of ``images``' slice ``index`` along ``axis`` (module docstring)."""
         started = time.perf_counter()
-        images = request.get("images")
-        model = request.get("model", "default")
-        device = request.get("device", "auto")
-        options = request.get("options") or {}
+        images, model, options = _run_request(request)
         axis, index = request.get("axis", "axial"), request.get("index")
-        if not isinstance(images, list) or not images or not all(isinstance(p, str) for p in images):
-            raise TumorSegError("request 'images' must be a non-empty list of file paths")
-        if not isinstance(model, str) or not isinstance(device, str) or not isinstance(options, dict):
-            raise TumorSegError("request 'model' and 'device' must be strings and 'options' an object")
         import numpy as np
 
-        from tumorseg_core.inference.slice_mode import SliceSegmenter, axis_index
-        from tumorseg_core.options import SegmentOptions
+        from tumorseg_core.inference.slice_mode import AXES, SliceSegmenter, axis_index
 
-        axis_name = {0: "axial", 1: "coronal", 2: "sagittal"}[axis_index(axis)]
-        options = SegmentOptions.from_mapping({**options, "device": device})
+        axis_name = next(name for name, number in AXES.items() if number == axis_index(axis))
         key, segmenter, warm = self._segmenter(model, options.device)
         slicer = self._slicers.get(key)
         if slicer is None or slicer.backend != options.backend:
@@ -288,24 +279,13 @@ class Worker:
 
     def _segment(self, rid: Any, request: Dict[str, Any]) -> None:
         started = time.perf_counter()
-        images = request.get("images")
         output = request.get("output")
-        model = request.get("model", "default")
-        device = request.get("device", "auto")
-        options = request.get("options") or {}
         uncertainty = request.get("uncertainty", False)
         if not isinstance(uncertainty, bool):
             raise TumorSegError("request 'uncertainty' must be true or false")
-        if not isinstance(images, list) or not images or not all(isinstance(p, str) for p in images):
-            raise TumorSegError("request 'images' must be a non-empty list of file paths")
+        images, model, options = _run_request(request)
         if not isinstance(output, str) or not output:
             raise TumorSegError("request 'output' must be a file path")
-        if not isinstance(model, str) or not isinstance(device, str) or not isinstance(options, dict):
-            raise TumorSegError("request 'model' and 'device' must be strings and 'options' an object")
-
-        from tumorseg_core.options import SegmentOptions
-
-        options = SegmentOptions.from_mapping({**options, "device": device})  # every value checked here
         device = options.device
         key, segmenter, warm = self._segmenter(model, device)
 
@@ -348,6 +328,21 @@ def _read_stdin(lines: "queue.Queue[Optional[str]]") -> None:
     except (OSError, ValueError):
         pass
     lines.put(None)
+
+
+def _run_request(request: Dict[str, Any]) -> Tuple[list, str, Any]:
+    """``(images, model, SegmentOptions)`` of a ``segment`` or ``slice`` request, every value checked."""
+    images = request.get("images")
+    model = request.get("model", "default")
+    device = request.get("device", "auto")
+    options = request.get("options") or {}
+    if not isinstance(images, list) or not images or not all(isinstance(p, str) for p in images):
+        raise TumorSegError("request 'images' must be a non-empty list of file paths")
+    if not isinstance(model, str) or not isinstance(device, str) or not isinstance(options, dict):
+        raise TumorSegError("request 'model' and 'device' must be strings and 'options' an object")
+    from tumorseg_core.options import SegmentOptions
+
+    return images, model, SegmentOptions.from_mapping({**options, "device": device})  # every value checked here
 
 
 def _is_slice_request(line: Optional[str]) -> bool:

@@ -347,9 +347,7 @@ class InteractiveEffectLogic:
 
     def _done(self, result: EffectResult) -> EffectResult:
         self.lastResult = result
-        self.owner.lastResult = result
-        logger.info("%s", result.message)
-        return result
+        return self.owner.done(result)
 
 
 def _point(ras_point: Sequence[float]) -> tuple:

@@ -43,7 +43,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import slicer
-import vtk
 
 from tumorseg_core.errors import InputError, TumorSegError
 
@@ -251,7 +250,7 @@ class LivePreviewLogic:
         """``(axis, index)`` on the source volume's grid of the slice ``sliceNode`` shows (None: off the volume)."""
         _, source, _ = self.effectLogic.selection()
         slice_to_ras = gb.matrix_to_numpy(sliceNode.GetSliceToRAS())
-        return slice_under_mouse(slice_to_ras, gb.volume_ijk_to_frame(source), _shape_zyx(source), pointRas)
+        return slice_under_mouse(slice_to_ras, gb.volume_ijk_to_frame(source), regions.extent_shape(source.GetImageData().GetExtent()), pointRas)
 
     def request(self, sliceNode: Any, pointRas: Optional[Sequence[float]] = None) -> bool:
         """Preview the slice ``sliceNode`` shows (at the mouse's world RAS ``pointRas``); never blocks.
@@ -314,7 +313,7 @@ class LivePreviewLogic:
             path = session["temp"] / f"source{len(self.sentRequests)}.mha"
             matrix = gb.write_volume(source, path, frame_node=seg)
             old = session["written"]
-            session["written"] = (stamp, str(path), matrix, _shape_zyx(source))
+            session["written"] = (stamp, str(path), matrix, regions.extent_shape(source.GetImageData().GetExtent()))
             if old is not None:
                 Path(old[1]).unlink(missing_ok=True)
         return session["written"][1]
@@ -485,7 +484,7 @@ class LivePreviewLogic:
         slab = np.ascontiguousarray(np.expand_dims(mask.astype(np.uint8), a))
         shift = np.eye(4)
         shift[2 - a, 3] = preview.index
-        node.SetAndObserveImageData(_plain_image(slab))
+        node.SetAndObserveImageData(regions.plain_image(slab))
         node.SetIJKToRASMatrix(gb.numpy_to_matrix(session["written"][2] @ shift))
         lesion = regions.sitk_to_reference_mask(gb.volume_to_sitk(node)[0], reference)
         voxels = int(lesion.sum())
@@ -496,21 +495,4 @@ class LivePreviewLogic:
                    else f"{preview.axis.capitalize()} slice {preview.index}: the model found no {session['name']}; "
                         "nothing added")
         self.message = message
-        return self.effectLogic._done(EffectResult(message, bool(voxels), voxels, False, time.perf_counter() - started))
-
-
-def _shape_zyx(volume_node: Any) -> Tuple[int, int, int]:
-    dims = volume_node.GetImageData().GetDimensions()
-    return int(dims[2]), int(dims[1]), int(dims[0])
-
-
-def _plain_image(array: np.ndarray) -> Any:
-    """A vtkImageData (origin 0, spacing 1) holding a (z, y, x) uint8 array."""
-    from vtkmodules.util import numpy_support
-
-    image = vtk.vtkImageData()
-    nz, ny, nx = array.shape
-    image.SetDimensions(nx, ny, nz)
-    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(array.ravel(), deep=True,
-                                                               array_type=vtk.VTK_UNSIGNED_CHAR))
-    return image
+        return self.effectLogic.done(EffectResult(message, bool(voxels), voxels, False, time.perf_counter() - started))

@@ -208,7 +208,7 @@ class TumorEffectLogic:
         if background and not session.seeds and mode == MODE_SEED:
             self._session = session
             session.background.append(point)
-            return self._done(EffectResult("Background point noted; now click inside the tumor"))
+            return self.done(EffectResult("Background point noted; now click inside the tumor"))
         session.history.append((list(session.seeds), list(session.background)))
         (session.background if background else session.seeds).append(point)
         self._session = session
@@ -266,7 +266,7 @@ class TumorEffectLogic:
         self.backend.modifySelectedSegment(regions.mask_to_oriented(modifier, reference), mode)
         if not message:
             message = self._summary(session, voxels, reference)
-        return self._done(EffectResult(message, True, voxels, bounded, time.perf_counter() - started))
+        return self.done(EffectResult(message, True, voxels, bounded, time.perf_counter() - started))
 
     def _seeded(self, image: Any, seeds: list, background: list) -> Any:
         from tumorseg_core.interactive.seeds import segment_from_seeds
@@ -280,7 +280,8 @@ class TumorEffectLogic:
         what = "Tumor" if session.mode == MODE_SEED else "Kept lesions"
         return f"{what}: {volume_ml:.2f} mL from {points}"
 
-    def _done(self, result: EffectResult) -> EffectResult:
+    def done(self, result: EffectResult) -> EffectResult:
+        """Record ``result`` as the last one and log its message (every mode ends here)."""
         self.lastResult = result
         logger.info("%s", result.message)
         return result
@@ -384,7 +385,7 @@ class TumorEffectLogic:
         finally:
             self._auto_cleanup()
         auto["result"] = result
-        self._done(result)
+        self.done(result)
         if auto["callback"] is not None:
             auto["callback"](result)
 

@@ -140,7 +140,7 @@ def cropped_volume_node(source: Any, roi: Any, segmentation_node: Any) -> Any:
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(f"{source.GetName()} ROI"))
     node.SetHideFromEditors(True)
     node.SetSaveWithScene(False)
-    node.SetAndObserveImageData(_plain_image(cropped))
+    node.SetAndObserveImageData(plain_image(cropped))
     # Expressed in the segmentation's frame, so it goes under the segmentation's transform.
     node.SetIJKToRASMatrix(gb.numpy_to_matrix(gb.volume_ijk_to_frame(source, segmentation_node) @ shift))
     node.SetAndObserveTransformNodeID(segmentation_node.GetTransformNodeID())
@@ -149,7 +149,7 @@ def cropped_volume_node(source: Any, roi: Any, segmentation_node: Any) -> Any:
 
 # ---------------------------------------------------------------------- masks and segments
 
-def _plain_image(array: np.ndarray) -> vtk.vtkImageData:
+def plain_image(array: np.ndarray) -> vtk.vtkImageData:
     """A vtkImageData (origin 0, spacing 1: geometry lives in the node) holding a (z, y, x) array."""
     image = vtk.vtkImageData()
     nz, ny, nx = array.shape
@@ -216,7 +216,7 @@ def mask_to_oriented(mask: np.ndarray, reference: Any) -> Any:
 def mask_to_sitk(mask: np.ndarray, reference: Any) -> sitk.Image:
     """A reference-grid mask as a uint8 SimpleITK image (LPS) via the bridge's node converter."""
     node = slicer.vtkMRMLScalarVolumeNode()  # transient, never added to a scene
-    node.SetAndObserveImageData(_plain_image(mask.astype(np.uint8)))
+    node.SetAndObserveImageData(plain_image(mask.astype(np.uint8)))
     node.SetIJKToRASMatrix(gb.numpy_to_matrix(reference_ijk_to_ras(reference)))
     image, _ = gb.volume_to_sitk(node)
     return image
