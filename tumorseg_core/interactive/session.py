@@ -36,6 +36,7 @@ from tumorseg_core.errors import InputError
 from tumorseg_core.interactive.classifier import foreground_probability
 from tumorseg_core.interactive.crop import Crop, make_crop
 from tumorseg_core.interactive.features import compute_features, normalise
+from tumorseg_core.interactive.morphology import bbox
 from tumorseg_core.interactive.points import point_index
 from tumorseg_core.interactive.seeds import segment_from_seeds
 from tumorseg_core.interactive.walker import edge_weights, solve
@@ -325,15 +326,11 @@ def _in_mask(crop: Crop, mask: np.ndarray, point: Point) -> bool:
 
 
 def _bbox(arr: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
-    """First and last (z, y, x) index of a mask's foreground, from its projections (None when empty)."""
-    lo, hi = [], []
-    for ax in range(3):
-        hit = np.flatnonzero(arr.any(axis=tuple(a for a in range(3) if a != ax)))
-        if hit.size == 0:
-            return None
-        lo.append(int(hit[0]))
-        hi.append(int(hit[-1]))
-    return np.asarray(lo), np.asarray(hi)
+    """First and last (z, y, x) index of a mask's foreground (None when empty)."""
+    if not arr.any():
+        return None
+    box = bbox(arr, 0)
+    return np.array([b.start for b in box]), np.array([b.stop - 1 for b in box])
 
 
 def _distance_mm(mask: sitk.Image, point: Point) -> float:
