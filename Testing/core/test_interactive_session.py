@@ -298,3 +298,68 @@ def test_fallback_bounded_by_the_image_is_not_extended():
     assert plain.bounded
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(plain.labels),
                                   sitk.GetArrayViewFromImage(extended.labels))
+
+
+# -- small lesions the profile's edge test misses, and leaks of an edgeless guess ------------
+def _faint_blob(radius_mm: float, contrast: float, seed: int = 7):
+    """A sphere of ``radius_mm`` at ``contrast`` above tissue at 100 with noise sigma 6 (1 x 1 x 2 mm,
+    oblique and flipped). Returns the image, the truth (bool z, y, x) and the centre (LPS)."""
+    img = _grid(size=(80, 80, 40), spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0))
+    p = _physical(img)
+    c = _centre(img)
+    truth = np.linalg.norm(p - c, axis=-1) <= radius_mm
+    rng = np.random.default_rng(seed)
+    arr = 100.0 + contrast * truth + 6.0 * rng.normal(size=truth.shape)
+    out = sitk.GetImageFromArray(arr.astype(np.float32))
+    out.CopyInformation(img)
+    return out, truth, c
+
+
+@pytest.mark.parametrize("radius", [3.0, 5.0])
+def test_blob_radius_is_the_scale_of_a_faint_blob(radius):
+    from scipy import ndimage
+
+    from tumorseg_core.interactive.profile import blob_radius, make_shells
+
+    rng = np.random.default_rng(int(radius))
+    spacing = np.array([1.0, 1.0, 1.0])
+    axes = [(np.arange(41) - 20.0) * s for s in spacing]
+    dist = np.sqrt(axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2)
+    shells = make_shells(dist, 20.0)
+    noise = ndimage.gaussian_filter(rng.normal(size=dist.shape), 1.0)
+    sigma = float(noise.std())
+    blob = ndimage.gaussian_filter((dist <= radius).astype(float), 1.0) * 8.0 * sigma
+    found = blob_radius(noise + blob, shells, 15.0, sigma)
+    assert found is not None and abs(found - radius) <= 1.5, found
+    assert blob_radius(noise, shells, 15.0, sigma) is None  # flat noise: no blob
+    big = ndimage.gaussian_filter((dist <= 18.0).astype(float), 1.0) * 8.0 * sigma
+    assert blob_radius(noise + big, shells, 15.0, sigma) is None  # larger than the limit: goes on rising
+
+
+def test_click_in_a_faint_small_lesion_stays_near_its_size():
+    from tumorseg_core.interactive.seeds import segment_from_seeds
+
+    img, truth, c = _faint_blob(3.5, 10.0)
+    grown = segment_from_seeds(img, [tuple(c)], extend_fallback=True)
+    voxel_ml = np.prod(img.GetSpacing()) / 1000.0
+    lesion_ml = truth.sum() * voxel_ml
+    got_ml = sitk.GetArrayViewFromImage(grown.labels).sum() * voxel_ml
+    assert 0.3 * lesion_ml <= got_ml <= 4.0 * lesion_ml, (lesion_ml, got_ml)  # not a 15 mm guess (14 mL)
+    session = InteractiveSession(img)
+    assert _dice(session.add_click(tuple(c)), truth) >= 0.5
+    _same_grid(session.result, img)
+
+
+def test_background_click_inside_an_edgeless_guess_shrinks_all_of_it():
+    img, truth, c = _faint_blob(3.0, 0.0)  # nothing to see: the first click can only guess
+    session = InteractiveSession(img)
+    before = sitk.GetArrayFromImage(session.add_click(tuple(c))) > 0
+    p = _physical(img)
+    d = np.linalg.norm(p - c, axis=-1)
+    assert d[before].max() > 12.0  # a guess of 15 mm or more
+    bg = c + np.array([0.0, 8.0, 0.0])
+    after = sitk.GetArrayFromImage(session.add_click(tuple(bg), foreground=False)) > 0
+    assert after[tuple(np.argwhere(d == d.min())[0])]  # the clicked lesion stays
+    assert after.sum() < 0.25 * before.sum(), (before.sum(), after.sum())
+    assert d[after].max() <= 0.8 * 8.0 + 2.5, d[after].max()  # on every side, not only near the click
+    _same_grid(session.result, img)

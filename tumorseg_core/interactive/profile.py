@@ -28,6 +28,8 @@ STEP_MM = 0.5  # shell width of the profile
 EDGE_HALF_MM = 1.0  # a transition is measured over +-1 mm
 LAYER_RATIO = 0.22  # a rim differs from the organ by at least this fraction of its contrast to the core
 MIN_RADIUS_MM = 2.5  # smallest lesion radius looked for (the centre shells hold few voxels)
+BLOB_MIN_CNR = 4.0  # a blob's contrast to its surrounding shell is at least this many noise sigmas ...
+BLOB_FALL = 0.6  # ... and falls below this fraction of it farther out
 
 
 @dataclass
@@ -293,3 +295,37 @@ def core_in_organ(prof: np.ndarray, lv: Levels) -> Levels:
     sign = 1.0 if lv.core >= lv.outer else -1.0
     radius = _half_crossing(prof, 0.0, lv.radius, 0.5 * (lv.core + lv.outer), sign)
     return Levels(max(radius, MIN_RADIUS_MM), lv.outer, lv.core, lv.core, False, enclosed=True)
+
+
+def blob_radius(values: np.ndarray, shells: Shells, limit: float, noise: float) -> Optional[float]:
+    """Radius (mm) of a compact blob around the seed that the profile's edge test missed, or None.
+
+    Scale selection on mean intensities: for each radius ``r`` up to ``limit``, the contrast
+    ``|mean(ball r) - mean(shell r .. r + max(2 mm, r / 2))|``. A blob of radius R gives a
+    peak at about R (inside it the shell is still lesion, beyond it the ball is diluted by
+    tissue). The first peak of at least :data:`BLOB_MIN_CNR` times ``noise`` (the smoothed
+    image's voxel noise) after which the contrast falls below :data:`BLOB_FALL` of it
+    within ``limit`` is returned; a contrast that keeps rising (a larger structure) gives None.
+    """
+    n = min(int(np.ceil((limit + max(2.0, 0.5 * limit)) / STEP_MM)), shells.counts.size)
+    total = int(shells.counts[:n].sum())
+    sums = np.bincount(shells.bins[:total], weights=values.ravel()[shells.order[:total]].astype(np.float64),
+                       minlength=n)[:n]
+    csum, ccount = np.cumsum(sums), np.cumsum(shells.counts[:n]).astype(np.float64)
+    radii = np.arange(MIN_RADIUS_MM - 1.0, limit + 1e-9, STEP_MM)
+    contrast = np.zeros(radii.size)
+    for j, r in enumerate(radii):
+        i_in = min(int(round(r / STEP_MM)), n) - 1
+        i_out = min(int(round((r + max(2.0, 0.5 * r)) / STEP_MM)), n) - 1
+        if i_in < 0 or i_out <= i_in or ccount[i_in] == 0:
+            continue
+        inside = csum[i_in] / ccount[i_in]
+        shell = (csum[i_out] - csum[i_in]) / max(ccount[i_out] - ccount[i_in], 1.0)
+        contrast[j] = abs(inside - shell)
+    for j in range(1, radii.size - 1):
+        c = contrast[j]
+        if c < BLOB_MIN_CNR * noise or c < contrast[j - 1] or c < contrast[j + 1]:
+            continue
+        if (contrast[j + 1:] < BLOB_FALL * c).any():
+            return float(radii[j])
+    return None

@@ -38,6 +38,7 @@ from tumorseg_core.interactive.profile import (
     Levels,
     Shells,
     analyse_profile,
+    blob_radius,
     core_in_organ,
     make_shells,
     radial_profile,
@@ -59,6 +60,8 @@ OPEN_FRACTION = 0.15  # ... or this fraction of the lesion's radius, when larger
 EXTEND_FILLED = 0.85  # a fallback region filling this much of its limit's sphere is extended (when asked)
 EXTEND_SHELL_MM = 2.0  # ... measured on a shell this thick
 EXTEND_STEP = 1.5
+BLOB_LIMIT = 1.3  # a fallback around a blob reaches this many times its radius ...
+BLOB_MARGIN_MM = 1.0  # ... plus this
 SMALL_BALL = 33  # openings by a ball of at most this many voxels use binary morphology, larger ones distances
 
 
@@ -248,8 +251,14 @@ def _fallback(roi: _Roi, limit: float, extend: bool = False) -> np.ndarray:
 
     With ``extend``, a region that still fills most of the limit's sphere (a large lesion whose
     edge the profile missed, not a bounded one) is redone with a limit :data:`EXTEND_STEP` times
-    larger, up to half the crop's radius.
+    larger, up to half the crop's radius. A compact blob around the seed (:func:`blob_radius`: a
+    small lesion whose edge is too close to the seed for the profile's edge test) bounds the
+    region to just beyond its radius instead, and is never extended.
     """
+    blob = blob_radius(roi.smooth, roi.shells, limit, roi.noise)
+    if blob is not None:
+        logger.debug("fallback: a blob of radius %.1f mm around the seed", blob)
+        limit, extend = min(limit, BLOB_LIMIT * blob + BLOB_MARGIN_MM), False
     seed = roi.seed_mask()
     vals = roi.smooth[seed]
     med = float(np.median(vals))

@@ -57,6 +57,17 @@ NEAR_MM = 4.0  # P(foreground) falls to 1/e this far from the foreground evidenc
 NEAR_FRACTION = 0.3  # ... or this fraction of the evidence's radius, when larger
 WEAK_WEIGHT = 1.0  # total weight of the weak labels against the hard ones (per class)
 GROWN_WEIGHT = 0.8  # weight of the grown lesion in the prior, against the classifier
+SHRINK = 0.8  # a background click inside an estimate grown without a lesion edge keeps it within this
+#               fraction of the click's distance from the estimate's seed
+
+
+@dataclass(frozen=True)
+class _Grown:
+    """A lesion estimate grown from one foreground point; ``bounded``: the grower found no lesion edge."""
+
+    labels: sitk.Image
+    seed: Point
+    bounded: bool
 
 
 @dataclass(frozen=True)
@@ -68,7 +79,7 @@ class _State:
     fg_strokes: tuple[tuple[tuple[Point, ...], float], ...] = ()
     bg_strokes: tuple[tuple[tuple[Point, ...], float], ...] = ()
     box: Optional[tuple[Point, Point]] = None
-    grown: tuple[sitk.Image, ...] = ()  # lesions grown from foreground clicks that fell outside the result
+    grown: tuple[_Grown, ...] = ()  # lesions grown from foreground clicks that fell outside the result
 
 
 @dataclass
@@ -80,7 +91,8 @@ class _Work:
     smooth: np.ndarray  # (z, y, x) normalised intensity at 1 mm
     box: Optional[tuple[Point, Point]]  # the box the grid was built for
     potential: Optional[np.ndarray] = None  # last random-walker solution (warm start)
-    grown_from: tuple[sitk.Image, ...] = ()  # the estimates ``grown`` unites
+    grown_from: tuple[tuple[_Grown, ...], tuple[Point, ...]] = ((), ())  # the estimates ``grown`` unites, and
+    #                                                                   the background clicks that cut them
     grown: Optional[np.ndarray] = None  # their union on the working grid, bool (z, y, x)
 
 
@@ -159,7 +171,7 @@ class InteractiveSession:
         point_index(self.image, point, what)
         return tuple(float(v) for v in point)  # type: ignore[return-value]
 
-    def _grow(self, st: _State, point: Point, force: bool = False) -> tuple[sitk.Image, ...]:
+    def _grow(self, st: _State, point: Point, force: bool = False) -> tuple[_Grown, ...]:
         """``st.grown`` plus the lesion grown from ``point`` when it lies away from the result (a new
         lesion or a part the result missed), or always with ``force``.
 
@@ -173,7 +185,7 @@ class InteractiveSession:
                                    extend_fallback=EXTEND_FALLBACK and first)
         if not sitk.GetArrayViewFromImage(grown.labels).any() or (grown.bounded and not first and not KEEP_BOUNDED):
             return st.grown
-        return st.grown + (grown.labels,)
+        return st.grown + (_Grown(grown.labels, point, grown.bounded),)
 
     def _corners(self, labels: sitk.Image) -> list[Point]:
         """:func:`_mask_corners` of a grown estimate, computed once."""
@@ -209,20 +221,22 @@ class InteractiveSession:
     def _working(self, state: _State) -> _Work:
         pts, margin = self._needed_points(state)
         if state.box is None:
-            for labels in state.grown:
-                pts = pts + self._corners(labels)
+            for g in state.grown:
+                pts = pts + self._corners(g.labels)
             if state.grown or state.fg_clicks:
                 margin = max(margin, MIN_MARGIN_MM)
         w = self._work
         same_box = w is not None and w.box == state.box
         if not (same_box and (state.box is not None or all(w.crop.contains(p, 0.5 * margin) for p in pts))):
             w = self._build(pts, margin, state.box)
-        same = len(w.grown_from) == len(state.grown) and all(a is b for a, b in zip(w.grown_from, state.grown))
+        made, cut_by = w.grown_from
+        same = (len(made) == len(state.grown) and all(a is b for a, b in zip(made, state.grown))
+                and cut_by == state.bg_clicks)
         if w.grown is None or not same:
             w.grown = np.zeros(w.crop.array.shape, dtype=bool)
-            for labels in state.grown:
-                w.grown |= w.crop.from_image(labels)
-            w.grown_from = state.grown
+            for g in state.grown:
+                w.grown |= _cut(w.crop, g, state.bg_clicks)
+            w.grown_from = (state.grown, state.bg_clicks)
         return w
 
     def _build(self, pts: Sequence[Point], margin: float, box: Optional[tuple[Point, Point]]) -> _Work:
@@ -295,6 +309,20 @@ class InteractiveSession:
         seg = ndimage.binary_fill_holes(seg) & ~bg_hard  # a background click inside stays a hole
         values = np.where(seg, np.maximum(x, 0.51), np.minimum(x, 0.49))
         return crop.to_image(values, self.image)
+
+
+def _cut(crop: Crop, grown: _Grown, bg_clicks: Sequence[Point]) -> np.ndarray:
+    """An estimate on the working grid (bool, z y x). One grown without a lesion edge is only a guess
+    at the lesion's extent: a background click inside it says the lesion ends nearer to the seed, so
+    it keeps only what lies within :data:`SHRINK` times the nearest such click's distance from the seed."""
+    mask = crop.from_image(grown.labels)
+    if not grown.bounded:
+        return mask
+    inside = [p for p in bg_clicks if _in_mask(crop, mask, p)]
+    if not inside:
+        return mask
+    reach = SHRINK * min(float(np.linalg.norm(np.subtract(p, grown.seed))) for p in inside)
+    return mask & crop.ball([grown.seed], reach)
 
 
 def _zones(crop: Crop, state: _State, grown: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
