@@ -334,6 +334,11 @@ def test_blob_radius_is_the_scale_of_a_faint_blob(radius):
     assert blob_radius(noise, shells, 15.0, sigma) is None  # flat noise: no blob
     big = ndimage.gaussian_filter((dist <= 18.0).astype(float), 1.0) * 8.0 * sigma
     assert blob_radius(noise + big, shells, 15.0, sigma) is None  # larger than the limit: goes on rising
+    # A bump of texture at the centre of a far more contrasted lesion is not the lesion's scale.
+    bump = ndimage.gaussian_filter((dist <= 3.0).astype(float), 1.0) * 20.0 * sigma
+    lesion = ndimage.gaussian_filter((dist <= 9.0).astype(float), 1.0) * 100.0 * sigma
+    found = blob_radius(noise + lesion + bump, shells, 15.0, sigma)
+    assert found is not None and abs(found - 9.0) <= 1.5, found
 
 
 def test_click_in_a_faint_small_lesion_stays_near_its_size():

@@ -29,7 +29,9 @@ EDGE_HALF_MM = 1.0  # a transition is measured over +-1 mm
 LAYER_RATIO = 0.22  # a rim differs from the organ by at least this fraction of its contrast to the core
 MIN_RADIUS_MM = 2.5  # smallest lesion radius looked for (the centre shells hold few voxels)
 BLOB_MIN_CNR = 4.0  # a blob's contrast to its surrounding shell is at least this many noise sigmas ...
-BLOB_FALL = 0.6  # ... and falls below this fraction of it farther out
+BLOB_FALL = 0.6  # ... and falls below this fraction of it farther out ...
+BLOB_DOMINANCE = 0.25  # ... and is at least this fraction of any contrast farther out (not a bump of texture
+#                        inside a larger, far more contrasted lesion)
 
 
 @dataclass
@@ -305,7 +307,8 @@ def blob_radius(values: np.ndarray, shells: Shells, limit: float, noise: float) 
     peak at about R (inside it the shell is still lesion, beyond it the ball is diluted by
     tissue). The first peak of at least :data:`BLOB_MIN_CNR` times ``noise`` (the smoothed
     image's voxel noise) after which the contrast falls below :data:`BLOB_FALL` of it
-    within ``limit`` is returned; a contrast that keeps rising (a larger structure) gives None.
+    within ``limit``, and which no contrast farther out exceeds by more than 1 /
+    :data:`BLOB_DOMINANCE`, is returned; a contrast that keeps rising (a larger structure) gives None.
     """
     n = min(int(np.ceil((limit + max(2.0, 0.5 * limit)) / STEP_MM)), shells.counts.size)
     total = int(shells.counts[:n].sum())
@@ -326,6 +329,7 @@ def blob_radius(values: np.ndarray, shells: Shells, limit: float, noise: float) 
         c = contrast[j]
         if c < BLOB_MIN_CNR * noise or c < contrast[j - 1] or c < contrast[j + 1]:
             continue
-        if (contrast[j + 1:] < BLOB_FALL * c).any():
+        later = contrast[j + 1:]
+        if (later < BLOB_FALL * c).any() and c >= BLOB_DOMINANCE * later.max():
             return float(radii[j])
     return None
