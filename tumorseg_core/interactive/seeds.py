@@ -15,7 +15,8 @@ For each seed, in a ball of ``max_radius_mm`` around it:
 4. leak protection: what lies beyond 1.6 r + 3 mm is kept only when it looks like the
    lesion itself (a connected twin); otherwise it is clipped. No lesion edge in the
    profile, or a region reaching 3/4 of the ball, gives a ``bounded`` result limited to
-   a quarter of ``max_radius_mm``.
+   a quarter of ``max_radius_mm``, or to just beyond a compact blob's radius when the
+   mean intensities around the seed show one (a small lesion whose edge the profile missed).
 
 Background points split a region that contains them (marker watershed on the gradient)
 and remove components they lie in. numpy, scipy and SimpleITK only: no torch.

@@ -6,7 +6,8 @@ working grid around them (:mod:`.crop`, at most 56^3 voxels), so nothing restart
 1. a foreground click (or a scribble's middle, or a box's centre) away from the current
    result grows a lesion estimate with the radial-profile grower (:mod:`.seeds`); the
    estimates size the working grid and are the weak labels; a box marks its outside as
-   background;
+   background; an estimate grown without a lesion edge is a guess, which a background click
+   inside it shrinks towards its seed as a whole;
 2. multi-scale intensity and texture features (:mod:`.features`) feed a per-session
    Gaussian-mixture classifier (:mod:`.classifier`) trained on the clicks, scribbles and
    the grid's border (hard labels) and on the estimates (weak labels);
