@@ -28,7 +28,7 @@ logger = logging.getLogger("eval_slice_mode")
 
 def evaluate(model: str, data: Path, axes: list[str], backend: str = "auto") -> tuple[list[dict], float]:
     """Rows of :func:`tumorseg_core.evaluation.evaluate.evaluate_images` for every case, and the seconds taken."""
-    from tumorseg_core.evaluation.evaluate import evaluate_images, find_data, read_labelmap
+    from tumorseg_core.evaluation.evaluate import evaluate_images, find_data, read_labels
     from tumorseg_core.inference.segmenter import Segmenter
 
     images, label_files = find_data(data)
@@ -38,7 +38,7 @@ def evaluate(model: str, data: Path, axes: list[str], backend: str = "auto") -> 
     started = time.perf_counter()
     for case in images:
         pred = segmenter.segment_by_slices(images[case][0], axes)
-        rows.extend(evaluate_images(pred, read_labelmap(label_files[case]), case, labels))
+        rows.extend(evaluate_images(pred, read_labels(label_files[case])[0], case, labels))
         logger.info("%s: Dice %.3f", case, rows[-1]["dice"])
     return rows, time.perf_counter() - started
 

@@ -38,7 +38,7 @@ def _false_positive_volumes(pred: np.ndarray, truth: np.ndarray, voxel_mm3: floa
 def main(argv: list[str] | None = None) -> int:
     import SimpleITK as sitk
 
-    from tumorseg_core.evaluation.evaluate import find_data, read_labelmap
+    from tumorseg_core.evaluation.evaluate import find_data, read_labels
     from tumorseg_core.evaluation.metrics import evaluate_case
     from tumorseg_core.imaging.postprocess import postprocess_labels
     from tumorseg_core.inference.segmenter import Segmenter
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     raw = {}
     for case in images:
         pred = segmenter.segment(list(images[case]), postprocess=False)
-        truth = read_labelmap(truths[case])
+        truth = read_labels(truths[case])[0]
         raw[case] = (sitk.GetArrayFromImage(pred), sitk.GetArrayFromImage(truth), pred.GetSpacing())
 
     print(f"{len(raw)} cases of {args.data}, model {args.model}")

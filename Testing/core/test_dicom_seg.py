@@ -412,3 +412,24 @@ def test_a_labelmap_seg_is_read(oblique, tmp_path):
     read, segments = read_label_file(tmp_path / "labelmap.dcm", series)
     assert np.array_equal(_array(read), _array(labels))
     assert [(s.name, s.terminology) for s in segments] == [(s.name, s.terminology) for s in SEGMENTS]
+
+
+def test_label_file_stored_as_float_keeps_its_segments(tmp_path):
+    """A .seg.nrrd whose voxels are floats (whole numbers) is cast to integers with its header's segments kept."""
+    from tumorseg_core.imaging.segments import SegmentInfo as Info
+
+    arr = np.zeros((6, 7, 8), np.uint8)
+    arr[1:3, 2:4, 2:5] = 1
+    arr[4, 5, 6] = 2
+    labels = sitk.GetImageFromArray(arr)
+    labels.SetSpacing((0.8, 0.9, 2.5))
+    path = io.write_labelmap(labels, tmp_path / "ints.seg.nrrd", segments=[Info(1, "Tumor"), Info(2, "Node")])
+    stored = sitk.ReadImage(str(path))
+    as_float = sitk.Cast(stored, sitk.sitkFloat32)
+    for key in stored.GetMetaDataKeys():
+        as_float.SetMetaData(key, stored.GetMetaData(key))
+    sitk.WriteImage(as_float, str(tmp_path / "floats.seg.nrrd"))
+    read, segments = read_label_file(tmp_path / "floats.seg.nrrd")
+    assert [(s.value, s.name) for s in segments] == [(1, "Tumor"), (2, "Node")]
+    assert read.GetPixelID() == sitk.sitkUInt8
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read), arr)

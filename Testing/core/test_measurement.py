@@ -198,9 +198,11 @@ def test_diameters_equal_the_brute_force_largest_corner_distance(seed):
 def test_segment_names_come_from_a_seg_nrrd_header(tmp_path):
     path = write_labelmap(_two_label_map(), tmp_path / "seg.seg.nrrd",
                           segments=[SegmentInfo(1, "Liver tumor"), SegmentInfo(2, "Cyst")])
-    from tumorseg_core.measurement.labelmap import read_labelmap
+    from tumorseg_core.dicom.labels import read_label_file
 
-    assert {r.segment for r in measure(read_labelmap(path))} == {"Liver tumor", "Cyst"}
+    assert {r.segment for r in measure(sitk.ReadImage(str(path)))} == {"Liver tumor", "Cyst"}  # the header
+    labels, segments = read_label_file(path)  # the one reader: the segments, the header dropped
+    assert {r.segment for r in measure(labels, segments=segments)} == {"Liver tumor", "Cyst"}
 
 
 def test_intensity_statistics_on_the_image():

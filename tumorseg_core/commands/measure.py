@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 from tumorseg_core.errors import InputError
 
@@ -39,10 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tumorseg_core.dicom.seg_read import is_dicom_seg, read_dicom_seg
+    from tumorseg_core.dicom.labels import read_label_file
     from tumorseg_core.imaging.io import read_image
     from tumorseg_core.measurement.compute import measure
-    from tumorseg_core.measurement.labelmap import read_labelmap
     from tumorseg_core.measurement.picture import render_png
     from tumorseg_core.measurement.table import check_table_path, write_bytes
 
@@ -53,12 +51,9 @@ def run(args: argparse.Namespace) -> int:
     if args.suv_factor is not None and args.pet is None:
         raise InputError("--suv-factor needs --pet; give the PET image too")
     image = read_image(args.image)
-    segments = None
-    if Path(args.seg).is_file() and is_dicom_seg(args.seg):  # its segments, on the image's grid
-        labels, segments = read_dicom_seg(args.seg, reference=image)
-    else:
-        labels = read_labelmap(args.seg)
-    table = measure(labels, image=image, pet=args.pet, suv_factor=args.suv_factor, segments=segments)
+    # A DICOM SEG is read onto the image's grid; another label map must lie on it (measure checks).
+    labels, segments = read_label_file(args.seg, reference=image, resample=False)
+    table = measure(labels, image=image, pet=args.pet, suv_factor=args.suv_factor, segments=segments or None)
     picture = render_png(table, labels, image) if args.png else None
     if args.csv:
         table.to_csv(args.csv)

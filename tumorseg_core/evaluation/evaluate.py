@@ -78,45 +78,15 @@ def _index_folder(folder: PathLike, what: str) -> dict[str, Path]:
 
 
 def read_labels(path: PathLike, reference: Optional[sitk.Image] = None) -> tuple[sitk.Image, dict[int, str]]:
-    """The one reader of a label file: its 3D label map and segment names (value -> name).
+    """A label file's 3D label map and segment names (value -> name; ``{}`` if it names none).
 
-    A DICOM SEG is read with :func:`tumorseg_core.dicom.seg_read.read_dicom_seg`, onto ``reference``'s
-    grid when given (a SEG leaves out empty frames: alone, its grid is only the slices it covers). Otherwise the names
-    come from a ``.seg.nrrd`` header (:func:`tumorseg_core.imaging.seg_nrrd.segment_names`);
-    a file that names no segments gives ``{}``. InputError as :func:`read_labelmap`.
+    Read by :func:`tumorseg_core.dicom.labels.read_label_file`; ``reference`` is only the grid a
+    DICOM SEG is read onto (nothing else is resampled: a prediction must lie on its truth's grid).
     """
-    from tumorseg_core.dicom.seg_read import is_dicom_seg, read_dicom_seg
-    from tumorseg_core.imaging.seg_nrrd import segment_names
+    from tumorseg_core.dicom.labels import read_label_file
 
-    p = Path(path)
-    if p.is_file() and is_dicom_seg(p):  # a DICOM SEG: its own segments, on the grid of the series it covers
-        image, segments = read_dicom_seg(p, reference=reference)
-        return image, {int(info.value): info.name for info in segments}
-    try:
-        image = sitk.ReadImage(str(p))
-    except RuntimeError as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"could not read label map {p} ({reason}); give a NIfTI, NRRD or MHA file") from exc
-    names = segment_names(image)
-    return _check_labelmap(image, p), names
-
-
-def read_labelmap(path: PathLike) -> sitk.Image:
-    """Read a 3D integer label map; InputError if unreadable, not 3D scalar or not integer-valued."""
-    return read_labels(path)[0]
-
-
-def _check_labelmap(image: sitk.Image, p: Path) -> sitk.Image:
-    """``image`` as a 3D scalar integer-valued label map (a 4D one with one volume is cut to 3D), else InputError."""
-    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
-        image = image[:, :, :, 0]
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{p.name} is not a 3D label map (dimension {image.GetDimension()}, "
-                         f"{image.GetNumberOfComponentsPerPixel()} values per voxel); export it as a single labelmap")
-    array = sitk.GetArrayViewFromImage(image)
-    if array.dtype.kind == "f" and not np.array_equal(array, np.round(array)):
-        raise InputError(f"{p.name} holds non-integer values; give label maps, not probabilities")
-    return image
+    labels, segments = read_label_file(path, reference, resample=False)
+    return labels, {int(info.value): info.name for info in segments}
 
 
 def evaluate_images(
@@ -403,7 +373,7 @@ def evaluate_model(
             pred = segmenter.segment_to_file(inputs, Path(save_dir) / f"{case}.nii.gz", cancel=cancel)
         else:
             pred = segmenter.segment(inputs, cancel=cancel)
-        truth = read_labelmap(label_files[case])
+        truth = read_labels(label_files[case])[0]
         rows.extend(evaluate_images(pred, truth, case, labels, tolerance_mm, min_overlap))
         if lesion_rows is not None:
             lesion_rows.extend(lesions_of_case(pred, truth, case, labels, min_overlap))

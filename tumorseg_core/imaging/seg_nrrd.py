@@ -6,12 +6,12 @@ key/value pairs are what make Slicer (and slicerio) read it as a segmentation.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
-from tumorseg_core.imaging.segments import SegmentInfo, terminology_string
+from tumorseg_core.imaging.segments import SegmentInfo, auto_color, terminology_string
 
 
 def _ras_geometry_string(image: sitk.Image) -> str:
@@ -61,24 +61,60 @@ def seg_nrrd_metadata(labels: sitk.Image, infos: Sequence[SegmentInfo]) -> dict[
     return meta
 
 
-def segment_names(image: sitk.Image) -> dict[int, str]:
-    """Label value -> segment name from a ``.seg.nrrd`` header read with the image ({} if it names none).
+def header_segments(image: sitk.Image) -> list[SegmentInfo]:
+    """The segments a Slicer ``.seg.nrrd`` header read with ``image`` describes ([] if none).
 
-    Reads the ``Segment{i}_LabelValue`` and ``Segment{i}_Name`` fields SimpleITK keeps as the
-    image's metadata; segments without a label value (another layer's) are left out.
+    ``Segment{i}_*`` metadata as SimpleITK keeps it: name (``Segment_<value>`` when absent),
+    label value (``i + 1`` when absent), color (the automatic one when absent or invalid) and
+    terminology (its ``TerminologyEntry`` tag). Segments with a label value below 1 are left out.
     """
     keys = set(image.GetMetaDataKeys())
-    names: dict[int, str] = {}
+
+    def get(i: int, field: str) -> Optional[str]:
+        key = f"Segment{i}_{field}"
+        return image.GetMetaData(key).strip() if key in keys else None
+
+    infos: list[SegmentInfo] = []
     i = 0
-    while f"Segment{i}_ID" in keys or f"Segment{i}_Name" in keys:
-        value_key, name_key = f"Segment{i}_LabelValue", f"Segment{i}_Name"
-        if value_key in keys and name_key in keys:
-            try:
-                value = int(image.GetMetaData(value_key).strip())
-            except ValueError:
-                value = 0
-            name = image.GetMetaData(name_key).strip()
-            if value > 0 and name:
-                names.setdefault(value, name)
+    while get(i, "ID") is not None or get(i, "Name") is not None:
+        try:
+            value = int(get(i, "LabelValue") or i + 1)
+        except ValueError:
+            value = i + 1
+        color = auto_color(value)
+        try:
+            parsed = tuple(float(c) for c in (get(i, "Color") or "").split())
+            if len(parsed) == 3 and all(0.0 <= c <= 1.0 for c in parsed):
+                color = parsed
+        except ValueError:
+            pass
+        if value > 0:
+            name = get(i, "Name") or f"Segment_{value}"
+            infos.append(SegmentInfo(value, name, color, _terminology(get(i, "Tags") or "")))  # type: ignore[arg-type]
         i += 1
+    return infos
+
+
+def segment_names(image: sitk.Image) -> dict[int, str]:
+    """Label value -> segment name of :func:`header_segments` ({} if the header names none)."""
+    names: dict[int, str] = {}
+    for info in header_segments(image):
+        names.setdefault(int(info.value), info.name)
     return names
+
+
+def _terminology(tags: str) -> Optional[dict]:
+    """``{category, type, modifier?}`` from a Slicer ``Segment{i}_Tags`` value's TerminologyEntry, else None."""
+    for tag in tags.split("|"):
+        if tag.startswith("TerminologyEntry:"):
+            fields = tag[len("TerminologyEntry:"):].split("~")
+            if len(fields) < 3:
+                return None
+            codes = [f.split("^") for f in fields[1:4]]
+            if any(len(c) != 3 for c in codes) or not all(codes[0][:2]) or not all(codes[1][:2]):
+                return None
+            out = {"category": codes[0], "type": codes[1]}
+            if len(codes) > 2 and all(codes[2][:2]):
+                out["modifier"] = codes[2]
+            return out
+    return None

@@ -1,4 +1,6 @@
-"""The label map to measure: read it, name its segments and put it on the measured image's grid.
+"""The label map to measure: check it, name its segments and put it on the measured image's grid.
+
+Label files are read by :func:`tumorseg_core.dicom.labels.read_label_file` (the one reader).
 
 A label map is a 3D integer ``SimpleITK.Image`` (0 = background, 1..N = segment labels).
 Segment names come from a Slicer ``.seg.nrrd`` header (``Segment{i}_Name`` /
@@ -9,47 +11,17 @@ objects, or fall back to ``label_N``. An empty label map is valid (it measures n
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
 from tumorseg_core.errors import InputError
 from tumorseg_core.imaging.geometry import same_grid
-from tumorseg_core.imaging.io import unreadable_error
-from tumorseg_core.imaging.seg_nrrd import segment_names
-from tumorseg_core.imaging.segments import SegmentInfo, auto_color
+from tumorseg_core.imaging.seg_nrrd import header_segments
+from tumorseg_core.imaging.segments import SegmentInfo
 
 logger = logging.getLogger(__name__)
-
-PathLike = Union[str, "os.PathLike[str]"]
-
-
-def read_labelmap(path: PathLike) -> sitk.Image:
-    """Read a 3D label map file (``.seg.nrrd``, ``.nii.gz``, ``.nrrd``, ``.mha``, ...), header kept.
-
-    Unlike ``imaging.io.read_image`` an all-zero label map is accepted. Raises InputError if
-    the file is missing or unreadable, or holds overlapping segments (several layers).
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"label map {p} does not exist or is not a file; check the path")
-    try:
-        image = sitk.ReadImage(str(p))
-    except RuntimeError as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        raise unreadable_error(p, lines[-1] if lines else type(exc).__name__) from exc
-    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
-        size = list(image.GetSize())
-        size[3] = 0
-        header = {key: image.GetMetaData(key) for key in image.GetMetaDataKeys()}
-        image = sitk.Extract(image, size, [0, 0, 0, 0])
-        for key, value in header.items():
-            image.SetMetaData(key, value)
-    return check_labelmap(image, str(p))
-
 
 def check_labelmap(labels: sitk.Image, name: str = "label map") -> sitk.Image:
     """Check ``labels`` is a 3D scalar map of whole numbers >= 0 and return it unchanged."""
@@ -69,11 +41,11 @@ def check_labelmap(labels: sitk.Image, name: str = "label map") -> sitk.Image:
 
 
 def segments_from_header(labels: sitk.Image) -> list[SegmentInfo]:
-    """The segments a Slicer ``.seg.nrrd`` header names (see ``imaging.seg_nrrd.segment_names``), by value.
+    """The segments a Slicer ``.seg.nrrd`` header describes (``imaging.seg_nrrd.header_segments``), by value.
 
     Returns an empty list for an image without such a header.
     """
-    return [SegmentInfo(value, name, auto_color(value)) for value, name in sorted(segment_names(labels).items())]
+    return sorted(header_segments(labels), key=lambda info: int(info.value))
 
 
 def segment_name(value: int, segments: Optional[Sequence[SegmentInfo]]) -> str:
