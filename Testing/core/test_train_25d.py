@@ -119,3 +119,29 @@ def test_tiny_unet25d_run_trains_on_centre_slices_and_writes_a_package(tmp_path)
     assert all(np.isfinite(losses)) and losses[1] < losses[0]
     manifest = json.loads((Path(package) / "manifest.json").read_text())
     assert manifest["architecture"] == "unet25d"
+
+
+def test_validation_runs_a_25d_network_by_whole_slices_with_real_neighbours():
+    """Validation predicts every slice from its real neighbours over the whole plane (as slice mode),
+    not by 3D windows whose border slices see repeated context."""
+    from tumorseg_core.training.validation import predict_by_slices, predict_case
+
+    net = _net().eval()
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(2, 9, 32, 48)).astype(np.float32)  # (C, z, y, x), y and x multiples of 16
+    with torch.no_grad():
+        whole = net(torch.from_numpy(image)[None]).argmax(dim=1)[0].numpy()  # every slice, edges repeated at the ends
+    by_slices = predict_by_slices(net, image, torch.device("cpu"), batch=4)
+    np.testing.assert_array_equal(by_slices, whole)
+    # predict_case (what validate calls) takes that path whatever the training window ...
+    np.testing.assert_array_equal(predict_case(net, image, (6, 32, 32), torch.device("cpu"), overlap=0.25), whole)
+    # ... which 3D windows of 6 slices would not reproduce (their border slices repeat the window's edge).
+    from monai.inferers import sliding_window_inference
+
+    with torch.no_grad():
+        windows = sliding_window_inference(torch.from_numpy(image)[None], (6, 32, 32), 2, net, overlap=0.25,
+                                           mode="gaussian").argmax(dim=1)[0].numpy()
+    assert (windows != whole).any()
+    # Planes that are not multiples of 16 are padded and cut back.
+    odd = image[:, :, :30, :37]
+    assert predict_by_slices(net, odd, torch.device("cpu")).shape == (9, 30, 37)

@@ -1,21 +1,27 @@
-"""Validation during training: sliding-window inference on whole preprocessed cases, Dice.
+"""Validation during training: whole preprocessed cases predicted as inference will, Dice.
 
 Runs on the model grid (the cached arrays), which is what the network sees; Dice
-there is what selects the best checkpoint. A label absent from both the prediction
-and the truth of a case counts as Dice 1 (nothing to find, nothing found), absent
-from the truth but predicted as 0.
+there is what selects the best checkpoint. A 3D network runs a Gaussian sliding window;
+a 2.5D network (:class:`~tumorseg_core.models.unet25d.StackUNet25D`) runs slice by slice on
+whole planes with real neighbours, as slice mode does (a 3D window would give the slices at
+its borders repeated context and judge the network on what it never meets). A label absent
+from both the prediction and the truth of a case counts as Dice 1 (nothing to find, nothing
+found), absent from the truth but predicted as 0.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
 
 from tumorseg_core.errors import CancelledError
 from tumorseg_core.training.cache import CachedCase
+
+if TYPE_CHECKING:
+    from tumorseg_core.models.unet25d import StackUNet25D
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +35,17 @@ def predict_case(
     sw_batch: int = 2,
     amp: bool = False,
 ) -> np.ndarray:
-    """Argmax labels (z, y, x) uint8 for one preprocessed image (C, z, y, x) float32."""
+    """Argmax labels (z, y, x) uint8 for one preprocessed image (C, z, y, x) float32.
+
+    A 2.5D network is run by :func:`predict_by_slices` (``sw_batch`` stacks at a time);
+    ``patch_zyx`` and ``overlap`` are then unused.
+    """
     from monai.inferers import sliding_window_inference
+
+    from tumorseg_core.models.unet25d import StackUNet25D
+
+    if isinstance(model, StackUNet25D):
+        return predict_by_slices(model, image, device, batch=sw_batch, amp=amp)
 
     x = torch.from_numpy(np.array(image, dtype=np.float32))[None].to(device)  # copy: the cache is a read-only mmap
     with torch.no_grad(), torch.autocast(device_type=device.type, enabled=amp and device.type == "cuda"):
@@ -39,6 +54,36 @@ def predict_case(
             overlap=overlap, mode="gaussian",
         )
     return logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+
+
+def predict_by_slices(
+    model: StackUNet25D,
+    image: np.ndarray,
+    device: torch.device,
+    batch: int = 4,
+    amp: bool = False,
+) -> np.ndarray:
+    """Argmax labels (z, y, x) uint8 of a 2.5D network, every axial slice of ``image`` (C, z, y, x) in turn.
+
+    Slice z sees slices ``z-k .. z+k`` (the volume's first and last slices repeat at its
+    ends) over the whole plane, padded at its far sides to multiples of 16 with edge values,
+    as :mod:`tumorseg_core.inference.slice_mode` runs it.
+    """
+    c, z, h, w = image.shape
+    k = model.context
+    planes = np.pad(np.asarray(image, dtype=np.float32), ((0, 0), (0, 0), (0, (-h) % 16), (0, (-w) % 16)),
+                    mode="edge")
+    neighbours = np.clip(np.arange(z)[:, None] + np.arange(-k, k + 1)[None, :], 0, z - 1)  # (z, 2k+1)
+    out = np.empty((z, h, w), dtype=np.uint8)
+    with torch.no_grad(), torch.autocast(device_type=device.type, enabled=amp and device.type == "cuda"):
+        for start in range(0, z, max(int(batch), 1)):
+            rows = neighbours[start:start + max(int(batch), 1)]  # (n, 2k+1)
+            # (C, n, 2k+1, H, W) -> (n, C * (2k+1), H, W): channel-major, as StackUNet25D.forward stacks
+            stacks = np.ascontiguousarray(planes[:, rows].transpose(1, 0, 2, 3, 4)).reshape(
+                len(rows), c * (2 * k + 1), *planes.shape[2:])
+            logits = model.forward_stack(torch.from_numpy(stacks).to(device))
+            out[start:start + len(rows)] = logits.argmax(dim=1)[:, :h, :w].to(torch.uint8).cpu().numpy()
+    return out
 
 
 def case_dice(pred: np.ndarray, truth: np.ndarray, label_values: Sequence[int]) -> dict[int, float]:
