@@ -121,27 +121,55 @@ def test_tiny_unet25d_run_trains_on_centre_slices_and_writes_a_package(tmp_path)
     assert manifest["architecture"] == "unet25d"
 
 
-def test_validation_runs_a_25d_network_by_whole_slices_with_real_neighbours():
-    """Validation predicts every slice from its real neighbours over the whole plane (as slice mode),
-    not by 3D windows whose border slices see repeated context."""
+def test_validation_runs_a_25d_network_by_slices_in_training_patch_tiles():
+    """Validation predicts every slice from its real neighbours, its plane in tiles of the training
+    patch (as slice mode), not by 3D windows whose border slices see repeated context."""
     from tumorseg_core.training.validation import predict_by_slices, predict_case
 
     net = _net().eval()
     rng = np.random.default_rng(0)
-    image = rng.normal(size=(2, 9, 32, 48)).astype(np.float32)  # (C, z, y, x), y and x multiples of 16
+    image = rng.normal(size=(2, 9, 32, 48)).astype(np.float32)  # (C, z, y, x)
     with torch.no_grad():
         whole = net(torch.from_numpy(image)[None]).argmax(dim=1)[0].numpy()  # every slice, edges repeated at the ends
-    by_slices = predict_by_slices(net, image, torch.device("cpu"), batch=4)
-    np.testing.assert_array_equal(by_slices, whole)
-    # predict_case (what validate calls) takes that path whatever the training window ...
-    np.testing.assert_array_equal(predict_case(net, image, (6, 32, 32), torch.device("cpu"), overlap=0.25), whole)
+    # One tile the size of the plane: the network's own 3D contract, slice by slice.
+    np.testing.assert_array_equal(predict_by_slices(net, image, torch.device("cpu"), (32, 48)), whole)
+    # predict_case (what validate calls) takes that path for the training window's (y, x) ...
+    np.testing.assert_array_equal(predict_case(net, image, (6, 32, 48), torch.device("cpu"), overlap=0.25), whole)
     # ... which 3D windows of 6 slices would not reproduce (their border slices repeat the window's edge).
     from monai.inferers import sliding_window_inference
 
     with torch.no_grad():
-        windows = sliding_window_inference(torch.from_numpy(image)[None], (6, 32, 32), 2, net, overlap=0.25,
+        windows = sliding_window_inference(torch.from_numpy(image)[None], (6, 32, 48), 2, net, overlap=0.25,
                                            mode="gaussian").argmax(dim=1)[0].numpy()
     assert (windows != whole).any()
-    # Planes that are not multiples of 16 are padded and cut back.
-    odd = image[:, :, :30, :37]
-    assert predict_by_slices(net, odd, torch.device("cpu")).shape == (9, 30, 37)
+    # A plane smaller than the tile is zero-padded to it (as training pads its patches) and cut back.
+    small = image[:, :, :30, :37]
+    padded = np.pad(small, ((0, 0), (0, 0), (0, 2), (0, 11)))
+    with torch.no_grad():
+        expected = net(torch.from_numpy(padded)[None]).argmax(dim=1)[0].numpy()[:, :30, :37]
+    np.testing.assert_array_equal(predict_by_slices(net, small, torch.device("cpu"), (32, 48)), expected)
+
+
+@pytest.mark.parametrize("size, tile, overlap", [((70, 45), (32, 32), 0.25), ((20, 90), (32, 48), 0.5),
+                                                 ((32, 48), (32, 48), 0.25)])
+def test_tiles_blend_to_the_untiled_answer_of_a_pixelwise_network(size, tile, overlap):
+    """A network that looks at each pixel alone gives the same answer tiled or not: the tiles cover
+    the plane, the Gaussian weights sum to one, and padding is cut back."""
+    from tumorseg_core.inference.plane_tiles import softmax, tile_starts, tiled_probabilities
+
+    rng = np.random.default_rng(1)
+    plane = rng.normal(size=(3, *size)).astype(np.float32)
+    calls = []
+
+    def pixelwise(tiles):
+        calls.append(tiles.shape)
+        assert tiles.shape[2:] == tile
+        return softmax(tiles[:, :2] * 2.0 - tiles[:, 2:3], axis=1)
+
+    got = tiled_probabilities(plane, tile, overlap, pixelwise, batch=3)
+    want = softmax((plane[:2] * 2.0 - plane[2:3])[None], axis=1)[0]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    for n, t in zip(size, tile):
+        starts = tile_starts(max(n, t), t, overlap)
+        assert starts[0] == 0 and starts[-1] + t == max(n, t)
+        assert all(b - a <= t for a, b in zip(starts, starts[1:]))  # no gap between tiles

@@ -14,15 +14,17 @@ model's y and x spacing, its ``2k+1`` planes lie ``-k..k`` model z steps along t
 axis (clamped at the image's ends: the edge plane repeats). All resampling is separable
 linear interpolation along the grid's own axes, so no world-space resampling is done per call
 and the slice's labels come back on exactly its own pixels (probabilities interpolated
-linearly, then argmax). The slab is padded (edge values) to multiples of 16.
+linearly, then argmax). The slab's plane is run in tiles of the training patch's (y, x) size
+(:mod:`tumorseg_core.inference.plane_tiles`: the manifest's overlap, Gaussian blending, zero
+padding where the plane is smaller), as the network was trained and as the trainer validates it.
 
 :meth:`SliceSegmenter.segment_volume` runs every slice along one axis (the same computation
 as :meth:`~SliceSegmenter.segment_slice` for each index) or along all three and averages
 the probabilities (tri-planar), then applies the manifest's postprocessing on the image grid.
 
 Backends: the fastest CPU backend (``auto``: OpenVINO, ONNX Runtime, torch) runs the plain 2D
-network (:class:`~tumorseg_core.models.unet25d.CentreSliceNet`), exported once per slab shape
-and cached like every export (keyed by the package's sha256).
+network (:class:`~tumorseg_core.models.unet25d.CentreSliceNet`) on tiles of one shape, exported
+once and cached like every export (keyed by the package's sha256).
 """
 
 from __future__ import annotations
@@ -38,13 +40,14 @@ import SimpleITK as sitk
 from tumorseg_core.errors import InputError
 from tumorseg_core.imaging import geometry, postprocess, preprocess
 from tumorseg_core.imaging.io import read_images
+from tumorseg_core.inference.plane_tiles import softmax, tiled_probabilities
 
 logger = logging.getLogger(__name__)
 
 ARCHITECTURE = "unet25d"
 # Slice axis name -> numpy axis of a (z, y, x) array.
 AXES: Dict[str, int] = {"axial": 0, "coronal": 1, "sagittal": 2}
-_DIVISOR = 16
+DEFAULT_OVERLAP = 0.25  # tiles' overlap when the manifest sets none
 
 
 def axis_index(axis: Union[str, int]) -> int:
@@ -86,7 +89,7 @@ class _Plan:
         offsets: (2k+1,) through-plane positions in image slice units, relative to the slice.
         down: (rows P -> H', columns Q -> W') image plane -> slab plane (:class:`Interp1D`).
         up: (rows H' -> P, columns W' -> Q) slab plane -> image plane.
-        pad: ((0, Hp - H'), (0, Wp - W')); ``shape``: (Hp, Wp), the network's plane.
+        slab_size: (H', W'), the slab's plane at the model's spacing.
     """
 
     def __init__(self, axis: int, size_zyx: Sequence[int], spacing_zyx: Sequence[float],
@@ -96,19 +99,14 @@ class _Plan:
         plane_axes = [a for a in range(3) if a != axis]
         through = float(model_spacing_zyx[0]) / float(spacing_zyx[axis])
         self.offsets = np.arange(-context, context + 1, dtype=np.float64) * through
-        down, up, shape, pad = [], [], [], []
+        down, up = [], []
         for a, model_step in zip(plane_axes, (model_spacing_zyx[1], model_spacing_zyx[2])):
             n_in, ratio = int(size_zyx[a]), float(model_step) / float(spacing_zyx[a])
             n_out = int(np.floor((n_in - 1) / ratio + 1e-6)) + 1
-            padded = -(-n_out // _DIVISOR) * _DIVISOR
             down.append(Interp1D(n_out, n_in, ratio))
             up.append(Interp1D(n_in, n_out, 1.0 / ratio))
-            shape.append(padded)
-            pad.append((0, padded - n_out))
         self.down: Tuple[Interp1D, Interp1D] = (down[0], down[1])
         self.up: Tuple[Interp1D, Interp1D] = (up[0], up[1])
-        self.shape: Tuple[int, int] = (shape[0], shape[1])
-        self.pad = pad
         self.slab_size = (down[0].n_out, down[1].n_out)
 
 
@@ -137,8 +135,10 @@ class SliceSegmenter:
         self.context = int(kwargs.get("context", 2))
         self.channels = int(manifest.num_inputs)
         self.model_spacing_zyx = tuple(float(s) for s in manifest.spacing_xyz[::-1])
-        self._runners: Dict[Tuple[int, int], Tuple[str, List[Any]]] = {}
-        self._networks: Optional[Any] = None
+        self.tile: Tuple[int, int] = (int(manifest.patch_size_zyx[1]), int(manifest.patch_size_zyx[2]))
+        overlap = manifest.inference.get("overlap")
+        self.overlap = float(DEFAULT_OVERLAP if overlap is None else overlap)
+        self._runners: Optional[Tuple[str, List[Any]]] = None
         self._cache: Optional[Tuple[tuple, np.ndarray, sitk.Image]] = None
         self._plans: Dict[int, _Plan] = {}
         self.cache_misses = 0  # how often an image was read and normalized (tests, benchmarks)
@@ -200,58 +200,58 @@ class SliceSegmenter:
         return self._plans[axis]
 
     def network_plane(self, image: Any, axis: Union[str, int] = "axial") -> Tuple[int, int]:
-        """The network's input plane (rows, columns) for slices of ``image`` along ``axis``."""
+        """The slab's plane (rows, columns) at the model's spacing for slices of ``image`` along ``axis``
+        (the network runs it in tiles of :attr:`tile`)."""
         a = axis_index(axis)
-        return self._plan(a, self.normalized(image)[1]).shape
+        return self._plan(a, self.normalized(image)[1]).slab_size
 
     @property
     def backend_used(self) -> Optional[str]:
         """The backend that runs the network (None before the first slice)."""
-        return next(iter(self._runners.values()))[0] if self._runners else None
+        return self._runners[0] if self._runners else None
 
     # --- the network ----------------------------------------------------------------------
 
-    def _runner_for(self, shape: Tuple[int, int]) -> Tuple[str, List[Any]]:
-        """``(backend used, one runner per fold)`` for slabs of ``shape`` (exported once per shape)."""
-        if shape not in self._runners:
+    def _runners_for_tiles(self) -> Tuple[str, List[Any]]:
+        """``(backend used, one runner per fold)`` for tiles of :attr:`tile` (exported once)."""
+        if self._runners is None:
             from tumorseg_core.inference.backends import LazyNetworks, prepare_backend
 
-            if self._networks is None:
-                package = self.package
+            package = self.package
 
-                def load() -> list:
-                    from tumorseg_core.inference.devices import import_torch
-                    from tumorseg_core.models.unet25d import CentreSliceNet
+            def load() -> list:
+                from tumorseg_core.inference.devices import import_torch
+                from tumorseg_core.models.unet25d import CentreSliceNet
 
-                    torch = import_torch()
-                    target = "cpu" if str(self.device) == "auto" else self.device
-                    return [CentreSliceNet(net).eval() for net in package.load_networks(torch.device(target))]
+                torch = import_torch()
+                target = "cpu" if str(self.device) == "auto" else self.device
+                return [CentreSliceNet(net).eval() for net in package.load_networks(torch.device(target))]
 
-                self._networks = LazyNetworks(load, len(package.weight_files))
+            networks = LazyNetworks(load, len(package.weight_files))
             device = "cpu" if str(self.device) == "auto" else self.device
             identities = [f"{self.package.sha256}:{f.name}:centre-slice" for f in self.package.weight_files]
-            self._runners[shape] = prepare_backend(
-                self._networks, self.backend, device, (1, *shape), self.channels * (2 * self.context + 1), identities)
-        return self._runners[shape]
+            self._runners = prepare_backend(
+                networks, self.backend, device, (1, *self.tile), self.channels * (2 * self.context + 1), identities)
+        return self._runners
 
-    def _run(self, stack: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
-        """``stack`` (C*(2k+1), Hp, Wp) -> softmax probabilities (K, Hp, Wp), mean over folds."""
-        used, runners = self._runner_for(shape)
-        batch = np.ascontiguousarray(stack[None, :, None], dtype=np.float32)
+    def _run(self, tiles: np.ndarray) -> np.ndarray:
+        """``tiles`` (n, C*(2k+1), th, tw) -> softmax probabilities (n, K, th, tw), mean over folds."""
+        used, runners = self._runners_for_tiles()
         total = None
         for runner in runners:
-            if used == "torch":
-                import torch
+            outs = []
+            for tile in tiles:
+                batch = np.ascontiguousarray(tile[None, :, None], dtype=np.float32)
+                if used == "torch":
+                    import torch
 
-                param = next(runner.parameters())
-                with torch.inference_mode():
-                    logits = runner(torch.from_numpy(batch).to(param.device)).float().cpu().numpy()
-            else:
-                logits = np.asarray(runner(batch), dtype=np.float32)
-            logits = logits[0, :, 0]
-            logits = logits - logits.max(axis=0, keepdims=True)
-            probs = np.exp(logits)
-            probs /= probs.sum(axis=0, keepdims=True)
+                    param = next(runner.parameters())
+                    with torch.inference_mode():
+                        logits = runner(torch.from_numpy(batch).to(param.device)).float().cpu().numpy()
+                else:
+                    logits = np.asarray(runner(batch), dtype=np.float32)
+                outs.append(logits[0, :, 0])
+            probs = softmax(np.stack(outs), axis=1)
             total = probs if total is None else total + probs
         return total / len(runners)
 
@@ -268,8 +268,7 @@ class SliceSegmenter:
         rows, cols = plan.down
         slab = cols(rows(planes, 2), 3)  # (C, 2k+1, H', W')
         slab = slab.reshape(-1, *slab.shape[2:])
-        slab = np.pad(slab, ((0, 0), *plan.pad), mode="edge")
-        probs = self._run(slab, plan.shape)[:, :plan.slab_size[0], :plan.slab_size[1]]
+        probs = tiled_probabilities(np.ascontiguousarray(slab, dtype=np.float32), self.tile, self.overlap, self._run)
         up_rows, up_cols = plan.up
         return up_cols(up_rows(probs, 1), 2)
 

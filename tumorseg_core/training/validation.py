@@ -2,9 +2,10 @@
 
 Runs on the model grid (the cached arrays), which is what the network sees; Dice
 there is what selects the best checkpoint. A 3D network runs a Gaussian sliding window;
-a 2.5D network (:class:`~tumorseg_core.models.unet25d.StackUNet25D`) runs slice by slice on
-whole planes with real neighbours, as slice mode does (a 3D window would give the slices at
-its borders repeated context and judge the network on what it never meets). A label absent
+a 2.5D network (:class:`~tumorseg_core.models.unet25d.StackUNet25D`) runs slice by slice with
+real neighbours, each plane in Gaussian-blended tiles of the training patch, as slice mode does
+(a 3D window would give the slices at its borders repeated context and judge the network on
+what it never meets). A label absent
 from both the prediction and the truth of a case counts as Dice 1 (nothing to find, nothing
 found), absent from the truth but predicted as 0.
 """
@@ -37,15 +38,15 @@ def predict_case(
 ) -> np.ndarray:
     """Argmax labels (z, y, x) uint8 for one preprocessed image (C, z, y, x) float32.
 
-    A 2.5D network is run by :func:`predict_by_slices` (``sw_batch`` stacks at a time);
-    ``patch_zyx`` and ``overlap`` are then unused.
+    A 2.5D network is run by :func:`predict_by_slices` (tiles of ``patch_zyx``'s (y, x), ``sw_batch``
+    tiles at a time).
     """
     from monai.inferers import sliding_window_inference
 
     from tumorseg_core.models.unet25d import StackUNet25D
 
     if isinstance(model, StackUNet25D):
-        return predict_by_slices(model, image, device, batch=sw_batch, amp=amp)
+        return predict_by_slices(model, image, device, tuple(patch_zyx[1:]), overlap, batch=sw_batch, amp=amp)
 
     x = torch.from_numpy(np.array(image, dtype=np.float32))[None].to(device)  # copy: the cache is a read-only mmap
     with torch.no_grad(), torch.autocast(device_type=device.type, enabled=amp and device.type == "cuda"):
@@ -60,29 +61,34 @@ def predict_by_slices(
     model: StackUNet25D,
     image: np.ndarray,
     device: torch.device,
+    tile_hw: Sequence[int],
+    overlap: float = 0.25,
     batch: int = 4,
     amp: bool = False,
 ) -> np.ndarray:
     """Argmax labels (z, y, x) uint8 of a 2.5D network, every axial slice of ``image`` (C, z, y, x) in turn.
 
-    Slice z sees slices ``z-k .. z+k`` (the volume's first and last slices repeat at its
-    ends) over the whole plane, padded at its far sides to multiples of 16 with edge values,
+    Slice z sees slices ``z-k .. z+k`` (the volume's first and last slices repeat at its ends);
+    its plane is run in ``tile_hw`` tiles (:func:`~tumorseg_core.inference.plane_tiles.tiled_probabilities`),
     as :mod:`tumorseg_core.inference.slice_mode` runs it.
     """
+    from tumorseg_core.inference.plane_tiles import tiled_probabilities
+
     c, z, h, w = image.shape
     k = model.context
-    planes = np.pad(np.asarray(image, dtype=np.float32), ((0, 0), (0, 0), (0, (-h) % 16), (0, (-w) % 16)),
-                    mode="edge")
+    planes = np.asarray(image, dtype=np.float32)
     neighbours = np.clip(np.arange(z)[:, None] + np.arange(-k, k + 1)[None, :], 0, z - 1)  # (z, 2k+1)
+
+    def run(tiles: np.ndarray) -> np.ndarray:
+        with torch.no_grad(), torch.autocast(device_type=device.type, enabled=amp and device.type == "cuda"):
+            logits = model.forward_stack(torch.from_numpy(tiles).to(device))
+        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
     out = np.empty((z, h, w), dtype=np.uint8)
-    with torch.no_grad(), torch.autocast(device_type=device.type, enabled=amp and device.type == "cuda"):
-        for start in range(0, z, max(int(batch), 1)):
-            rows = neighbours[start:start + max(int(batch), 1)]  # (n, 2k+1)
-            # (C, n, 2k+1, H, W) -> (n, C * (2k+1), H, W): channel-major, as StackUNet25D.forward stacks
-            stacks = np.ascontiguousarray(planes[:, rows].transpose(1, 0, 2, 3, 4)).reshape(
-                len(rows), c * (2 * k + 1), *planes.shape[2:])
-            logits = model.forward_stack(torch.from_numpy(stacks).to(device))
-            out[start:start + len(rows)] = logits.argmax(dim=1)[:, :h, :w].to(torch.uint8).cpu().numpy()
+    for i in range(z):
+        # (C, 2k+1, H, W) -> (C * (2k+1), H, W): channel-major, as StackUNet25D.forward stacks
+        stack = np.ascontiguousarray(planes[:, neighbours[i]]).reshape(c * (2 * k + 1), h, w)
+        out[i] = tiled_probabilities(stack, tile_hw, overlap, run, batch=batch).argmax(axis=0)
     return out
 
 
