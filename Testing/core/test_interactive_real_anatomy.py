@@ -27,18 +27,10 @@ from benchmarks.interactive_vs_growcut import (  # noqa: E402,E501
     lesions,
     simulate,
 )
-from benchmarks.real_anatomy import fetch_sources  # noqa: E402
 from benchmarks.real_anatomy.cases import make_case  # noqa: E402
 from tumorseg_core.interactive.seeds import segment_from_seeds  # noqa: E402
 
-
-@pytest.fixture(scope="module", autouse=True)
-def real_sources() -> Path:
-    try:
-        return fetch_sources.ensure_sources()
-    except fetch_sources.FetchError as exc:
-        pytest.fail(f"the real-anatomy sources could not be fetched ({exc}); run "
-                    "`python -m benchmarks.real_anatomy.fetch_sources` on a machine that reaches Debian and PyPI")
+pytestmark = pytest.mark.usefixtures("real_anatomy_sources")  # conftest: fetched once, FAILS without them
 
 
 def _lesion(index: int, component: int) -> tuple[sitk.Image, np.ndarray]:

@@ -20,7 +20,6 @@ import SimpleITK as sitk
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.real_anatomy import fetch_sources  # noqa: E402
 from benchmarks.real_anatomy.cases import is_lesion_free, make_case  # noqa: E402
 from benchmarks.real_anatomy.lesions import LESION_KINDS, LesionSpec, insert_lesion  # noqa: E402
 from benchmarks.real_anatomy.sources import SOURCES, load_anatomy, sources_for  # noqa: E402
@@ -28,13 +27,7 @@ from benchmarks.real_anatomy.sources import SOURCES, load_anatomy, sources_for  
 SEED = 7
 
 
-@pytest.fixture(scope="module", autouse=True)
-def real_sources() -> Path:
-    try:
-        return fetch_sources.ensure_sources()
-    except fetch_sources.FetchError as exc:
-        pytest.fail(f"the real-anatomy sources could not be fetched ({exc}); run "
-                    "`python -m benchmarks.real_anatomy.fetch_sources` on a machine that reaches Debian and PyPI")
+pytestmark = pytest.mark.usefixtures("real_anatomy_sources")  # conftest: fetched once, FAILS without them
 
 
 @pytest.fixture(scope="module")
