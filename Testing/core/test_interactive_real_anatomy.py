@@ -57,3 +57,10 @@ def test_background_clicks_shrink_a_guess_around_a_tiny_lesion():
     dices, _ = simulate(TumorSegUser, image, truth, clicks=3)
     assert dices[0] < 0.2  # the guess (a 15 mm region) ...
     assert dices[2] >= 0.5, dices  # ... two background clicks later is near the lesion
+
+
+def test_background_clicks_cut_an_over_grown_lesion_on_every_side():
+    image, truth = _lesion(9, 1)  # CT on 4 mm slices, 9 mm infiltrative lesion against bone (0.33 mL)
+    dices, _ = simulate(TumorSegUser, image, truth, clicks=5)
+    assert dices[0] < 0.3  # the grower found an edge, but far out (about 2.8 mL) ...
+    assert dices[4] >= 0.6, dices  # ... the background clicks cut it back towards the lesion

@@ -6,8 +6,8 @@ working grid around them (:mod:`.crop`, at most 56^3 voxels), so nothing restart
 1. a foreground click (or a scribble's middle, or a box's centre) away from the current
    result grows a lesion estimate with the radial-profile grower (:mod:`.seeds`); the
    estimates size the working grid and are the weak labels; a box marks its outside as
-   background; an estimate grown without a lesion edge is a guess, which a background click
-   inside it shrinks towards its seed as a whole;
+   background; a background click inside an estimate cuts it to the click's distance from its
+   seed, on every side (an estimate grown without a lesion edge, a guess, to 0.8 of it);
 2. multi-scale intensity and texture features (:mod:`.features`) feed a per-session
    Gaussian-mixture classifier (:mod:`.classifier`) trained on the clicks, scribbles and
    the grid's border (hard labels) and on the estimates (weak labels);
@@ -59,7 +59,8 @@ NEAR_FRACTION = 0.3  # ... or this fraction of the evidence's radius, when large
 WEAK_WEIGHT = 1.0  # total weight of the weak labels against the hard ones (per class)
 GROWN_WEIGHT = 0.8  # weight of the grown lesion in the prior, against the classifier
 SHRINK = 0.8  # a background click inside an estimate grown without a lesion edge keeps it within this
-#               fraction of the click's distance from the estimate's seed
+#               fraction of the click's distance from the estimate's seed ...
+SHRINK_EDGE = 1.0  # ... and inside one grown to a lesion edge, within the click's distance
 
 
 @dataclass(frozen=True)
@@ -313,16 +314,19 @@ class InteractiveSession:
 
 
 def _cut(crop: Crop, grown: _Grown, bg_clicks: Sequence[Point]) -> np.ndarray:
-    """An estimate on the working grid (bool, z y x). One grown without a lesion edge is only a guess
-    at the lesion's extent: a background click inside it says the lesion ends nearer to the seed, so
-    it keeps only what lies within :data:`SHRINK` times the nearest such click's distance from the seed."""
+    """An estimate on the working grid (bool, z y x), cut by the background clicks inside it.
+
+    A lesion is compact around the click it was grown from: a background click inside the estimate
+    says the lesion ends nearer to the seed than that click, so the estimate keeps only what lies
+    within the nearest such click's distance from the seed, times :data:`SHRINK` for an estimate grown
+    without a lesion edge (only a guess at the lesion's extent) and :data:`SHRINK_EDGE` for one grown to
+    an edge (whose leak lies beyond the click)."""
     mask = crop.from_image(grown.labels)
-    if not grown.bounded:
-        return mask
     inside = [p for p in bg_clicks if _in_mask(crop, mask, p)]
     if not inside:
         return mask
-    reach = SHRINK * min(float(np.linalg.norm(np.subtract(p, grown.seed))) for p in inside)
+    factor = SHRINK if grown.bounded else SHRINK_EDGE
+    reach = factor * min(float(np.linalg.norm(np.subtract(p, grown.seed))) for p in inside)
     return mask & crop.ball([grown.seed], reach)
 
 
