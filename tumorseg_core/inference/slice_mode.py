@@ -48,6 +48,7 @@ ARCHITECTURE = "unet25d"
 # Slice axis name -> numpy axis of a (z, y, x) array.
 AXES: Dict[str, int] = {"axial": 0, "coronal": 1, "sagittal": 2}
 DEFAULT_OVERLAP = 0.25  # tiles' overlap when the manifest sets none
+TILE_BATCH = 16  # tiles of a plane run as one batch (a 256 x 256 plane at the model spacing is 16 tiles)
 
 
 def axis_index(axis: Union[str, int]) -> int:
@@ -235,23 +236,22 @@ class SliceSegmenter:
         return self._runners
 
     def _run(self, tiles: np.ndarray) -> np.ndarray:
-        """``tiles`` (n, C*(2k+1), th, tw) -> softmax probabilities (n, K, th, tw), mean over folds."""
+        """``tiles`` (n, C*(2k+1), th, tw) -> softmax probabilities (n, K, th, tw), mean over folds.
+
+        The tiles go as one batch of z = 1 windows (every backend takes a batch of windows)."""
         used, runners = self._runners_for_tiles()
+        batch = np.ascontiguousarray(tiles[:, :, None], dtype=np.float32)
         total = None
         for runner in runners:
-            outs = []
-            for tile in tiles:
-                batch = np.ascontiguousarray(tile[None, :, None], dtype=np.float32)
-                if used == "torch":
-                    import torch
+            if used == "torch":
+                import torch
 
-                    param = next(runner.parameters())
-                    with torch.inference_mode():
-                        logits = runner(torch.from_numpy(batch).to(param.device)).float().cpu().numpy()
-                else:
-                    logits = np.asarray(runner(batch), dtype=np.float32)
-                outs.append(logits[0, :, 0])
-            probs = softmax(np.stack(outs), axis=1)
+                param = next(runner.parameters())
+                with torch.inference_mode():
+                    logits = runner(torch.from_numpy(batch).to(param.device)).float().cpu().numpy()
+            else:
+                logits = np.asarray(runner(batch), dtype=np.float32)
+            probs = softmax(logits[:, :, 0], axis=1)
             total = probs if total is None else total + probs
         return total / len(runners)
 
@@ -268,7 +268,8 @@ class SliceSegmenter:
         rows, cols = plan.down
         slab = cols(rows(planes, 2), 3)  # (C, 2k+1, H', W')
         slab = slab.reshape(-1, *slab.shape[2:])
-        probs = tiled_probabilities(np.ascontiguousarray(slab, dtype=np.float32), self.tile, self.overlap, self._run)
+        probs = tiled_probabilities(np.ascontiguousarray(slab, dtype=np.float32), self.tile, self.overlap, self._run,
+                                    batch=TILE_BATCH)
         up_rows, up_cols = plan.up
         return up_cols(up_rows(probs, 1), 2)
 
