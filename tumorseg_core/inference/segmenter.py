@@ -305,7 +305,8 @@ class Segmenter:
         """An imported nnU-Net model's folds as callables on (1, C, *patch) torch tensors, kept warm.
 
         ``auto`` and ``torch`` run the torch modules: nnUNetPredictor's own arithmetic, so the
-        result is nnU-Net's (probabilities within ~1e-7). ``--backend openvino|onnxruntime``
+        result is nnU-Net's (probabilities within ~1e-6), with the large full-resolution layers
+        run slab by slab along z (``slab_forward.py``: about half the window's memory). ``--backend openvino|onnxruntime``
         runs the windows on that exported backend instead (exported once, cached by package
         sha256; about 2x faster per window on a 2-core AVX2 CPU, probabilities within ~3e-4 on
         the test fixtures, but a few near-tie voxels may flip on a real-size model:
@@ -329,7 +330,11 @@ class Segmenter:
             used, runners = prepare_backend(
                 LazyNetworks(load, len(package.weight_files)), backend, "cpu", patch, self.manifest.num_inputs,
                 [f"{package.sha256}:{f.name}" for f in package.weight_files])
-            if used != "torch":
+            if used == "torch":
+                from tumorseg_core.inference.slab_forward import SlabUNet
+
+                runners = [SlabUNet(runner) for runner in runners]
+            else:
                 runners = [_TensorRunner(runner) for runner in runners]
             self._nnunet_runners = (backend, runners)
         return self._nnunet_runners[1]
