@@ -136,7 +136,8 @@ def test_slab_wise_windows_match_nnunet_predictor(nnunet, tmp_path, monkeypatch)
     monkeypatch.setattr(slab_forward, "SLAB_BYTES", 1)
     monkeypatch.setattr(slab_forward, "MIN_ROWS", 1)
     calls = []
-    monkeypatch.setattr(slab_forward, "slabs", lambda shape, _slabs=slab_forward.slabs: calls.append(shape) or _slabs(shape))
+    original = slab_forward.slabs
+    monkeypatch.setattr(slab_forward, "slabs", lambda shape, in_shape=None: calls.append(shape) or original(shape, in_shape))
     _, models = nnunet
     package = import_model(models["softmax"], tmp_path / "pkg", folds=[0])
     _compare(package, models["softmax"], _case(), [0], tmp_path / "ref", (1, 2), max_diff=MAX_PROB_DIFF)

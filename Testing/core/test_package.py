@@ -498,3 +498,67 @@ def test_no_checkpoint_loading_outside_the_converter():
                     assert any(kw.arg == "weights_only" for kw in node.keywords), f"{path}:{node.lineno}"
     assert checked > 5
     assert "pickle" not in (root / "modelpkg" / "convert.py").read_text(encoding="utf-8")
+
+
+NNUNET_KWARGS = {
+    "in_channels": 1, "out_channels": 2, "n_stages": 2, "features_per_stage": [4, 8],
+    "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": [[3, 3, 3], [3, 3, 3]],
+    "strides": [[1, 1, 1], [2, 2, 2]], "n_conv_per_stage": [2, 2], "n_conv_per_stage_decoder": [1],
+    "conv_bias": True, "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+    "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True},
+}
+
+
+def _nnunet_package(tmp_path, state):
+    manifest = make_manifest(architecture="nnunet_plainconv", kwargs=dict(NNUNET_KWARGS), patch_size=[8, 8, 8],
+                             output={"type": "softmax", "labels": [{"value": 1, "name": "Tumor", "color": [1, 0, 0]}]})
+    return write_package(tmp_path / "nnunet-pkg", manifest, [state])
+
+
+def test_a_tensor_reachable_under_several_names_is_stored_once(tmp_path):
+    """nnU-Net's U-Nets reach each encoder weight under four names; the package stores it once
+    and the loaded network is the original, every name included."""
+    from safetensors import safe_open
+
+    torch.manual_seed(3)
+    net = build_network("nnunet_plainconv", NNUNET_KWARGS).eval()
+    state = net.state_dict()
+    pkg = _nnunet_package(tmp_path, state)
+    with safe_open(str(pkg / "fold0.safetensors"), "pt") as stored:
+        keys = set(stored.keys())
+    unique = {p.data_ptr() for p in net.parameters()} | {b.data_ptr() for b in net.buffers()}
+    assert len(keys) == len(unique) < len(state)
+    assert "encoder.stages.0.0.convs.0.conv.weight" in keys
+    assert "decoder.encoder.stages.0.0.convs.0.conv.weight" not in keys
+    assert "encoder.stages.0.0.convs.0.all_modules.0.weight" not in keys
+    loaded = open_package(pkg).load_networks()[0]
+    for name, value in loaded.state_dict().items():
+        assert torch.equal(value, state[name]), name
+    x = torch.randn(1, 1, 8, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), net(x))
+
+
+def test_aliases_with_different_values_are_refused(tmp_path):
+    torch.manual_seed(4)
+    net = build_network("nnunet_plainconv", NNUNET_KWARGS).eval()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    state["decoder.encoder.stages.0.0.convs.0.conv.weight"] += 1.0
+    with pytest.raises(ModelPackageError, match="one tensor of the network but hold different values"):
+        _nnunet_package(tmp_path, state)
+    assert not (tmp_path / "nnunet-pkg").exists()
+    # packages written by older TumorSeg versions store every name: they load, unless an alias was altered
+    pkg = _nnunet_package(tmp_path, net.state_dict())
+
+    def store(weights):
+        save_file({k: v.contiguous().clone() for k, v in weights.items()}, str(pkg / "fold0.safetensors"))
+        data = json.loads((pkg / "manifest.json").read_text())
+        data["files"]["fold0.safetensors"] = sha256_file(pkg / "fold0.safetensors")
+        (pkg / "manifest.json").write_text(json.dumps(data))
+
+    store(net.state_dict())
+    assert torch.equal(open_package(pkg).load_networks()[0].state_dict()["decoder.encoder.stages.0.0.convs.0.conv.weight"],
+                       net.state_dict()["encoder.stages.0.0.convs.0.conv.weight"])
+    store(state)
+    with pytest.raises(ModelPackageError, match="hold different values; rebuild the package"):
+        open_package(pkg).load_networks()

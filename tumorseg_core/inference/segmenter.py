@@ -331,9 +331,11 @@ class Segmenter:
                 LazyNetworks(load, len(package.weight_files)), backend, "cpu", patch, self.manifest.num_inputs,
                 [f"{package.sha256}:{f.name}" for f in package.weight_files])
             if used == "torch":
+                from tumorseg_core.inference import heap
                 from tumorseg_core.inference.slab_forward import SlabUNet
 
                 runners = [SlabUNet(runner) for runner in runners]
+                heap.trim()  # the weight files' read buffers
             else:
                 runners = [_TensorRunner(runner) for runner in runners]
             self._nnunet_runners = (backend, runners)

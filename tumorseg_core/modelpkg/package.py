@@ -258,6 +258,57 @@ def _state_dict_problem(net: "torch.nn.Module", state: Dict[str, "torch.Tensor"]
     return None
 
 
+def alias_groups(net: "torch.nn.Module") -> List[List[str]]:
+    """The state-dict names that are one tensor under several names, in state-dict order.
+
+    nnU-Net's U-Nets reach every encoder weight four times (``encoder.*`` and the decoder's
+    ``decoder.encoder.*``, each as ``conv.*`` and ``all_modules.0.*``). A package stores
+    each such tensor once, under the group's first name (:func:`drop_aliases`), and loading
+    fills the other names back in (:func:`with_aliases`).
+    """
+    groups: Dict[tuple, List[str]] = {}
+    for name, tensor in net.state_dict().items():
+        if tensor.numel() == 0:
+            continue
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+               tuple(tensor.stride()), tensor.dtype)
+        groups.setdefault(key, []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def drop_aliases(net: "torch.nn.Module", state: Dict[str, "torch.Tensor"], what: str) -> Dict[str, "torch.Tensor"]:
+    """``state`` without the second and later names of each alias group (they must hold equal values)."""
+    import torch
+
+    dropped = set()
+    for names in alias_groups(net):
+        first = state[names[0]]
+        for name in names[1:]:
+            if not torch.equal(state[name], first):
+                raise ModelPackageError(f"{what}: {name} and {names[0]} are one tensor of the network "
+                                        "but hold different values; export the weights again")
+            dropped.add(name)
+    return {k: v for k, v in state.items() if k not in dropped}
+
+
+def with_aliases(net: "torch.nn.Module", state: Dict[str, "torch.Tensor"], what: str) -> Dict[str, "torch.Tensor"]:
+    """``state`` with every alias of a stored tensor filled in (packages store each tensor once)."""
+    import torch
+
+    full = dict(state)
+    for names in alias_groups(net):
+        present = [name for name in names if name in state]
+        if not present:
+            continue  # reported as missing keys by the strict load
+        for name in present[1:]:
+            if not torch.equal(state[name], state[present[0]]):
+                raise ModelPackageError(f"weights in {what}: {name} and {present[0]} are one tensor of the "
+                                        "network but hold different values; rebuild the package")
+        for name in names:
+            full.setdefault(name, state[present[0]])
+    return full
+
+
 def load_state_dict_strict(net: "torch.nn.Module", state: Dict[str, "torch.Tensor"], what: str) -> None:
     """Load ``state`` into ``net`` requiring identical keys and shapes (ModelPackageError otherwise)."""
     problem = _state_dict_problem(net, state)
@@ -335,7 +386,7 @@ class ModelPackage:
             raise ModelPackageError(f"{path.name} is not a valid safetensors file ({exc}); rebuild the package") from exc
         del data
         net = build_network(architecture, kwargs)
-        load_state_dict_strict(net, state, path.name)
+        load_state_dict_strict(net, with_aliases(net, state, path.name), path.name)
         return net.to(device).eval()
 
     def __repr__(self) -> str:
@@ -501,7 +552,9 @@ def write_package(
     cleaned = [_clean_state_dict(sd, i) for i, sd in enumerate(state_dicts)]
     for i, state in enumerate(cleaned):
         net = build_network(manifest["architecture"], manifest["kwargs"])
-        load_state_dict_strict(net, state, f"state dict {i}")
+        full = with_aliases(net, state, f"state dict {i}")
+        load_state_dict_strict(net, full, f"state dict {i}")
+        cleaned[i] = drop_aliases(net, full, f"state dict {i}")
     if spec is not None:
         coarse = _clean_state_dict(cascade_state_dict, len(cleaned))
         load_state_dict_strict(build_network(spec.architecture, spec.kwargs), coarse, spec.weights)
