@@ -114,8 +114,10 @@ def slab_forward(network: Any, x: Any) -> Any:
         if getattr(encoder, "stem", None) is not None:
             h = run(encoder.stem, h, last_reader=False)
         skips: List[Activation] = []
-        for stage in encoder.stages:  # each output is read again by its decoder stage, as the skip
-            h = run(stage, h, last_reader=False)
+        for i, stage in enumerate(encoder.stages):
+            # the stem's output is read by the first stage only; each stage's output is read
+            # by the next stage and then by its decoder stage, as the skip
+            h = run(stage, h, last_reader=i == 0)
             skips.append(h)
         del h
         below = skips.pop()
@@ -161,7 +163,7 @@ def run(module: Any, x: Activation, last_reader: bool) -> Activation:
     if isinstance(module, nn.Conv3d):
         return conv_layers(module, [], Source.of(x, last_reader))
     if isinstance(module, (residual.BasicBlockD, residual.BottleneckD)) and _plain_residual(module):
-        return _residual_block(module, x)
+        return _residual_block(module, x, last_reader)
     return module(_whole(x))
 
 
@@ -263,12 +265,14 @@ def _decoder_stage(transpconv: Any, stage: Any, below: Activation, skip: Activat
     return x
 
 
-def _residual_block(block: Any, x: Activation) -> Activation:
+def _residual_block(block: Any, x: Activation, last_reader: bool) -> Activation:
     """``BasicBlockD`` / ``BottleneckD`` (no squeeze-excitation, no stochastic depth) with slab-wise convolutions.
 
-    ``x`` is read by the first convolution and by the skip path, so neither releases it.
+    ``x`` is read by the first convolution and by the skip path, so neither releases it; the
+    residual sum releases it (an identity skip) only if this block is its last reader.
     """
     residual = run(block.skip, x, last_reader=False)
+    residual_releases = residual is not x or last_reader
     convs = [block.conv1, block.conv2] + ([block.conv3] if hasattr(block, "conv3") else [])
     out = x
     for i, conv in enumerate(convs):
@@ -278,7 +282,7 @@ def _residual_block(block: Any, x: Activation) -> Activation:
     if not isinstance(out, Chunks):
         out += _whole(residual)
         return nonlin(out)
-    extra = Source.of(residual, last_reader=True)
+    extra = Source.of(residual, last_reader=residual_releases)
     del residual
     for z0, z1, part in out.parts:
         part += extra.rows(z0, z1)
