@@ -127,6 +127,22 @@ def shrink_plans(preprocessed: Path, dataset_id: int, features: Sequence[int] = 
     path.write_text(json.dumps(plans, indent=2))
 
 
+def add_lowres(preprocessed: Path, dataset_id: int, factor: float = 2.0) -> None:
+    """A ``3d_lowres`` configuration (a custom plan, as users write them): ``3d_fullres`` at
+    ``factor`` times its in-plane spacing. nnU-Net's planner adds one only for images far
+    larger than the patch, which these fixtures are not."""
+    folder = next(preprocessed.glob(f"Dataset{dataset_id:03d}_*"))
+    path = folder / "nnUNetPlans.json"
+    plans = json.loads(path.read_text())
+    spacing = list(plans["configurations"]["3d_fullres"]["spacing"])
+    plans["configurations"]["3d_lowres"] = {
+        "inherits_from": "3d_fullres",
+        "data_identifier": "nnUNetPlans_3d_lowres",
+        "spacing": [spacing[0]] + [s * factor for s in spacing[1:]],
+    }
+    path.write_text(json.dumps(plans, indent=2))
+
+
 def save_fold(dataset_id: int, configuration: str, fold: int, seed: int) -> Path:
     """nnU-Net's trainer, from the plans, with seeded perturbed weights, saved by its own save_checkpoint."""
     import torch
@@ -187,6 +203,8 @@ def build_model(root: Path, dataset_id: int, name: str, *, channels: int = 1, re
     write_raw_dataset(Path(nnUNet_raw), dataset_id, name, channels=channels, regions=regions)
     plan(dataset_id)
     shrink_plans(Path(nnUNet_preprocessed), dataset_id)
+    if configuration == "3d_lowres":
+        add_lowres(Path(nnUNet_preprocessed), dataset_id)
     preprocess(dataset_id, configuration)
     folder: Optional[Path] = None
     for fold in folds:

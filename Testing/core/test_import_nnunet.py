@@ -144,6 +144,35 @@ def test_slab_wise_windows_match_nnunet_predictor(nnunet, tmp_path, monkeypatch)
     assert calls, "the slab-wise path did not run"
 
 
+def test_2d_configuration_matches_nnunet_predictor(nnunet, tmp_path):
+    """nnU-Net's ``2d`` configuration (planned and trained by nnU-Net in the same root): every
+    slice of the first axis through the 2D U-Net, 2D mirroring, against nnUNetPredictor."""
+    from tumorseg_core.modelpkg.convert import import_model
+
+    root, _ = nnunet
+    folder = fixture.build_model(root, 905, "Tiny2d", configuration="2d")  # 905: its perturbed weights predict both labels
+    package = import_model(folder, tmp_path / "pkg")
+    manifest = json.loads((package / "manifest.json").read_text())
+    assert len(manifest["nnunet"]["patch_size"]) == 2
+    assert manifest["kwargs"]["conv_op"].endswith("Conv2d")
+    _compare(package, folder, _case(), [0], tmp_path / "ref", (1, 2))
+
+
+def test_3d_lowres_configuration_matches_nnunet_predictor(nnunet, tmp_path):
+    """A ``3d_lowres`` configuration (twice the in-plane spacing, so nnU-Net's resampling takes
+    its not-separate-z branch where 3d_fullres takes the separate-z one), preprocessed and
+    trained by nnU-Net, against nnUNetPredictor."""
+    from tumorseg_core.modelpkg.convert import import_model
+
+    root, _ = nnunet
+    folder = fixture.build_model(root, 906, "TinyLow", configuration="3d_lowres")  # 906: predicts both labels
+    package = import_model(folder, tmp_path / "pkg")
+    manifest = json.loads((package / "manifest.json").read_text())
+    fullres = json.loads((folder / "plans.json").read_text())["configurations"]["3d_fullres"]["spacing"]
+    assert manifest["nnunet"]["spacing"][1] == pytest.approx(2 * fullres[1])
+    _compare(package, folder, _case(), [0], tmp_path / "ref", (1, 2))
+
+
 def test_region_based_two_channel_model_matches(nnunet, tmp_path):
     from tumorseg_core.modelpkg.convert import import_model
 
