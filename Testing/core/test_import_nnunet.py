@@ -340,6 +340,29 @@ def test_windows_match_nnunet():
     assert torch.equal(ours, ref)
 
 
+def test_windows_on_a_named_device_give_the_same_logits(nnunet, tmp_path):
+    """The GPU path's plumbing (each window sent to ``device``, predictions brought back, sums on
+    the CPU), run with the CPU as that device: identical logits. CI has no GPU; on CUDA the
+    network also runs under autocast, as nnUNetPredictor runs it."""
+    import torch
+
+    from tumorseg_core.inference import nnunet_windows
+    from tumorseg_core.modelpkg.convert import import_model
+    from tumorseg_core.modelpkg.package import open_package
+
+    _, models = nnunet
+    package = open_package(import_model(models["softmax"], tmp_path / "pkg", folds=[0]))
+    section = package.manifest.nnunet
+    networks = package.load_networks()
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(1, *[p + 5 for p in section["patch_size"]])).astype(np.float32)
+    args = (networks, data, section["patch_size"], 3, section["mirror_axes"])
+    plain = nnunet_windows.ensemble_logits(*args)
+    on_device = nnunet_windows.ensemble_logits(*args, device=torch.device("cpu"))
+    assert on_device.dtype == np.float16
+    np.testing.assert_array_equal(plain, on_device)
+
+
 def test_bad_plans_are_refused(nnunet, tmp_path):
     from tumorseg_core.modelpkg.convert import import_model
 

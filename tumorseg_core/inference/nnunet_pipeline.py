@@ -31,16 +31,17 @@ def case_arrays(images: Sequence[sitk.Image]) -> Tuple[np.ndarray, Tuple[float, 
 def predict_case(networks: Sequence[Any], arrays: np.ndarray, spacing_zyx: Sequence[float], section: Dict[str, Any],
                  num_heads: int, *, mirror: bool = True, step: Optional[float] = None,
                  progress: Optional[ProgressFn] = None,
-                 cancel: Optional[CancelFn] = None) -> Tuple[np.ndarray, np.ndarray]:
+                 cancel: Optional[CancelFn] = None, device: Any = None) -> Tuple[np.ndarray, np.ndarray]:
     """``(labels (z, y, x) uint8, probabilities (C, z, y, x) float32)`` on the arrays' grid.
 
     ``mirror``: nnU-Net's mirroring over the section's ``mirror_axes``; ``step``: window
-    step as a fraction of the patch (default: the section's ``tile_step_size``, 0.5).
+    step as a fraction of the patch (default: the section's ``tile_step_size``, 0.5);
+    ``device``: where ``networks`` are (a ``torch.device``; None: the CPU).
     """
     data, props = nnunet_preprocess.preprocess(arrays, spacing_zyx, section)
     logits = nnunet_windows.ensemble_logits(
         networks, data, section["patch_size"], num_heads, section["mirror_axes"] if mirror else None,
-        section["tile_step_size"] if step is None else step, progress=progress, cancel=cancel,
+        section["tile_step_size"] if step is None else step, progress=progress, cancel=cancel, device=device,
     )
     del data
     return nnunet_preprocess.to_input_grid(logits, props, section)

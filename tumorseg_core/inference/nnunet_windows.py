@@ -118,12 +118,22 @@ def mirrored_logits(network: Any, x: Any, mirror_axes: Optional[Sequence[int]]) 
 def sliding_window_logits(network: Any, data: Any, patch: Sequence[int], num_heads: int,
                           mirror_axes: Optional[Sequence[int]], step: float = 0.5,
                           progress: Optional[Callable[[int], None]] = None,
-                          cancel: Optional[CancelFn] = None) -> Any:
+                          cancel: Optional[CancelFn] = None, device: Any = None) -> Any:
     """One network over (C, z, y, x) float32 ``data`` (tensor): float16 logits (K, z, y, x)
-    (``predict_sliding_window_return_logits``)."""
+    (``predict_sliding_window_return_logits``).
+
+    ``device``: where the network runs (a ``torch.device``; None: the CPU). Each window goes
+    there and its prediction comes back; the sums stay on the CPU (nnU-Net's
+    ``perform_everything_on_device=False``). On CUDA the network runs under autocast, as
+    nnU-Net's predictor runs it.
+    """
+    import contextlib
+
     import torch
 
-    with torch.inference_mode():
+    on_cuda = device is not None and torch.device(device).type == "cuda"
+    precision = torch.autocast("cuda", enabled=True) if on_cuda else contextlib.nullcontext()
+    with torch.inference_mode(), precision:
         padded, undo = pad_to_patch(data, patch)
         slicers = window_slicers(padded.shape[1:], patch, step)
         logits = torch.zeros((num_heads, *padded.shape[1:]), dtype=torch.half)
@@ -133,7 +143,9 @@ def sliding_window_logits(network: Any, data: Any, patch: Sequence[int], num_hea
             if cancel is not None and cancel():
                 raise CancelledError()
             window = torch.clone(padded[sl][None], memory_format=torch.contiguous_format)
-            prediction = mirrored_logits(network, window, mirror_axes)[0]
+            if device is not None:
+                window = window.to(device)
+            prediction = mirrored_logits(network, window, mirror_axes)[0].to("cpu")
             prediction *= weights
             logits[sl] += prediction
             weights_sum[sl[1:]] += weights
@@ -147,9 +159,10 @@ def sliding_window_logits(network: Any, data: Any, patch: Sequence[int], num_hea
 
 def ensemble_logits(networks: Sequence[Any], data: np.ndarray, patch: Sequence[int], num_heads: int,
                     mirror_axes: Optional[Sequence[int]], step: float = 0.5,
-                    progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None) -> np.ndarray:
+                    progress: Optional[ProgressFn] = None, cancel: Optional[CancelFn] = None,
+                    device: Any = None) -> np.ndarray:
     """Every fold over the preprocessed (C, z, y, x) volume: mean float16 logits as numpy
-    (``predict_logits_from_preprocessed_data``)."""
+    (``predict_logits_from_preprocessed_data``); ``device``: where the networks are (None: CPU)."""
     import torch
 
     tensor = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
@@ -167,7 +180,7 @@ def ensemble_logits(networks: Sequence[Any], data: np.ndarray, patch: Sequence[i
     prediction = None
     for network in networks:
         network.eval()
-        out = sliding_window_logits(network, tensor, patch, num_heads, mirror_axes, step, tick, cancel)
+        out = sliding_window_logits(network, tensor, patch, num_heads, mirror_axes, step, tick, cancel, device)
         prediction = out if prediction is None else prediction + out
     assert prediction is not None
     if len(networks) > 1:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -82,6 +82,7 @@ class Segmenter:
         self._coarse: Optional[tuple] = None  # (backend option, Predictor of the cascade's coarse network)
         self._cpu_nets: Optional[list] = None  # an imported nnU-Net/MONAI model's folds (their pipelines)
         self._nnunet_runners: Optional[tuple] = None  # (backend option, an imported nnU-Net model's window runners)
+        self._device_nets: Optional[tuple] = None  # (torch.device, an imported nnU-Net model's folds on a GPU)
         self._slices: Any = None  # a 2.5D model's warm SliceSegmenter (slice_mode.py)
 
     @classmethod
@@ -93,7 +94,7 @@ class Segmenter:
     def load(self) -> "Segmenter":
         """Build the networks (and any backend export) now rather than in the first call; returns self."""
         if self.manifest.nnunet is not None:
-            self._nnunet_networks(self.options.backend)
+            self._nnunet_models(self.options.backend)
         elif self.manifest.monai is not None:
             self._cpu_networks()
         else:
@@ -294,12 +295,35 @@ class Segmenter:
         _check_cancel(cancel)
         overlap = options.window_overlap
         mirror = options.tta if options.tta is not None else options.quality != "fast"
+        networks, device = self._nnunet_models(options.backend)
         labels, probabilities = predict_case(
-            self._nnunet_networks(options.backend), arrays, spacing, manifest.nnunet, int(manifest.predictor_settings()["num_outputs"]),
+            networks, arrays, spacing, manifest.nnunet, int(manifest.predictor_settings()["num_outputs"]),
             mirror=mirror, step=None if overlap is None else 1.0 - overlap,
-            progress=_scaled_progress(progress, _PREPARE, _PREDICT_END), cancel=cancel,
+            progress=_scaled_progress(progress, _PREPARE, _PREDICT_END), cancel=cancel, device=device,
         )
         return labels, probabilities, inputs[0]
+
+    def _nnunet_models(self, backend: str) -> Tuple[list, Any]:
+        """An imported nnU-Net model's folds, kept warm, and the GPU they are on (None: the CPU).
+
+        ``--device`` as given (``auto``: CUDA, then MPS, else the CPU).
+        """
+        from tumorseg_core.inference.devices import resolve_device
+
+        device = resolve_device(self.device)
+        if device.type == "cpu":
+            return self._nnunet_networks(backend), None
+        return self._device_networks(device), device
+
+    def _device_networks(self, device: Any) -> list:
+        """An imported nnU-Net model's folds on a GPU (``device``), loaded once: nnU-Net's own
+        networks in torch (exported backends are CPU-only, so ``--backend`` is not used)."""
+        if self.options.backend not in ("auto", "torch"):
+            logger.warning("backend %s runs on the CPU only; model '%s' runs with torch on %s",
+                           self.options.backend, self.manifest.name, device)
+        if self._device_nets is None or self._device_nets[0] != device:
+            self._device_nets = (device, list(self.package.load_networks(device)))
+        return self._device_nets[1]
 
     def _nnunet_networks(self, backend: str) -> list:
         """An imported nnU-Net model's folds as callables on (1, C, *patch) torch tensors, kept warm.
@@ -316,7 +340,7 @@ class Segmenter:
         if backend == "auto":
             backend = "torch"  # the same result as nnU-Net's predictor is the default; speed is opt-in
         patch = tuple(int(p) for p in self.manifest.nnunet["patch_size"])
-        if self.device not in ("auto", "cpu") or len(patch) != 3:
+        if len(patch) != 3:
             return self._cpu_networks()
         if self._nnunet_runners is None or self._nnunet_runners[0] != backend:
             from tumorseg_core.inference.backends import LazyNetworks, prepare_backend
