@@ -96,7 +96,7 @@ class Segmenter:
         if self.manifest.nnunet is not None:
             self._nnunet_models(self.options.backend)
         elif self.manifest.monai is not None:
-            self._cpu_networks()
+            self._monai_models()
         else:
             self.predictor(self.options)
         return self
@@ -205,7 +205,8 @@ class Segmenter:
 
         _report(progress, _PREPARE, "running the bundle's pipeline")
         if not uncertainty:
-            result = segment_bundle_package(self.package, _as_list(images), networks=self._cpu_networks())
+            networks, device = self._monai_models()
+            result = segment_bundle_package(self.package, _as_list(images), device=device, networks=networks)
             _check_cancel(cancel)
             return self._finish(result, options, progress, started)
         from tumorseg_core.modelpkg.monai_section import check_monai_section
@@ -217,8 +218,9 @@ class Segmenter:
         if activation is None:
             raise InputError(f"uncertainty is not available for model '{self.manifest.name}': its MONAI bundle "
                              "has no softmax or sigmoid activation; run it without uncertainty")
-        result, probabilities = segment_bundle_package(self.package, _as_list(images), return_probabilities=True,
-                                                       networks=self._cpu_networks())
+        networks, device = self._monai_models()
+        result, probabilities = segment_bundle_package(self.package, _as_list(images), device=device,
+                                                       return_probabilities=True, networks=networks)
         _check_cancel(cancel)
         entropy = self._input_grid_uncertainty(probabilities, activation, result)
         return self._finish(result, options, progress, started, entropy)
@@ -268,8 +270,9 @@ class Segmenter:
             from tumorseg_core.inference.monai_pipeline import segment_bundle_package
 
             inputs = read_images(_as_list(images))
-            _, probabilities = segment_bundle_package(self.package, inputs, return_probabilities=True,
-                                                      networks=self._cpu_networks())
+            networks, device = self._monai_models()
+            _, probabilities = segment_bundle_package(self.package, inputs, device=device, return_probabilities=True,
+                                                      networks=networks)
             return probabilities, inputs[0]
         if self.manifest.nnunet is None:
             raise InputError(f"model '{self.manifest.name}' is not an imported nnU-Net or MONAI model; "
@@ -315,9 +318,19 @@ class Segmenter:
             return self._nnunet_networks(backend), None
         return self._device_networks(device), device
 
+    def _monai_models(self) -> Tuple[list, Any]:
+        """An imported MONAI bundle's networks, kept warm, and where they run (``--device``;
+        ``auto``: CUDA, then MPS, else the CPU)."""
+        from tumorseg_core.inference.devices import resolve_device
+
+        device = resolve_device(self.device)
+        if device.type == "cpu":
+            return self._cpu_networks(), "cpu"
+        return self._device_networks(device), device
+
     def _device_networks(self, device: Any) -> list:
-        """An imported nnU-Net model's folds on a GPU (``device``), loaded once: nnU-Net's own
-        networks in torch (exported backends are CPU-only, so ``--backend`` is not used)."""
+        """An imported model's networks on a GPU (``device``), loaded once, in torch
+        (exported backends are CPU-only, so ``--backend`` is not used)."""
         if self.options.backend not in ("auto", "torch"):
             logger.warning("backend %s runs on the CPU only; model '%s' runs with torch on %s",
                            self.options.backend, self.manifest.name, device)
@@ -366,12 +379,10 @@ class Segmenter:
         return self._nnunet_runners[1]
 
     def _cpu_networks(self) -> list:
-        """An imported model's folds as modules on the CPU, loaded once (nnU-Net and MONAI pipelines)."""
-        if self.device not in ("auto", "cpu") or (self.manifest.monai is not None
-                                                   and self.options.backend not in ("auto", "torch")):
-            logger.warning("model '%s' is an imported model whose pipeline runs on the CPU with torch in this "
-                           "version; device %s and backend %s are not used", self.manifest.name, self.device,
-                           self.options.backend)
+        """An imported model's folds as modules on the CPU, loaded once (MONAI bundles, 2D nnU-Net models)."""
+        if self.manifest.monai is not None and self.options.backend not in ("auto", "torch"):
+            logger.warning("model '%s' is an imported MONAI bundle, whose pipeline runs with torch in this "
+                           "version; backend %s is not used", self.manifest.name, self.options.backend)
         if self._cpu_nets is None:
             from tumorseg_core.inference.devices import import_torch
 
