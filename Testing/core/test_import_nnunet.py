@@ -363,6 +363,38 @@ def test_windows_on_a_named_device_give_the_same_logits(nnunet, tmp_path):
     np.testing.assert_array_equal(plain, on_device)
 
 
+def test_cancel_and_progress_between_mirror_passes(nnunet, tmp_path):
+    """A cancel is noticed after the forward pass that is running, not after the window's eight
+    mirrored passes (a 128³ window of nnU-Net's default plan is ~11 s per pass on 2 cores);
+    progress moves per pass and ends at 1."""
+    from tumorseg_core.errors import CancelledError
+    from tumorseg_core.inference import nnunet_windows
+    from tumorseg_core.modelpkg.convert import import_model
+    from tumorseg_core.modelpkg.package import open_package
+
+    _, models = nnunet
+    package = open_package(import_model(models["softmax"], tmp_path / "pkg", folds=[0]))
+    section = package.manifest.nnunet
+    network = package.load_networks()[0]
+    calls = []
+
+    def counted(x):
+        calls.append(tuple(x.shape))
+        return network(x)
+
+    counted.eval = lambda: counted
+    data = np.zeros((1, *section["patch_size"]), dtype=np.float32)
+    args = ([counted], data, section["patch_size"], 3, section["mirror_axes"])
+    with pytest.raises(CancelledError):
+        nnunet_windows.ensemble_logits(*args, cancel=lambda: len(calls) >= 2)
+    assert len(calls) == 2  # of 8
+    calls.clear()
+    seen = []
+    nnunet_windows.ensemble_logits(*args, progress=lambda f, text: seen.append((f, text)))
+    assert len(calls) == len(seen) == 8
+    assert [f for f, _ in seen] == sorted(f for f, _ in seen) and seen[-1] == (1.0, "window 1/1")
+
+
 def test_bad_plans_are_refused(nnunet, tmp_path):
     from tumorseg_core.modelpkg.convert import import_model
 

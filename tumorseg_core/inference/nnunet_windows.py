@@ -96,28 +96,39 @@ def window_slicers(image_size: Sequence[int], patch: Sequence[int], step: float)
     return slicers
 
 
-def mirrored_logits(network: Any, x: Any, mirror_axes: Optional[Sequence[int]]) -> Any:
-    """The network's logits averaged over every mirror combination (``_internal_maybe_mirror_and_predict``)."""
+def mirrored_logits(network: Any, x: Any, mirror_axes: Optional[Sequence[int]],
+                    after_pass: Optional[Callable[[float], None]] = None) -> Any:
+    """The network's logits averaged over every mirror combination (``_internal_maybe_mirror_and_predict``).
+
+    ``after_pass(fraction)``: called after each forward pass with its share of the window
+    (1 / number of passes); it may raise CancelledError, so a cancel waits for one pass, not
+    for all of them (8 with mirroring on every axis).
+    """
     import torch
 
+    axes = [m + 2 for m in mirror_axes] if mirror_axes else []
+    combos = [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
+    share = 1.0 / (len(combos) + 1)
     prediction = network(x)
     if isinstance(prediction, (list, tuple)):
         prediction = prediction[0]
-    if mirror_axes:
-        axes = [m + 2 for m in mirror_axes]
-        combos = [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
+    if after_pass is not None:
+        after_pass(share)
+    if combos:
         for combo in combos:
             out = network(torch.flip(x, combo))
             if isinstance(out, (list, tuple)):
                 out = out[0]
             prediction += torch.flip(out, combo)
+            if after_pass is not None:
+                after_pass(share)
         prediction /= len(combos) + 1
     return prediction
 
 
 def sliding_window_logits(network: Any, data: Any, patch: Sequence[int], num_heads: int,
                           mirror_axes: Optional[Sequence[int]], step: float = 0.5,
-                          progress: Optional[Callable[[int], None]] = None,
+                          progress: Optional[Callable[[float], None]] = None,
                           cancel: Optional[CancelFn] = None, device: Any = None) -> Any:
     """One network over (C, z, y, x) float32 ``data`` (tensor): float16 logits (K, z, y, x)
     (``predict_sliding_window_return_logits``).
@@ -130,6 +141,12 @@ def sliding_window_logits(network: Any, data: Any, patch: Sequence[int], num_hea
     import contextlib
 
     import torch
+
+    def after_pass(share: float) -> None:
+        if progress is not None:
+            progress(share)
+        if cancel is not None and cancel():
+            raise CancelledError()
 
     on_cuda = device is not None and torch.device(device).type == "cuda"
     precision = torch.autocast("cuda", enabled=True) if on_cuda else contextlib.nullcontext()
@@ -145,12 +162,10 @@ def sliding_window_logits(network: Any, data: Any, patch: Sequence[int], num_hea
             window = torch.clone(padded[sl][None], memory_format=torch.contiguous_format)
             if device is not None:
                 window = window.to(device)
-            prediction = mirrored_logits(network, window, mirror_axes)[0].to("cpu")
+            prediction = mirrored_logits(network, window, mirror_axes, after_pass)[0].to("cpu")
             prediction *= weights
             logits[sl] += prediction
             weights_sum[sl[1:]] += weights
-            if progress is not None:
-                progress(1)
         torch.div(logits, weights_sum, out=logits)
         if torch.any(torch.isinf(logits)):
             raise FloatingPointError("the nnU-Net logits overflowed float16; the model's outputs are too large")
@@ -170,12 +185,12 @@ def ensemble_logits(networks: Sequence[Any], data: np.ndarray, patch: Sequence[i
     full = list(tensor.shape[1:len(tensor.shape) - len(patch)]) + padded_shape
     per_network = len(window_slicers(full, patch, step))
     total = max(1, per_network * len(networks))
-    done = [0]
+    done = [0.0]
 
-    def tick(n: int) -> None:
-        done[0] += n
+    def tick(share: float) -> None:
+        done[0] += share
         if progress is not None:
-            progress(done[0] / total, f"window {done[0]}/{total}")
+            progress(min(done[0] / total, 1.0), f"window {min(int(done[0]) + 1, total)}/{total}")
 
     prediction = None
     for network in networks:
