@@ -225,6 +225,38 @@ def test_undo_restores_exactly_and_other_segments_are_untouched(case, scene):
     assert seg.GetSegmentation().GetNumberOfSegments() == 2
 
 
+def test_roi_limits_clicks_box_and_undo(case, scene):
+    """With an ROI selected (the one that limits Auto), Click / Box / Scribble change the segment
+    only inside it: what the segment held outside stays, clicks outside it are refused."""
+    source, effect, seg, sid, truth, bright = case
+    reference = effect.backend.referenceGeometry()
+    mine = np.zeros(regions.segment_mask(seg, sid, reference).shape, dtype=bool)
+    mine[1:3, 1:5, 1:5] = True  # outside the ROI below: must survive
+    effect.backend.logic.ModifySegmentByLabelmap(seg, sid, regions.mask_to_oriented(mine, reference),
+                                                 slicer.vtkSlicerSegmentEditorLogic.ModificationModeSet, True, True)
+    before = exported(scene, seg, sid, source)
+    roi = roi_node(scene, ras((0.6 * RADIUS_MM, 0.0, 0.0)), (1.2 * RADIUS_MM, 2.4 * RADIUS_MM, 2.4 * RADIUS_MM))
+    effect.roiNode = roi  # the bright (L) half of the lesion: LPS x in [0, 12] mm
+    inside = np.abs(ras_grid_points(source)[..., 0] + 0.6 * RADIUS_MM) <= 0.6 * RADIUS_MM + 1e-6
+    inside &= np.all(np.abs(ras_grid_points(source)[..., 1:]) <= 1.2 * RADIUS_MM + 1e-6, axis=-1)
+    assert not (before & inside).any()
+
+    logic = effect.interactive
+    with pytest.raises(InputError, match="outside the ROI"):
+        logic.click(ras((-RADIUS_MM / 2, 0.0, 0.0)))  # the dim half, outside the ROI
+    assert np.array_equal(exported(scene, seg, sid, source), before)
+    logic.click(ras((RADIUS_MM / 2, 0.0, 0.0)))
+    logic.box(ras((-1.2 * RADIUS_MM,) * 3), ras((1.2 * RADIUS_MM,) * 3))  # a box over the whole lesion
+    after = exported(scene, seg, sid, source)
+    assert (after & inside & truth).sum() > 0.5 * (inside & truth).sum()
+    assert np.array_equal(after & ~inside, before & ~inside)  # nothing outside the ROI changed
+    assert (logic._state.session.result is not None
+            and (sitk.GetArrayFromImage(logic._state.session.result) > 0).sum() > after.sum())  # it was cut
+    logic.undo()
+    undone = exported(scene, seg, sid, source)
+    assert np.array_equal(undone & ~inside, before & ~inside) and (undone & inside).any()
+
+
 def test_new_segment_or_outside_edit_starts_a_new_session(case, scene):
     source, effect, seg, sid, truth, _ = case
     logic = effect.interactive

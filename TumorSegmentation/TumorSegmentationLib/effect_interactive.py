@@ -13,6 +13,8 @@ Every interaction refines the last result (no restart) and the result is written
 the *selected segment only*, through the :class:`effect_logic.EditorBackend` (the editor's
 masking rules apply, ``saveStateForUndo`` comes first, so Slicer's Undo works). The
 segment keeps what it held before the session started: it becomes ``base | result``.
+With an ROI selected (the effect's ROI selector, as for Auto), the result is cut to it and
+clicks outside it are refused, so nothing outside the ROI changes.
 :meth:`InteractiveEffectLogic.undo` steps the session back one interaction and rewrites
 the segment. The editor's own Undo is followed: when the segment is back to what an
 earlier interaction left, the session steps back to it. A new source volume, segmentation
@@ -273,6 +275,9 @@ class InteractiveEffectLogic:
         point = regions.world_ras_to_frame_lps(_point(ras_point), seg)
         if not regions.point_in_image(state.image, point):
             raise InputError(f"the {what} is outside the source volume; click inside the image")
+        roi = self.owner.roiNode
+        if roi is not None and not regions.point_in_roi(_point(ras_point), roi):
+            raise InputError(f"the {what} is outside the ROI; click inside the ROI or clear the ROI selector")
         return point
 
     def _apply_box(self, state: _State, corners_lps: List[tuple]) -> EffectResult:
@@ -317,12 +322,15 @@ class InteractiveEffectLogic:
         return self._done(EffectResult(self._summary(state, voxels, reference), True, voxels, False,
                                        time.perf_counter() - started))
 
-    @staticmethod
-    def _lesion(result: Optional[sitk.Image], reference: Any) -> np.ndarray:
-        """A session result (None: nothing) as a bool (z, y, x) mask on the reference grid."""
+    def _lesion(self, result: Optional[sitk.Image], reference: Any) -> np.ndarray:
+        """A session result (None: nothing) as a bool (z, y, x) mask on the reference grid,
+        inside the ROI when one is selected (the ROI limits every mode: nothing outside it changes)."""
         if result is None:
             return np.zeros(regions.extent_shape(reference.GetExtent()), dtype=bool)
-        return regions.sitk_to_reference_mask(result, reference)
+        lesion = regions.sitk_to_reference_mask(result, reference)
+        if self.owner.roiNode is not None:
+            lesion &= regions.roi_mask(reference, self.owner.roiNode, self.owner.editorNode.GetSegmentationNode())
+        return lesion
 
     def _write(self, mask: np.ndarray, mode: str) -> np.ndarray:
         """Write ``mask`` (reference grid) into the selected segment as one undoable edit.

@@ -83,6 +83,13 @@ def _roi_object_from(roi: Any, node_with_frame: Any) -> np.ndarray:
     return np.linalg.inv(object_to_world) @ _transform_matrix(node_with_frame, None)
 
 
+def point_in_roi(point_ras: Sequence[float], roi: Any) -> bool:
+    """True if the world RAS point lies inside the ROI box (edges included)."""
+    box = np.linalg.inv(gb.matrix_to_numpy(roi.GetObjectToWorldMatrix())) @ np.array([*map(float, point_ras), 1.0])
+    half = np.asarray(roi.GetSize(), dtype=float) / 2.0 + 1e-6
+    return bool(np.all(np.abs(box[:3]) <= half))
+
+
 def roi_corners_in(roi: Any, node_with_frame: Any) -> np.ndarray:
     """The ROI's 8 corners as RAS points (8, 3) in ``node_with_frame``'s frame."""
     half = np.asarray(roi.GetSize(), dtype=float) / 2.0
