@@ -114,14 +114,14 @@ def mirrored_logits(network: Any, x: Any, mirror_axes: Optional[Sequence[int]],
         prediction = prediction[0]
     if after_pass is not None:
         after_pass(share)
+    for combo in combos:
+        out = network(torch.flip(x, combo))
+        if isinstance(out, (list, tuple)):
+            out = out[0]
+        prediction += torch.flip(out, combo)
+        if after_pass is not None:
+            after_pass(share)
     if combos:
-        for combo in combos:
-            out = network(torch.flip(x, combo))
-            if isinstance(out, (list, tuple)):
-                out = out[0]
-            prediction += torch.flip(out, combo)
-            if after_pass is not None:
-                after_pass(share)
         prediction /= len(combos) + 1
     return prediction
 

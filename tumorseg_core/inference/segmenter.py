@@ -206,7 +206,7 @@ class Segmenter:
         _report(progress, _PREPARE, "running the bundle's pipeline")
         if not uncertainty:
             networks, device = self._monai_models()
-            result = segment_bundle_package(self.package, _as_list(images), device=device, networks=networks)
+            result = segment_bundle_package(self.package, _as_list(images), device=device or "cpu", networks=networks)
             _check_cancel(cancel)
             return self._finish(result, options, progress, started)
         from tumorseg_core.modelpkg.monai_section import check_monai_section
@@ -219,7 +219,7 @@ class Segmenter:
             raise InputError(f"uncertainty is not available for model '{self.manifest.name}': its MONAI bundle "
                              "has no softmax or sigmoid activation; run it without uncertainty")
         networks, device = self._monai_models()
-        result, probabilities = segment_bundle_package(self.package, _as_list(images), device=device,
+        result, probabilities = segment_bundle_package(self.package, _as_list(images), device=device or "cpu",
                                                        return_probabilities=True, networks=networks)
         _check_cancel(cancel)
         entropy = self._input_grid_uncertainty(probabilities, activation, result)
@@ -271,8 +271,8 @@ class Segmenter:
 
             inputs = read_images(_as_list(images))
             networks, device = self._monai_models()
-            _, probabilities = segment_bundle_package(self.package, inputs, device=device, return_probabilities=True,
-                                                      networks=networks)
+            _, probabilities = segment_bundle_package(self.package, inputs, device=device or "cpu",
+                                                      return_probabilities=True, networks=networks)
             return probabilities, inputs[0]
         if self.manifest.nnunet is None:
             raise InputError(f"model '{self.manifest.name}' is not an imported nnU-Net or MONAI model; "
@@ -307,25 +307,21 @@ class Segmenter:
         return labels, probabilities, inputs[0]
 
     def _nnunet_models(self, backend: str) -> Tuple[list, Any]:
-        """An imported nnU-Net model's folds, kept warm, and the GPU they are on (None: the CPU).
-
-        ``--device`` as given (``auto``: CUDA, then MPS, else the CPU).
-        """
-        from tumorseg_core.inference.devices import resolve_device
-
-        device = resolve_device(self.device)
-        if device.type == "cpu":
-            return self._nnunet_networks(backend), None
-        return self._device_networks(device), device
+        """An imported nnU-Net model's folds, kept warm, and the GPU they are on (None: the CPU)."""
+        return self._imported_models(lambda: self._nnunet_networks(backend))
 
     def _monai_models(self) -> Tuple[list, Any]:
-        """An imported MONAI bundle's networks, kept warm, and where they run (``--device``;
-        ``auto``: CUDA, then MPS, else the CPU)."""
+        """An imported MONAI bundle's networks, kept warm, and the GPU they are on (None: the CPU)."""
+        return self._imported_models(self._cpu_networks)
+
+    def _imported_models(self, on_cpu: Callable[[], list]) -> Tuple[list, Any]:
+        """An imported model's networks where ``--device`` says (``auto``: CUDA, then MPS, else
+        the CPU, where ``on_cpu`` gives them), and that GPU (None: the CPU)."""
         from tumorseg_core.inference.devices import resolve_device
 
         device = resolve_device(self.device)
         if device.type == "cpu":
-            return self._cpu_networks(), "cpu"
+            return on_cpu(), None
         return self._device_networks(device), device
 
     def _device_networks(self, device: Any) -> list:

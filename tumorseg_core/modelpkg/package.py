@@ -276,18 +276,10 @@ def alias_groups(net: "torch.nn.Module") -> List[List[str]]:
     return [names for names in groups.values() if len(names) > 1]
 
 
-def drop_aliases(net: "torch.nn.Module", state: Dict[str, "torch.Tensor"], what: str) -> Dict[str, "torch.Tensor"]:
-    """``state`` without the second and later names of each alias group (they must hold equal values)."""
-    import torch
-
-    dropped = set()
-    for names in alias_groups(net):
-        first = state[names[0]]
-        for name in names[1:]:
-            if not torch.equal(state[name], first):
-                raise ModelPackageError(f"{what}: {name} and {names[0]} are one tensor of the network "
-                                        "but hold different values; export the weights again")
-            dropped.add(name)
+def drop_aliases(net: "torch.nn.Module", state: Dict[str, "torch.Tensor"]) -> Dict[str, "torch.Tensor"]:
+    """``state`` without the second and later names of each alias group (``state`` as
+    :func:`with_aliases` gives it: every name, aliases already checked equal)."""
+    dropped = {name for names in alias_groups(net) for name in names[1:]}
     return {k: v for k, v in state.items() if k not in dropped}
 
 
@@ -554,7 +546,7 @@ def write_package(
         net = build_network(manifest["architecture"], manifest["kwargs"])
         full = with_aliases(net, state, f"state dict {i}")
         load_state_dict_strict(net, full, f"state dict {i}")
-        cleaned[i] = drop_aliases(net, full, f"state dict {i}")
+        cleaned[i] = drop_aliases(net, full)
     if spec is not None:
         coarse = _clean_state_dict(cascade_state_dict, len(cleaned))
         load_state_dict_strict(build_network(spec.architecture, spec.kwargs), coarse, spec.weights)
