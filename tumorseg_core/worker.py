@@ -256,9 +256,10 @@ class Worker:
         axis_name = next(name for name, number in AXES.items() if number == axis_index(axis))
         key, segmenter, warm = self._segmenter(model, options.device)
         slicer = self._slicers.get(key)
-        if slicer is None or slicer.backend != options.backend:
+        if slicer is None or (slicer.backend, slicer.precision) != (options.backend, options.precision):
             # Checks the architecture first: a 3D model is refused here, with a one-line message.
-            slicer = SliceSegmenter(segmenter.package, backend=options.backend, device=segmenter.device)
+            slicer = SliceSegmenter(segmenter.package, backend=options.backend, device=segmenter.device,
+                                    precision=options.precision)
             self._slicers[key] = slicer
         misses = slicer.cache_misses
         try:

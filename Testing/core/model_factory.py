@@ -41,3 +41,14 @@ def make_tiny_package(folder: Path, modalities: Sequence[str] = ("MRI",), seed: 
     network = build_network(manifest["architecture"], manifest["kwargs"])
     state = {k: v.detach().clone().contiguous() for k, v in network.state_dict().items()}
     return write_package(folder, manifest, [state])
+
+
+def make_tiny_25d_package(folder: Path, spacing=(2.0, 2.0, 2.0), postprocessing=None, seed: int = 3) -> Path:
+    """Write a package with a random tiny ``unet25d`` (context 1, 32 x 32 tiles) and return its folder."""
+    manifest = tiny_manifest(spacing=spacing, patch=(32, 32, 4), postprocessing=postprocessing)
+    manifest.update(architecture="unet25d", description="random tiny unet25d for tests")
+    manifest["kwargs"] = {"in_channels": 1, "out_channels": 2, "context": 1, "features": [4, 4, 8, 8, 8, 4]}
+    torch.manual_seed(seed)
+    network = build_network("unet25d", manifest["kwargs"])
+    state = {k: v.detach().clone().contiguous() for k, v in network.state_dict().items()}
+    return write_package(folder, manifest, [state])

@@ -6,36 +6,23 @@ anisotropic, so each slice's pixels differ from the model grid's.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from model_factory import make_tiny_package, tiny_manifest
+from model_factory import make_tiny_25d_package, make_tiny_package
 
 from tumorseg_core.errors import InputError
 from tumorseg_core.inference.segmenter import Segmenter
 from tumorseg_core.inference.slice_mode import SliceSegmenter
-from tumorseg_core.modelpkg.package import open_package, write_package
-from tumorseg_core.models.registry import build_network
+from tumorseg_core.modelpkg.package import open_package
 
 AXES = ("axial", "coronal", "sagittal")
 
 
-def _package(folder: Path, spacing=(2.0, 2.0, 2.0), postprocessing=None) -> Path:
-    manifest = tiny_manifest(spacing=spacing, patch=(32, 32, 4), postprocessing=postprocessing)
-    manifest.update(architecture="unet25d", description="random tiny unet25d for tests")
-    manifest["kwargs"] = {"in_channels": 1, "out_channels": 2, "context": 1, "features": [4, 4, 8, 8, 8, 4]}
-    torch.manual_seed(3)
-    network = build_network("unet25d", manifest["kwargs"])
-    state = {k: v.detach().clone().contiguous() for k, v in network.state_dict().items()}
-    return write_package(folder, manifest, [state])
-
-
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
-    return open_package(_package(tmp_path_factory.mktemp("pkg25d") / "tiny25d"))
+    return open_package(make_tiny_25d_package(tmp_path_factory.mktemp("pkg25d") / "tiny25d"))
 
 
 def _oblique_image(seed: int = 0) -> sitk.Image:
@@ -137,7 +124,7 @@ def test_a_3d_model_is_refused(tmp_path):
 
 def test_triplanar_labels_on_the_exact_input_grid(tmp_path):
     rules = [{"label": 1, "min_volume_mm3": 20.0, "fill_holes": True}]
-    package = open_package(_package(tmp_path / "pp", postprocessing=rules))
+    package = open_package(make_tiny_25d_package(tmp_path / "pp", postprocessing=rules))
     image = _oblique_image()
     segmenter = Segmenter(package, device="cpu", backend="torch")
     fused = segmenter.segment_by_slices(image, AXES)

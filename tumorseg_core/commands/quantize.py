@@ -15,6 +15,10 @@ written. The new package holds every file of the old one plus one ``.int8.onnx``
 network, listed and hashed in its manifest (section ``int8``). On the CPU,
 ``tumorseg segment``, the API, the worker and Slicer then run the INT8 networks by
 themselves (``--precision fp32`` keeps float32); a GPU keeps float32.
+
+A 2.5D model (e.g. ``tumorseg quantize realtime -o realtime-int8``) is quantized for slice
+mode: calibrated on the tiles its slice mode runs, checked on whole phantoms segmented by
+axial slices; the Live preview and ``segment_slice`` then run it in INT8 on the CPU.
 """
 
 from __future__ import annotations

@@ -48,6 +48,23 @@ def softmax(logits: np.ndarray, axis: int = 1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
+def tile_corners(plane: np.ndarray, tile_hw: Sequence[int], overlap: float) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """``(plane zero-padded to at least one tile (C, H', W'), the tiles' top-left corners)``."""
+    h, w = plane.shape[1:]
+    th, tw = (int(v) for v in tile_hw)
+    ph, pw = max(th - h, 0), max(tw - w, 0)
+    padded = np.pad(plane, ((0, 0), (0, ph), (0, pw))) if ph or pw else plane
+    hh, ww = padded.shape[1:]
+    return padded, [(y, x) for y in tile_starts(hh, th, overlap) for x in tile_starts(ww, tw, overlap)]
+
+
+def plane_tiles(plane: np.ndarray, tile_hw: Sequence[int], overlap: float) -> np.ndarray:
+    """Every tile of ``plane`` (C, H, W) as :func:`tiled_probabilities` runs them: (n, C, th, tw) float32."""
+    th, tw = (int(v) for v in tile_hw)
+    padded, corners = tile_corners(plane, tile_hw, overlap)
+    return np.stack([padded[:, y:y + th, x:x + tw] for y, x in corners]).astype(np.float32, copy=False)
+
+
 def tiled_probabilities(
     plane: np.ndarray,
     tile_hw: Sequence[int],
@@ -61,13 +78,11 @@ def tiled_probabilities(
     ``(n, K, th, tw)``; ``batch`` tiles go in one call. A plane smaller than a tile along an
     axis is zero-padded to the tile there (as training pads its patches) and cut back.
     """
-    c, h, w = plane.shape
+    h, w = plane.shape[1:]
     th, tw = (int(v) for v in tile_hw)
-    ph, pw = max(th - h, 0), max(tw - w, 0)
-    padded = np.pad(plane, ((0, 0), (0, ph), (0, pw))) if ph or pw else plane
+    padded, corners = tile_corners(plane, tile_hw, overlap)
     hh, ww = padded.shape[1:]
     weights = gaussian_weights((th, tw))
-    corners = [(y, x) for y in tile_starts(hh, th, overlap) for x in tile_starts(ww, tw, overlap)]
     total = None
     norm = np.zeros((hh, ww), dtype=np.float32)
     for first in range(0, len(corners), max(int(batch), 1)):

@@ -388,10 +388,12 @@ class Segmenter:
     def slice_segmenter(self) -> Any:
         """The warm :class:`~tumorseg_core.inference.slice_mode.SliceSegmenter` of a 2.5D model
         (built on first use; its normalized-image cache lives as long as this Segmenter)."""
-        if self._slices is None or self._slices.backend != self.options.backend:
+        if self._slices is None or (self._slices.backend, self._slices.precision) \
+                != (self.options.backend, self.options.precision):
             from tumorseg_core.inference.slice_mode import SliceSegmenter
 
-            self._slices = SliceSegmenter(self.package, backend=self.options.backend, device=self.device)
+            self._slices = SliceSegmenter(self.package, backend=self.options.backend, device=self.device,
+                                          precision=self.options.precision)
         return self._slices
 
     def segment_slice(self, image: Any, index: int, axis: Union[str, int] = "axial") -> np.ndarray:

@@ -24,7 +24,12 @@ the probabilities (tri-planar), then applies the manifest's postprocessing on th
 
 Backends: the fastest CPU backend (``auto``: OpenVINO, ONNX Runtime, torch) runs the plain 2D
 network (:class:`~tumorseg_core.models.unet25d.CentreSliceNet`) on tiles of one shape, exported
-once and cached like every export (keyed by the package's sha256).
+once and cached like every export (keyed by the package's sha256). A package quantized by
+``tumorseg quantize`` (manifest section ``int8``) holds that same network as INT8 graphs
+taking ``(1, C*(2k+1), 1, th, tw)`` tiles; ``precision`` chooses them exactly as the 3D
+Predictor does (:func:`~tumorseg_core.inference.backends.int8.int8_wanted`: ``auto`` on the
+CPU with an exported backend, ``int8`` insists, ``fp32`` never), each graph hashed again as
+it is read.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from __future__ import annotations
 import logging
 import os
 import zlib
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -40,7 +45,7 @@ import SimpleITK as sitk
 from tumorseg_core.errors import InputError
 from tumorseg_core.imaging import geometry, postprocess, preprocess
 from tumorseg_core.imaging.io import read_images
-from tumorseg_core.inference.plane_tiles import softmax, tiled_probabilities
+from tumorseg_core.inference.plane_tiles import plane_tiles, softmax, tiled_probabilities
 
 logger = logging.getLogger(__name__)
 
@@ -119,9 +124,13 @@ class SliceSegmenter:
             architecture is ``unet25d``.
         backend: ``auto`` (fastest installed CPU backend), ``openvino``, ``onnxruntime``, ``torch``.
         device: where torch runs (the exported backends need the CPU).
+        precision: ``auto``, ``fp32`` or ``int8`` (the package's INT8 graphs; see the module docstring).
+        int8_graphs: per fold, a callable returning an INT8 graph's bytes to run instead of the
+            package's (``tumorseg quantize`` checks graphs it has not written yet); implies INT8.
     """
 
-    def __init__(self, package: Any, backend: str = "auto", device: str = "cpu") -> None:
+    def __init__(self, package: Any, backend: str = "auto", device: str = "cpu", precision: str = "auto",
+                 int8_graphs: Optional[Sequence[Callable[[], bytes]]] = None) -> None:
         manifest = package.manifest
         if manifest.architecture != ARCHITECTURE:
             raise InputError(f"model '{manifest.name}' is a {manifest.architecture} model; slice mode needs a "
@@ -132,6 +141,8 @@ class SliceSegmenter:
         self.manifest = manifest
         self.backend = backend
         self.device = device
+        self.precision = precision
+        self._int8_graphs = list(int8_graphs) if int8_graphs else None
         kwargs = manifest.kwargs
         self.context = int(kwargs.get("context", 2))
         self.channels = int(manifest.num_inputs)
@@ -139,7 +150,7 @@ class SliceSegmenter:
         self.tile: Tuple[int, int] = (int(manifest.patch_size_zyx[1]), int(manifest.patch_size_zyx[2]))
         overlap = manifest.inference.get("overlap")
         self.overlap = float(DEFAULT_OVERLAP if overlap is None else overlap)
-        self._runners: Optional[Tuple[str, List[Any]]] = None
+        self._runners: Optional[Tuple[str, List[Any], str]] = None
         self._cache: Optional[Tuple[tuple, np.ndarray, sitk.Image]] = None
         self._plans: Dict[int, _Plan] = {}
         self.cache_misses = 0  # how often an image was read and normalized (tests, benchmarks)
@@ -211,14 +222,33 @@ class SliceSegmenter:
         """The backend that runs the network (None before the first slice)."""
         return self._runners[0] if self._runners else None
 
+    @property
+    def precision_used(self) -> Optional[str]:
+        """``int8`` or ``fp32``: which network runs (None before the first slice)."""
+        return self._runners[2] if self._runners else None
+
     # --- the network ----------------------------------------------------------------------
 
-    def _runners_for_tiles(self) -> Tuple[str, List[Any]]:
-        """``(backend used, one runner per fold)`` for tiles of :attr:`tile` (exported once)."""
+    def _runners_for_tiles(self) -> Tuple[str, List[Any], str]:
+        """``(backend used, one runner per fold, precision used)`` for tiles of :attr:`tile` (exported once)."""
         if self._runners is None:
             from tumorseg_core.inference.backends import LazyNetworks, prepare_backend
+            from tumorseg_core.inference.backends.int8 import int8_runners, int8_wanted
 
             package = self.package
+            device = "cpu" if str(self.device) == "auto" else self.device
+            in_channels = self.channels * (2 * self.context + 1)
+            graphs = self._int8_graphs
+            spec = self.manifest.int8
+            if graphs is None and int8_wanted(self.precision, spec is not None, device, self.backend):
+                graphs = [lambda n=n: package.read_verified(n) for n in spec.networks]
+            if graphs:
+                if len(graphs) != len(package.weight_files):
+                    raise InputError(f"{len(graphs)} INT8 graph(s) for {len(package.weight_files)} fold(s); "
+                                     "quantize the package again")
+                used, runners = int8_runners(graphs, self.backend, device, (1, *self.tile), in_channels)
+                self._runners = (used, runners, "int8")
+                return self._runners
 
             def load() -> list:
                 from tumorseg_core.inference.devices import import_torch
@@ -229,17 +259,20 @@ class SliceSegmenter:
                 return [CentreSliceNet(net).eval() for net in package.load_networks(torch.device(target))]
 
             networks = LazyNetworks(load, len(package.weight_files))
-            device = "cpu" if str(self.device) == "auto" else self.device
-            identities = [f"{self.package.sha256}:{f.name}:centre-slice" for f in self.package.weight_files]
-            self._runners = prepare_backend(
-                networks, self.backend, device, (1, *self.tile), self.channels * (2 * self.context + 1), identities)
+            used, runners = prepare_backend(networks, self.backend, device, (1, *self.tile), in_channels,
+                                            self.export_identities())
+            self._runners = (used, runners, "fp32")
         return self._runners
+
+    def export_identities(self) -> List[str]:
+        """The export-cache identity of each fold's float32 centre-slice network (one per weight file)."""
+        return [f"{self.package.sha256}:{f.name}:centre-slice" for f in self.package.weight_files]
 
     def _run(self, tiles: np.ndarray) -> np.ndarray:
         """``tiles`` (n, C*(2k+1), th, tw) -> softmax probabilities (n, K, th, tw), mean over folds.
 
         The tiles go as one batch of z = 1 windows (every backend takes a batch of windows)."""
-        used, runners = self._runners_for_tiles()
+        used, runners, _ = self._runners_for_tiles()
         batch = np.ascontiguousarray(tiles[:, :, None], dtype=np.float32)
         total = None
         for runner in runners:
@@ -257,8 +290,8 @@ class SliceSegmenter:
 
     # --- slices ---------------------------------------------------------------------------
 
-    def _slice_probabilities(self, volume: np.ndarray, plan: _Plan, index: int) -> np.ndarray:
-        """Probabilities (K, P, Q) on slice ``index``'s own pixels (P, Q: its in-plane sizes, numpy order)."""
+    def _slab(self, volume: np.ndarray, plan: _Plan, index: int) -> np.ndarray:
+        """The network's plane for slice ``index``: (C*(2k+1), H', W') float32 at the model's spacing."""
         moved = np.moveaxis(volume, 1 + plan.axis, 1)  # (C, n, P, Q), a view
         pos = np.clip(index + plan.offsets, 0.0, plan.n - 1.0)
         lo = np.floor(pos).astype(np.int64)
@@ -267,8 +300,11 @@ class SliceSegmenter:
         planes = moved[:, lo] * (1.0 - w) + moved[:, hi] * w  # (C, 2k+1, P, Q)
         rows, cols = plan.down
         slab = cols(rows(planes, 2), 3)  # (C, 2k+1, H', W')
-        slab = slab.reshape(-1, *slab.shape[2:])
-        probs = tiled_probabilities(np.ascontiguousarray(slab, dtype=np.float32), self.tile, self.overlap, self._run,
+        return np.ascontiguousarray(slab.reshape(-1, *slab.shape[2:]), dtype=np.float32)
+
+    def _slice_probabilities(self, volume: np.ndarray, plan: _Plan, index: int) -> np.ndarray:
+        """Probabilities (K, P, Q) on slice ``index``'s own pixels (P, Q: its in-plane sizes, numpy order)."""
+        probs = tiled_probabilities(self._slab(volume, plan, index), self.tile, self.overlap, self._run,
                                     batch=TILE_BATCH)
         up_rows, up_cols = plan.up
         return up_cols(up_rows(probs, 1), 2)
@@ -279,6 +315,13 @@ class SliceSegmenter:
         if not 0 <= int(index) < plan.n:
             raise InputError(f"slice index {index} is outside the image: {axis_name} slices are 0..{plan.n - 1}")
         return int(index)
+
+    def slice_tiles(self, image: Any, index: int, axis: Union[str, int] = "axial") -> np.ndarray:
+        """The tiles the network runs for one slice: (n, C*(2k+1), th, tw) float32 (calibration, tests)."""
+        a = axis_index(axis)
+        volume, reference = self.normalized(image)
+        plan = self._plan(a, reference)
+        return plane_tiles(self._slab(volume, plan, self._check_index(index, plan, axis)), self.tile, self.overlap)
 
     def slice_probabilities(self, image: Any, index: int, axis: Union[str, int] = "axial") -> np.ndarray:
         """Softmax probabilities (K, P, Q) float32 of one slice on its own pixels (P, Q in numpy order)."""

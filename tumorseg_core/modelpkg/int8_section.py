@@ -13,6 +13,11 @@ activations calibrated on preprocessed windows) and describes them here::
       "max_dice_drop": 0.02              # the budget the quantizer checked (1 - dice_to_fp32 <= it)
     }
 
+A 2.5D model's (``unet25d``) graphs are its slice-mode network: the centre-slice 2D network
+on one-plane tiles ``(1, C*(2k+1), 1, y, x)`` of the patch's x and y
+(:mod:`~tumorseg_core.inference.slice_mode`); ``window`` still equals ``patch_size``, so a
+reader that knows the section but not slice-mode INT8 accepts the package and runs float32.
+
 The graphs are files of the package, so ``files`` lists their sha256 and
 :func:`~tumorseg_core.modelpkg.package.open_package` verifies them like the weights; they
 are read as data (ONNX protobuf, never pickle) and hashed again when loaded. The section

@@ -1,5 +1,10 @@
 """``tumorseg quantize``: a model package plus its INT8 networks, checked against float32 first.
 
+For TumorSeg's 3D sliding-window packages the steps are below. A 2.5D model (``unet25d``)
+quantizes its slice-mode network instead: calibration on the tiles slice mode cuts, the
+check on label maps segmented by axial slices (:mod:`~tumorseg_core.training.quantize_slices`);
+the steps 3 to 5 are the same.
+
 1. Calibration cases: ``synthetic:N`` phantoms on the model's grid (its modality, about
    1.5 windows per side) or the first cases of a dataset ``tumorseg train`` reads
    (:func:`~tumorseg_core.training.datasets.load_dataset`), each preprocessed exactly as
@@ -118,7 +123,10 @@ def _phantom_modalities(modalities: Sequence[str], index: int) -> list[str]:
 
 
 def calibration_images(package: ModelPackage, calibration: str, seed: int = 0) -> list[list[Any]]:
-    """One list of input images (SimpleITK images or paths, model input order) per calibration case."""
+    """One list of input images (SimpleITK images or paths, model input order) per calibration case.
+
+    Phantoms are about 1.5 windows per side; a 2.5D model's (whose patch is a thin stack) are
+    1.5 tiles along every axis, so that slice mode has slices to walk through."""
     kind, value = parse_calibration(calibration)
     manifest = package.manifest
     if kind == "dataset":
@@ -130,7 +138,10 @@ def calibration_images(package: ModelPackage, calibration: str, seed: int = 0) -
         return [list(case.images) for case in cases]
     from tumorseg_core.synthetic import make_multimodal_phantom, make_phantom
 
-    size = [int(math.ceil(1.5 * p)) for p in manifest.patch_size_xyz]  # about 2 windows per side
+    patch = list(manifest.patch_size_xyz)
+    if manifest.architecture == "unet25d":
+        patch[2] = max(patch[0], patch[1])
+    size = [int(math.ceil(1.5 * p)) for p in patch]  # about 2 windows per side
     out = []
     for i in range(int(value)):
         mods = _phantom_modalities(manifest.input_modalities, i)
@@ -169,11 +180,38 @@ def pooled_agreement(labels: Sequence[np.ndarray], reference: Sequence[np.ndarra
                            np.concatenate([np.ravel(b) for b in reference]), values)
 
 
-def _int8_predictor(package: ModelPackage, graphs: Sequence[bytes]) -> Predictor:
-    settings = package.manifest.predictor_settings()
-    networks = LazyNetworks(lambda: package.load_networks("cpu"), len(package.weight_files))
-    return Predictor(networks, device="cpu", backend="auto", int8_graphs=[lambda d=d: d for d in graphs],
-                     **settings)
+class WindowCalibration:
+    """Calibration windows, float32 graphs and label maps of a 3D sliding-window package (model grid).
+
+    Args:
+        package: an opened package; ``cases``: one list of input images per calibration case;
+        max_windows: most windows in all.
+    """
+
+    def __init__(self, package: ModelPackage, cases: Sequence[Sequence[Any]], max_windows: int) -> None:
+        manifest = package.manifest
+        self.package = package
+        segmenter = Segmenter(package, "cpu")
+        self.volumes = [segmenter.prepare(images)[0] for images in cases]
+        overlap = float(manifest.inference.get("overlap", 0.5))
+        self.windows = calibration_windows(self.volumes, manifest.patch_size_zyx, overlap, max_windows)
+        self.graphs_fp32: list[Path] = []
+        for weights in package.weight_files:
+            spec = ExportSpec(lambda w=weights: _load_one(package, w), f"{package.sha256}:{weights.name}",
+                              tuple(manifest.patch_size_zyx), manifest.num_inputs)
+            self.graphs_fp32.append(ensure_onnx(spec) / "model.onnx")
+
+    def labels(self, graphs: Optional[Sequence[bytes]] = None) -> tuple[list[np.ndarray], str]:
+        """``(label map (z, y, x) uint8 per case on the model grid, backend used)``: float32 or INT8 ``graphs``."""
+        package = self.package
+        if graphs is None:
+            predictor = Predictor.from_package(package, device="cpu", backend="auto", precision="fp32")
+        else:
+            settings = package.manifest.predictor_settings()
+            networks = LazyNetworks(lambda: package.load_networks("cpu"), len(package.weight_files))
+            predictor = Predictor(networks, device="cpu", backend="auto",
+                                  int8_graphs=[lambda d=d: d for d in graphs], **settings)
+        return [predictor.predict(volume) for volume in self.volumes], predictor.backend
 
 
 def quantize_package(
@@ -195,27 +233,26 @@ def quantize_package(
     manifest = package.manifest
     if manifest.nnunet is not None or manifest.monai is not None or manifest.architecture == "onnx":
         raise InputError(f"model '{manifest.name}' is an imported nnU-Net, MONAI or ONNX model; "
-                         "tumorseg quantize handles TumorSeg's own sliding-window packages")
+                         "tumorseg quantize handles TumorSeg's own sliding-window and 2.5D packages")
     out = check_package_output(Path(out_dir), package, overwrite)  # before the work
     parse_calibration(calibration)
     say = progress or (lambda message: logger.info("%s", message))
 
     say(f"preparing calibration cases ({calibration})")
-    segmenter = Segmenter(package, "cpu")
-    volumes = [segmenter.prepare(images)[0] for images in calibration_images(package, calibration)]
-    overlap = float(manifest.inference.get("overlap", 0.5))
-    windows = calibration_windows(volumes, manifest.patch_size_zyx, overlap, int(max_windows))
-    say(f"{len(volumes)} calibration case(s), {len(windows)} window(s)")
+    cases = calibration_images(package, calibration)
+    if manifest.architecture == "unet25d":
+        from tumorseg_core.training.quantize_slices import SliceCalibration
 
-    graphs_fp32 = []
-    for weights in package.weight_files:
-        spec = ExportSpec(lambda w=weights: _load_one(package, w), f"{package.sha256}:{weights.name}",
-                          tuple(manifest.patch_size_zyx), manifest.num_inputs)
-        graphs_fp32.append(ensure_onnx(spec) / "model.onnx")
+        job: Any = SliceCalibration(package, cases, int(max_windows))
+        unit = "tile"
+    else:
+        job = WindowCalibration(package, cases, int(max_windows))
+        unit = "window"
+    windows, graphs_fp32 = job.windows, job.graphs_fp32
+    say(f"{len(cases)} calibration case(s), {len(windows)} {unit}(s)")
 
     say("float32 labels of the calibration cases")
-    fp32 = Predictor.from_package(package, device="cpu", backend="auto", precision="fp32")
-    reference = [fp32.predict(volume) for volume in volumes]
+    reference, _ = job.labels()
     values = [s.value for s in manifest.segments]
 
     float_nodes: tuple[str, ...] = ()
@@ -226,17 +263,16 @@ def quantize_package(
                 f"({', '.join(float_nodes)}) and trying again")
         say("quantizing" + (f" {len(graphs_fp32)} networks" if len(graphs_fp32) > 1 else ""))
         graphs = [quantize_graph(g, windows, [n for n in float_nodes if n in conv_nodes(g)]) for g in graphs_fp32]
-        int8 = _int8_predictor(package, graphs)
-        labels = [int8.predict(v) for v in volumes]
+        labels, backend = job.labels(graphs)
         case_dice = tuple(label_agreement(a, r, values) for a, r in zip(labels, reference))
         agreement = pooled_agreement(labels, reference, values)
         del labels
-        say(f"INT8 vs float32 label Dice on {len(volumes)} case(s): {agreement:.4f} (per case: mean "
-            f"{np.mean(case_dice):.4f}, min {min(case_dice):.4f}; {int8.backend})")
+        say(f"INT8 vs float32 label Dice on {len(cases)} case(s): {agreement:.4f} (per case: mean "
+            f"{np.mean(case_dice):.4f}, min {min(case_dice):.4f}; {backend})")
         if 1.0 - agreement <= float(max_dice_drop) + 1e-12:
             break
     else:
-        raise InputError(f"INT8 labels agree with float32 at Dice {agreement:.4f} on {len(volumes)} calibration "
+        raise InputError(f"INT8 labels agree with float32 at Dice {agreement:.4f} on {len(cases)} calibration "
                          f"case(s) (drop {1 - agreement:.4f} > --max-dice-drop {max_dice_drop}); nothing written; "
                          "calibrate on more or other cases, allow a larger drop, or keep the float32 model")
 
@@ -249,7 +285,7 @@ def quantize_package(
                           overwrite=overwrite)
     open_package(out)
     say(f"wrote {out}")
-    return QuantizeReport(out, agreement, case_dice, len(windows), float_nodes, int8.backend)
+    return QuantizeReport(out, agreement, case_dice, len(windows), float_nodes, backend)
 
 
 def _load_one(package: ModelPackage, weights: Path) -> Any:
