@@ -117,3 +117,37 @@ def test_other_networks_are_called_as_they_are(every_layer_in_slabs):
         assert torch.equal(slab_forward.slab_forward(network, x), network(x))
         assert torch.equal(slab_forward.slab_forward(other, x), other(x))
     assert every_layer_in_slabs["slab passes"] == 0
+
+
+def test_a_cancel_stops_the_forward_within_one_slab(every_layer_in_slabs):
+    """``polling(check)``: every layer and every slab calls check() first, so a cancel raised by it stops the
+    forward there (not after the window), through nnU-Net's window loop too; outside the block nothing is called."""
+    from tumorseg_core.errors import CancelledError
+    from tumorseg_core.inference.nnunet_windows import sliding_window_logits
+
+    torch.manual_seed(0)
+    network = _plain().eval()
+    x = torch.randn(1, 2, 12, 16, 24)
+    polls = []
+
+    def check():
+        polls.append(every_layer_in_slabs["slab passes"])
+        if len(polls) == 5:
+            raise CancelledError()
+
+    with torch.inference_mode():
+        with pytest.raises(CancelledError), slab_forward.polling(check):
+            slab_forward.slab_forward(network, x)
+        assert len(polls) == 5 and every_layer_in_slabs["slab passes"] == 1  # stopped in the first layer's slabs
+        full = slab_forward.slab_forward(network, x)  # outside: no check, the forward completes
+    assert len(polls) == 5 and full.shape == (1, 3, 12, 16, 24)
+
+    calls = {"n": 0}
+
+    def cancel():  # the window loop asks once before the window; the slabs ask from then on
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    with pytest.raises(CancelledError):
+        sliding_window_logits(slab_forward.SlabUNet(network), x[0], (12, 16, 24), 3, None, cancel=cancel)
+    assert calls["n"] == 4

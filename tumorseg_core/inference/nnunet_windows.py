@@ -29,6 +29,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from tumorseg_core.errors import CancelledError
+from tumorseg_core.inference import slab_forward
 
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
@@ -142,23 +143,26 @@ def sliding_window_logits(network: Any, data: Any, patch: Sequence[int], num_hea
 
     import torch
 
-    def after_pass(share: float) -> None:
-        if progress is not None:
-            progress(share)
+    def check() -> None:
         if cancel is not None and cancel():
             raise CancelledError()
 
+    def after_pass(share: float) -> None:
+        if progress is not None:
+            progress(share)
+        check()
+
     on_cuda = device is not None and torch.device(device).type == "cuda"
     precision = torch.autocast("cuda", enabled=True) if on_cuda else contextlib.nullcontext()
-    with torch.inference_mode(), precision:
+    # the CPU's slab-wise forward (slab_forward.py) also checks between its slabs
+    with torch.inference_mode(), precision, slab_forward.polling(check if cancel is not None else None):
         padded, undo = pad_to_patch(data, patch)
         slicers = window_slicers(padded.shape[1:], patch, step)
         logits = torch.zeros((num_heads, *padded.shape[1:]), dtype=torch.half)
         weights_sum = torch.zeros(padded.shape[1:], dtype=torch.half)
         weights = gaussian(tuple(patch))
         for sl in slicers:
-            if cancel is not None and cancel():
-                raise CancelledError()
+            check()
             window = torch.clone(padded[sl][None], memory_format=torch.contiguous_format)
             if device is not None:
                 window = window.to(device)

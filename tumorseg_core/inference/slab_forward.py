@@ -28,12 +28,19 @@ order in instance norm (max |logit difference| ~5e-6 on nnU-Net's default plan).
 
     >>> logits = slab_forward(network, window)   # (B, C, z, y, x) -> (B, K, z, y, x)
 
+Cancel: inside ``with polling(check):`` every convolution layer, and every slab of a
+slab-wise one, first calls ``check()``, which may raise (e.g. CancelledError): a cancel
+waits for one slab (well under a second here), not for the window's forward pass (~11 s
+for nnU-Net's default plan on 2 cores).
+
 torch and dynamic_network_architectures are imported inside the functions.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
+import contextlib
+from contextvars import ContextVar
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from tumorseg_core.inference import heap
 
@@ -44,6 +51,24 @@ SLAB_BYTES = 16 * 2**20
 #: ... but never fewer rows than this: a thin slab re-reads its halo rows too often (4 MiB slabs,
 #: 2 rows of 32 x 128², ran the window 2.2x slower than 16 MiB slabs on a 2-core AVX2 CPU).
 MIN_ROWS = 8
+
+_CHECK: ContextVar[Optional[Callable[[], None]]] = ContextVar("tumorseg_slab_check", default=None)
+
+
+@contextlib.contextmanager
+def polling(check: Optional[Callable[[], None]]) -> Iterator[None]:
+    """Call ``check()`` before every convolution layer and slab run inside this block (it may raise)."""
+    token = _CHECK.set(check)
+    try:
+        yield
+    finally:
+        _CHECK.reset(token)
+
+
+def _poll() -> None:
+    check = _CHECK.get()
+    if check is not None:
+        check()
 
 
 class Chunks:
@@ -177,6 +202,7 @@ def conv_layers(conv: Any, after: Sequence[Any], source: Source) -> Activation:
     """
     import torch.nn.functional as F
 
+    _poll()
     in_shape = source.shape
     out_shape = _conv_out_shape(conv, in_shape)
     slabbable = _slabbable_conv(conv) and all(_elementwise(m) or _instance_norm(m) for m in after)
@@ -191,6 +217,7 @@ def conv_layers(conv: Any, after: Sequence[Any], source: Source) -> Activation:
     groups = _split_at_norms(after)
     stats = _Stats() if groups[0][1] is not None else None
     for o0, o1 in slabs(out_shape, in_shape):
+        _poll()
         i0, i1 = o0 * s - p, (o1 - 1) * s - p + k
         piece = source.rows(max(i0, 0), min(i1, depth))
         if i0 < 0 or i1 > depth:
