@@ -149,18 +149,18 @@ def measure(package_path: str, case: Path, mirror: bool, nnunet_seconds: float |
     floor = passes * flops / (peak * 1e9)
     result = {
         "package": str(package_path), "case": case.name, "mirror": mirror, "threads": configured_threads(),
-        "patch_zyx": list(section["patch_size"]), "gflop_per_window": round(flops / 1e9, 1),
+        "patch_zyx": list(section["patch_size"]), "flops_per_window": flops, "gflop_per_window": round(flops / 1e9, 1),
         "gflop_by_operator": {k: round(v / 1e9, 1) for k, v in per_op},
         "window_s_tumorseg": round(seconds_as_run, 2), "window_s_plain_module": round(seconds_plain, 2),
         "gflops_tumorseg_window": round(flops / seconds_as_run / 1e9, 1),
         "gflops_matmul_4096": round(mm, 1), "gflops_best_conv_layer": round(conv, 1), "best_conv_layer": conv_name,
         "efficiency_vs_peak": round(flops / seconds_as_run / 1e9 / peak, 3),
         "preprocessed_zyx": preprocessed, "windows": windows, "forward_passes": passes,
-        "forward_floor_s": round(floor, 1), "forward_at_measured_rate_s": round(passes * seconds_as_run, 1),
+        "forward_floor_s": round(floor, 3), "forward_at_measured_rate_s": round(passes * seconds_as_run, 1),
     }
     if nnunet_seconds:
         result["nnunet_seconds"] = nnunet_seconds
-        result["max_speedup_vs_nnunet"] = round(nnunet_seconds / floor, 2)
+        result["max_speedup_vs_nnunet"] = round(nnunet_seconds / floor, 3)
         result["seconds_needed_for_3x"] = round(nnunet_seconds / 3, 1)
     return result
 

@@ -411,3 +411,45 @@ def test_bad_plans_are_refused(nnunet, tmp_path):
     (model / "plans.json").write_text(json.dumps(plans))
     with pytest.raises(ModelPackageError, match="evil.module.Net"):
         import_model(model, tmp_path / "pkg2", folds=[0])
+
+
+def test_compute_bound_benchmark_counts_the_windows_flops(nnunet, tmp_path):
+    """benchmarks/nnunet_compute_bound.py (smoke, no timing): its FLOP count is the convolutions' own
+    multiply-adds (counted here from the layers' shapes) and its window count nnU-Net's for the case."""
+    import torch
+
+    from tumorseg_core.imaging import nnunet_preprocess
+    from tumorseg_core.inference.nnunet_pipeline import case_arrays
+    from tumorseg_core.modelpkg.convert import import_model
+    from tumorseg_core.modelpkg.package import open_package
+
+    _, models = nnunet
+    package = import_model(models["softmax"], tmp_path / "pkg", folds=[0])
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "nnunet_compute_bound.py"
+    spec = importlib.util.spec_from_file_location("bench_nnunet_compute_bound", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    images = _case()
+    case = tmp_path / "case.nii.gz"
+    sitk.WriteImage(images[0], str(case))
+    result = bench.measure(str(package), case, mirror=True, nnunet_seconds=10.0, repeats=1)
+
+    network = open_package(package).load_networks(torch.device("cpu"))[0].eval()
+    patch = result["patch_zyx"]
+    macs, hooks = [], []
+    for module in network.modules():
+        if isinstance(module, (torch.nn.Conv3d, torch.nn.ConvTranspose3d)):
+            def hook(mod, inp, out):
+                spatial = out.shape[2:].numel() if isinstance(mod, torch.nn.Conv3d) else inp[0].shape[2:].numel()
+                macs.append(mod.in_channels * mod.out_channels * np.prod(mod.kernel_size) * spatial)
+            hooks.append(module.register_forward_hook(hook))
+    with torch.inference_mode():
+        network(torch.zeros(1, 1, *patch))
+    assert result["flops_per_window"] == 2 * sum(macs) > 0
+    data, _ = nnunet_preprocess.preprocess(*case_arrays(images), open_package(package).manifest.nnunet)
+    assert result["preprocessed_zyx"] == list(data.shape[1:])
+    assert result["forward_passes"] == result["windows"] * 8 >= 8  # mirroring on three axes
+    assert result["forward_floor_s"] > 0 and 0 < result["efficiency_vs_peak"] <= 1.5
+    peak = max(result["gflops_matmul_4096"], result["gflops_best_conv_layer"]) * 1e9
+    floor = result["forward_passes"] * result["flops_per_window"] / peak
+    assert result["max_speedup_vs_nnunet"] == pytest.approx(10.0 / floor, rel=0.01)
