@@ -101,7 +101,7 @@ def test_single_fold_matches_nnunet_predictor(nnunet, tmp_path):
     assert source_kind(models["softmax"]) == "nnunet"
     package = import_model(models["softmax"], tmp_path / "pkg", folds=[0])
     manifest = json.loads((package / "manifest.json").read_text())
-    assert manifest["format_version"] == 3 and manifest["architecture"] == "nnunet_plainconv"
+    assert manifest["format_version"] == 5 and manifest["architecture"] == "nnunet_plainconv"  # 5: aliases dropped
     assert [lab["name"] for lab in manifest["output"]["labels"]] == ["tumor", "core"]
     assert manifest["nnunet"]["mirror_axes"] == [0, 1, 2]
     assert manifest["nnunet"]["normalization"][0]["use_mask_for_norm"] is True

@@ -537,6 +537,18 @@ def test_a_tensor_reachable_under_several_names_is_stored_once(tmp_path):
     x = torch.randn(1, 1, 8, 8, 8)
     with torch.no_grad():
         assert torch.equal(loaded(x), net(x))
+    # format 5: a reader that cannot fill the aliases in refuses the package with a clear message
+    assert json.loads((pkg / "manifest.json").read_text())["format_version"] == 5
+    from tumorseg_core.modelpkg import manifest as manifest_module
+
+    data = json.loads((pkg / "manifest.json").read_text())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(manifest_module, "FORMAT_VERSION", 4)  # the reader before this format
+        with pytest.raises(ModelPackageError, match="format 5 is newer than this TumorSeg supports.*update TumorSeg"):
+            Manifest(data)
+    from model_factory import make_tiny_package  # TumorSeg's own networks share no tensor: no bump
+
+    assert json.loads((make_tiny_package(tmp_path / "own") / "manifest.json").read_text())["format_version"] == 1
 
 
 def test_aliases_with_different_values_are_refused(tmp_path):

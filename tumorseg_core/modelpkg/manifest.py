@@ -26,9 +26,13 @@ from tumorseg_core.models.registry import ARCHITECTURES, effective_kwargs, size_
 
 logger = logging.getLogger(__name__)
 
-# The newest format this reader knows: 2 = a 'cascade' section, 3 = an 'nnunet' section
-# (older readers must refuse both).
-FORMAT_VERSION = 4
+# The newest format this reader knows: 2 = a 'cascade' section, 3 = an 'nnunet' section,
+# 4 = a 'monai' section, 5 = weight files that store a tensor shared under several
+# state-dict names once (package.drop_aliases; a reader of 4 would report missing weights).
+# Older readers must refuse each of them.
+FORMAT_VERSION = 5
+#: The format of a package whose weight files store shared tensors once (package.write_package).
+ALIASES_DROPPED_FORMAT = 5
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 1024 * 1024
 REQUIRED_KEYS = (

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Union
 
 from tumorseg_core.errors import ModelAlreadyInstalledError, ModelPackageError
 from tumorseg_core.modelpkg.manifest import (
+    ALIASES_DROPPED_FORMAT,
     MANIFEST_NAME,
     Manifest,
     check_file_name,
@@ -547,6 +548,8 @@ def write_package(
         full = with_aliases(net, state, f"state dict {i}")
         load_state_dict_strict(net, full, f"state dict {i}")
         cleaned[i] = drop_aliases(net, full)
+        if len(cleaned[i]) < len(full):  # a reader that cannot fill the aliases in must refuse the package
+            manifest["format_version"] = max(int(Manifest(manifest).format_version), ALIASES_DROPPED_FORMAT)
     if spec is not None:
         coarse = _clean_state_dict(cascade_state_dict, len(cleaned))
         load_state_dict_strict(build_network(spec.architecture, spec.kwargs), coarse, spec.weights)
