@@ -293,3 +293,44 @@ def test_gpu_finetune_recipe_runs_end_to_end_on_tiny_settings(tmp_path):
     for line in demo_lines:  # one Dice value and one false-positive count, both numbers
         dice, fp = line.split("demo Dice ")[1].split("; lesion-free false positives ")
         assert 0.0 <= float(dice) <= 1.0 and int(fp) >= 0
+
+
+def test_compute_bound_counts_a_tumorseg_models_flops_and_windows(tmp_path):
+    """compute_bound.py on TumorSeg's own package: the FLOPs are the convolutions' multiply-adds, the windows
+    the sliding-window grid of the model-grid volume, the window run by the exported backend (smoke, no timing)."""
+    from tumorseg_core.inference.roi_windows import windows_to_run
+    from tumorseg_core.inference.segmenter import Segmenter
+    from tumorseg_core.inference.sliding_window import pad_to_window
+    from tumorseg_core.modelpkg.package import open_package
+    from tumorseg_core.synthetic import make_phantom
+
+    bench = _load("compute_bound")
+    package = make_tiny_package(tmp_path / "pkg")
+    case = tmp_path / "case.nii.gz"
+    sitk.WriteImage(make_phantom(3, size_xyz=(40, 36, 30), spacing_xyz=(1.5, 1.7, 2.5)).image, str(case))
+    result = bench.measure(str(package), case, mirror=True, baseline_seconds=5.0, repeats=1, baseline="MONAI")
+
+    opened = open_package(package)
+    network = opened.load_networks(torch.device("cpu"))[0].eval()
+    macs = []
+
+    def hook(mod, inp, out):
+        spatial = out.shape[2:].numel() if isinstance(mod, torch.nn.Conv3d) else inp[0].shape[2:].numel()
+        macs.append(mod.in_channels * mod.out_channels * int(np.prod(mod.kernel_size)) * spatial // mod.groups)
+
+    for module in network.modules():
+        if isinstance(module, (torch.nn.Conv3d, torch.nn.ConvTranspose3d)):
+            module.register_forward_hook(hook)
+    with torch.inference_mode():
+        network(torch.zeros(1, 1, *opened.manifest.patch_size_zyx))
+    assert result["flops_per_window"] == 2 * sum(macs) > 0
+    volume = Segmenter(opened, "cpu").prepare(str(case))[0]
+    padded, _ = pad_to_window(volume, opened.manifest.patch_size_zyx)
+    windows = windows_to_run(padded.shape[1:], opened.manifest.patch_size_zyx,
+                             float(opened.manifest.inference.get("overlap", 0.5)))
+    assert result["grid_zyx"] == list(volume.shape[1:]) and result["windows"] == len(windows) > 1
+    assert result["forward_passes"] == result["windows"] and result["mirror"] is False  # no nnU-Net mirroring
+    assert result["as_run"] in ("openvino", "onnxruntime", "torch") and result["baseline"] == "MONAI"
+    peak = max(result["gflops_matmul_4096"], result["gflops_best_conv_layer"]) * 1e9
+    assert result["max_speedup_vs_baseline"] == pytest.approx(5.0 * peak / (result["windows"] * result["flops_per_window"]),
+                                                              rel=0.01)

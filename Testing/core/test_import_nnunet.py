@@ -414,7 +414,7 @@ def test_bad_plans_are_refused(nnunet, tmp_path):
 
 
 def test_compute_bound_benchmark_counts_the_windows_flops(nnunet, tmp_path):
-    """benchmarks/nnunet_compute_bound.py (smoke, no timing): its FLOP count is the convolutions' own
+    """benchmarks/compute_bound.py on an nnU-Net model (smoke, no timing): its FLOP count is the convolutions' own
     multiply-adds (counted here from the layers' shapes) and its window count nnU-Net's for the case."""
     import torch
 
@@ -425,14 +425,14 @@ def test_compute_bound_benchmark_counts_the_windows_flops(nnunet, tmp_path):
 
     _, models = nnunet
     package = import_model(models["softmax"], tmp_path / "pkg", folds=[0])
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "nnunet_compute_bound.py"
-    spec = importlib.util.spec_from_file_location("bench_nnunet_compute_bound", path)
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "compute_bound.py"
+    spec = importlib.util.spec_from_file_location("bench_compute_bound", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     images = _case()
     case = tmp_path / "case.nii.gz"
     sitk.WriteImage(images[0], str(case))
-    result = bench.measure(str(package), case, mirror=True, nnunet_seconds=10.0, repeats=1)
+    result = bench.measure(str(package), case, mirror=True, baseline_seconds=10.0, repeats=1)
 
     network = open_package(package).load_networks(torch.device("cpu"))[0].eval()
     patch = result["patch_zyx"]
@@ -447,9 +447,9 @@ def test_compute_bound_benchmark_counts_the_windows_flops(nnunet, tmp_path):
         network(torch.zeros(1, 1, *patch))
     assert result["flops_per_window"] == 2 * sum(macs) > 0
     data, _ = nnunet_preprocess.preprocess(*case_arrays(images), open_package(package).manifest.nnunet)
-    assert result["preprocessed_zyx"] == list(data.shape[1:])
+    assert result["grid_zyx"] == list(data.shape[1:]) and result["as_run"] == "torch, slab-wise"
     assert result["forward_passes"] == result["windows"] * 8 >= 8  # mirroring on three axes
     assert result["forward_floor_s"] > 0 and 0 < result["efficiency_vs_peak"] <= 1.5
     peak = max(result["gflops_matmul_4096"], result["gflops_best_conv_layer"]) * 1e9
     floor = result["forward_passes"] * result["flops_per_window"] / peak
-    assert result["max_speedup_vs_nnunet"] == pytest.approx(10.0 / floor, rel=0.01)
+    assert result["max_speedup_vs_baseline"] == pytest.approx(10.0 / floor, rel=0.01)
