@@ -7,7 +7,8 @@ they spend almost all their time in the same arithmetic. This script measures, i
 - ``flops_per_window``: floating-point operations of one forward pass on one patch
   (``torch.utils.flop_counter``: convolutions and transposed convolutions, 2 per
   multiply-add; normalizations and activations are not counted, so this is a lower bound);
-- ``windows``: the sliding-window tiles of the case. An imported nnU-Net model: nnU-Net's
+- ``windows``: the sliding-window tiles of the case, for one fold (``forward_passes`` counts
+  every fold of the package's ensemble; TumorSeg's test-time flips are not counted). An imported nnU-Net model: nnU-Net's
   (TumorSeg's nnU-Net preprocessing: crop to non-zero, resample to the plan's spacing; step
   ``tile_step_size``), times the mirroring passes with ``--mirror``. TumorSeg's own model:
   its grid on the model-grid volume (``Segmenter.prepare``; the manifest's overlap, every
@@ -191,6 +192,7 @@ def measure(package_path: str, case: Path, mirror: bool, baseline_seconds: float
         grid, windows, passes = nnunet_windows(package, case, mirror)
     else:
         grid, windows, passes = tumorseg_windows(package, case)
+    passes *= len(package.weight_files)  # every fold runs every window
     floor = passes * flops / (peak * 1e9)
     result = {
         "package": str(package_path), "case": case.name, "mirror": mirror and manifest.nnunet is not None,

@@ -125,6 +125,37 @@ def test_segmenter_and_worker_slice_requests_use_int8_by_themselves(packages, tm
     assert slicer.precision_used == "int8"
 
 
+def test_whole_volumes_of_a_quantized_25d_model_run_float32(packages, rotation_direction):
+    """The INT8 graphs are slice mode's 2D network: the 3D sliding window keeps float32 (``auto``) and refuses
+    ``int8`` with a one-line reason, on the input's exact grid."""
+    _, int8, _ = packages
+    image = _oblique_image(rotation_direction)
+    segmenter = Segmenter(str(int8), "cpu")
+    labels = segmenter.segment(image)
+    assert segmenter._predictor.precision == "fp32"
+    for get in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):
+        assert getattr(labels, get)() == getattr(image, get)()
+    with pytest.raises(TumorSegError, match="INT8 network for slice mode only.*--precision auto or fp32"):
+        Segmenter(str(int8), "cpu", precision="int8").segment(image)
+
+
+def test_the_accuracy_check_falls_back_and_refuses_for_25d_models_too(packages, tmp_path, monkeypatch):
+    fp32, _, _ = packages
+    tries = []
+
+    def poor_agreement(labels, reference, values):
+        tries.append([a.shape for a in labels])
+        return 0.9
+
+    monkeypatch.setattr(engine, "pooled_agreement", poor_agreement)
+    out = tmp_path / "never"
+    with pytest.raises(TumorSegError, match=r"Dice 0\.9000 .*nothing written"):
+        engine.quantize_package(fp32, out, calibration="synthetic:1", max_windows=4)
+    assert len(tries) == 2  # all INT8, then the two finest resolution stages in float32
+    assert tries[0] == tries[1] and len(tries[0][0]) == 3  # label maps of whole phantoms, by slices
+    assert not out.exists()
+
+
 def test_tampered_int8_graph_is_refused(packages, tmp_path, rotation_direction):
     _, int8, _ = packages
     bad = tmp_path / "tampered"
@@ -144,7 +175,8 @@ def test_tampered_int8_graph_is_refused(packages, tmp_path, rotation_direction):
 
 
 def test_slice_speed_benchmark_compares_int8_with_fp32_on_the_same_calls(packages, tmp_path):
-    """benchmarks/slice_speed.py --compare-fp32 (smoke: the code path runs; no timing is checked)."""
+    """benchmarks/slice_speed.py --compare-fp32 (smoke: the code path runs and reports both sides; no timing,
+    and the random tiny network may find no foreground, so the Dice entry may be empty)."""
     import importlib.util
     from pathlib import Path
 

@@ -31,6 +31,7 @@ from tumorseg_core.inference.backends import LazyNetworks, prepare_backend
 from tumorseg_core.inference.backends.int8 import int8_wanted
 from tumorseg_core.inference.devices import device_name
 from tumorseg_core.inference.roi_windows import windows_to_run
+from tumorseg_core.inference.slice_mode import ARCHITECTURE as SLICE_MODE_ARCHITECTURE
 from tumorseg_core.inference.sliding_window import SlabWeights, gaussian_weights, pad_to_window
 from tumorseg_core.inference.stitching import LABEL_SLAB, BandStitcher
 from tumorseg_core.inference.tta import flip_axes_combinations
@@ -212,7 +213,14 @@ class Predictor:
         settings.setdefault("stored_graph", getattr(package.manifest, "architecture", None) == "onnx")
         # precision (SegmentOptions.precision): the package's INT8 graphs on the CPU when it has them
         int8 = getattr(package.manifest, "int8", None)
-        if int8_wanted(settings.pop("precision", "auto"), int8 is not None, name, settings.get("backend")):
+        precision = settings.pop("precision", "auto")
+        if int8 is not None and getattr(package.manifest, "architecture", None) == SLICE_MODE_ARCHITECTURE:
+            # a 2.5D model's INT8 graphs are its slice-mode network (2D tiles), not 3D windows
+            if str(precision).strip().lower() == "int8":
+                raise TumorSegError(f"model '{package.manifest.name}' has an INT8 network for slice mode only; "
+                                    "use --precision auto or fp32 for whole volumes")
+            int8 = None
+        if int8_wanted(precision, int8 is not None, name, settings.get("backend")):
             settings["int8_graphs"] = [lambda n=n: package.read_verified(n) for n in int8.networks]
 
         def load() -> list:

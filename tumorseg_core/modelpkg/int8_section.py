@@ -15,8 +15,11 @@ activations calibrated on preprocessed windows) and describes them here::
 
 A 2.5D model's (``unet25d``) graphs are its slice-mode network: the centre-slice 2D network
 on one-plane tiles ``(1, C*(2k+1), 1, y, x)`` of the patch's x and y
-(:mod:`~tumorseg_core.inference.slice_mode`); ``window`` still equals ``patch_size``, so a
-reader that knows the section but not slice-mode INT8 accepts the package and runs float32.
+(:mod:`~tumorseg_core.inference.slice_mode`), and the 3D sliding window of such a package
+(``tumorseg segment`` of a whole volume) runs float32. ``window`` still equals ``patch_size``,
+so a reader that knows the section but not slice-mode INT8 opens the package and runs slice
+mode in float32; its whole-volume segmentation refuses the graphs' shape ("quantize the
+package again") instead.
 
 The graphs are files of the package, so ``files`` lists their sha256 and
 :func:`~tumorseg_core.modelpkg.package.open_package` verifies them like the weights; they

@@ -30,9 +30,9 @@ logger = logging.getLogger(__name__)
 # 4 = a 'monai' section, 5 = weight files that store a tensor shared under several
 # state-dict names once (package.drop_aliases; a reader of 4 would report missing weights).
 # Older readers must refuse each of them.
-FORMAT_VERSION = 5
 #: The format of a package whose weight files store shared tensors once (package.write_package).
 ALIASES_DROPPED_FORMAT = 5
+FORMAT_VERSION = ALIASES_DROPPED_FORMAT
 MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 1024 * 1024
 REQUIRED_KEYS = (

@@ -141,7 +141,7 @@ def calibration_images(package: ModelPackage, calibration: str, seed: int = 0) -
     patch = list(manifest.patch_size_xyz)
     if manifest.architecture == "unet25d":
         patch[2] = max(patch[0], patch[1])
-    size = [int(math.ceil(1.5 * p)) for p in patch]  # about 2 windows per side
+    size = [int(math.ceil(1.5 * p)) for p in patch]  # 1.5 windows (tiles) per side
     out = []
     for i in range(int(value)):
         mods = _phantom_modalities(manifest.input_modalities, i)

@@ -9,7 +9,8 @@ A 2.5D model's network runs in slice mode as a plain 2D network
   (same export identity, so a later float32 run reuses it);
 - calibration windows are the tiles slice mode cuts from the calibration cases: for each
   case, axial slices spread evenly through the volume, one tile of each in turn (so the
-  centre and the edges of the plane both come up), at most ``max_windows`` in all;
+  centre and the edges of the plane both come up); ``max_windows // cases`` per case, so
+  at most ``max_windows`` in all (fewer when a case has fewer slices);
 - the accuracy check segments every case by axial slices (``segment_volume``, no
   postprocessing, the image's own grid) with the float32 and with the INT8 network.
 
@@ -67,10 +68,12 @@ class SliceCalibration:
         package = self.package
         tile = self._fp32.tile
         channels = self._fp32.channels * (2 * self._fp32.context + 1)
+        loaded: list = []
 
-        def load(index: int) -> Any:
-            network = package.load_networks(import_torch().device("cpu"))[index]
-            return CentreSliceNet(network).eval()
+        def load(index: int) -> Any:  # only for a fold whose export is not cached; every fold loaded once
+            if not loaded:
+                loaded.extend(package.load_networks(import_torch().device("cpu")))
+            return CentreSliceNet(loaded[index]).eval()
 
         return [ensure_onnx(ExportSpec(lambda i=i: load(i), identity, (1, *tile), channels)) / "model.onnx"
                 for i, identity in enumerate(self._fp32.export_identities())]
