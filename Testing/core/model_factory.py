@@ -52,3 +52,20 @@ def make_tiny_25d_package(folder: Path, spacing=(2.0, 2.0, 2.0), postprocessing=
     network = build_network("unet25d", manifest["kwargs"])
     state = {k: v.detach().clone().contiguous() for k, v in network.state_dict().items()}
     return write_package(folder, manifest, [state])
+
+
+def tampered_bytes(path: Path) -> bytes:
+    """``path``'s bytes with one byte near the end flipped (a tampered or corrupted file)."""
+    data = bytearray(path.read_bytes())
+    data[-20] ^= 0xFF
+    return bytes(data)
+
+
+def tampered_copy(package: Path, dest: Path, name: str) -> bytes:
+    """Copy ``package`` to ``dest`` with file ``name`` tampered (:func:`tampered_bytes`); returns the bad bytes."""
+    import shutil
+
+    shutil.copytree(package, dest)
+    data = tampered_bytes(dest / name)
+    (dest / name).write_bytes(data)
+    return data

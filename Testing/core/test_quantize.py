@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from cli_helpers import one_error_line, run_cli
-from model_factory import make_tiny_package
+from model_factory import make_tiny_package, tampered_copy
 
 from tumorseg_core.commands import quantize as quantize_command
 from tumorseg_core.errors import InputError, ModelPackageError, TumorSegError
@@ -154,11 +154,7 @@ def test_package_without_int8_keeps_working_in_fp32(packages, tmp_path):
 def test_tampered_int8_file_is_refused_and_nothing_is_written(packages, tmp_path):
     _, int8, _ = packages
     bad = tmp_path / "tampered"
-    shutil.copytree(int8, bad)
-    graph = bad / "fold0.int8.onnx"
-    data = bytearray(graph.read_bytes())
-    data[-20] ^= 0xFF
-    graph.write_bytes(bytes(data))
+    data = tampered_copy(int8, bad, "fold0.int8.onnx")
     with pytest.raises(ModelPackageError, match="fold0.int8.onnx.*sha256"):
         open_package(bad)
     image = tmp_path / "case.nii.gz"
@@ -170,7 +166,7 @@ def test_tampered_int8_file_is_refused_and_nothing_is_written(packages, tmp_path
     good = tmp_path / "swapped"
     shutil.copytree(int8, good)
     package = open_package(good)
-    (good / "fold0.int8.onnx").write_bytes(bytes(data))
+    (good / "fold0.int8.onnx").write_bytes(data)
     with pytest.raises(ModelPackageError, match="changed since the package was verified"):
         Predictor.from_package(package, "cpu", backend="auto")
 

@@ -15,7 +15,7 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from model_factory import make_tiny_25d_package
+from model_factory import make_tiny_25d_package, tampered_copy
 
 from tumorseg_core.errors import ModelPackageError, TumorSegError
 from tumorseg_core.inference.segmenter import Segmenter
@@ -159,17 +159,13 @@ def test_the_accuracy_check_falls_back_and_refuses_for_25d_models_too(packages, 
 def test_tampered_int8_graph_is_refused(packages, tmp_path, rotation_direction):
     _, int8, _ = packages
     bad = tmp_path / "tampered"
-    shutil.copytree(int8, bad)
-    graph = bad / "fold0.int8.onnx"
-    data = bytearray(graph.read_bytes())
-    data[-20] ^= 0xFF
-    graph.write_bytes(bytes(data))
+    data = tampered_copy(int8, bad, "fold0.int8.onnx")
     with pytest.raises(ModelPackageError, match="fold0.int8.onnx.*sha256"):
         open_package(bad)
     good = tmp_path / "swapped"
     shutil.copytree(int8, good)
     package = open_package(good)
-    (good / "fold0.int8.onnx").write_bytes(bytes(data))  # swapped after the package was verified
+    (good / "fold0.int8.onnx").write_bytes(data)  # swapped after the package was verified
     with pytest.raises(ModelPackageError, match="changed since the package was verified"):
         SliceSegmenter(package).slice_probabilities(_oblique_image(rotation_direction), 3)
 
