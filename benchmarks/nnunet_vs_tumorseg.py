@@ -1,10 +1,16 @@
-"""An imported nnU-Net v2 ``3d_fullres`` model: TumorSeg's default path vs ``nnUNetPredictor`` (CPU).
+"""An imported nnU-Net v2 ``3d_fullres`` model: TumorSeg's default path vs ``nnUNetPredictor`` (CPU or GPU).
 
 ::
 
     python benchmarks/nnunet_vs_tumorseg.py [--work DIR] [--size X Y Z] [--spacing X Y Z]
-        [--repeats 3] [--folds 0 [1 ...]] [--mirror | --no-mirror] [--out-json FILE]
-        [--estimate-only]
+        [--repeats 3] [--folds 0 [1 ...]] [--mirror | --no-mirror] [--device cpu|cuda]
+        [--train-size X Y Z] [--out-json FILE] [--estimate-only]
+
+``--device cuda`` (a lent GPU, ``benchmarks/gpu_nnunet_cuda.sh``): both tools predict on the
+GPU; TumorSeg's ``Segmenter(PKG, "cuda")`` (autocast as nnU-Net), nnU-Net's predictor with its
+GPU default ``perform_everything_on_device=True``. ``--train-size`` sets the synthetic
+training cases' size, which decides nnU-Net's default plan (patch, features); the default
+gives the realistic 128³ plan, a small one (tests) a tiny network.
 
 1. **Model** (built once, cached under ``--work``): a synthetic skull-stripped MRI dataset
    (``Testing/core/nnunet_fixture.py``: phantoms, labels 0/1/2) large enough that nnU-Net's
@@ -19,11 +25,11 @@
 4. **Runs**, interleaved (TumorSeg, nnU-Net, TumorSeg, ...), each a fresh subprocess of
    this script (``--child``):
 
-   - ``tumorseg``: ``Segmenter(PKG, "cpu", tta=MIRROR).segment_to_file(IMAGE, OUT)``,
+   - ``tumorseg``: ``Segmenter(PKG, DEVICE, tta=MIRROR).segment_to_file(IMAGE, OUT)``,
      the default path of ``tumorseg segment IMAGE --model PKG -o OUT --device cpu``
      (``--quality fast --overlap 0.5`` for no mirroring).
    - ``nnunet``: ``nnUNetPredictor(tile_step_size=0.5, use_gaussian=True,
-     use_mirroring=MIRROR, perform_everything_on_device=False, device=cpu)``,
+     use_mirroring=MIRROR, perform_everything_on_device=(DEVICE is a GPU), device=DEVICE)``,
      ``initialize_from_trained_model_folder(FOLDER, use_folds=FOLDS)``,
      ``predict_from_files([[IMAGE]], [OUT], num_processes_preprocessing=1,
      num_processes_segmentation_export=1)`` (which starts its own worker processes).
@@ -87,7 +93,7 @@ def model_folder(work: Path) -> Path:
             / "nnUNetTrainer__nnUNetPlans__3d_fullres")
 
 
-def build_model(work: Path, folds: Sequence[int]) -> Path:
+def build_model(work: Path, folds: Sequence[int], train_size: Sequence[int] = TRAIN_SIZE) -> Path:
     """nnU-Net's own fingerprint, default plan and preprocessing; one perturbed checkpoint per missing fold."""
     folder = model_folder(work)
     missing = [f for f in folds if not (folder / f"fold_{f}" / "checkpoint_final.pth").exists()]
@@ -106,7 +112,7 @@ def build_model(work: Path, folds: Sequence[int]) -> Path:
         import SimpleITK as sitk
 
         for i, spacing in enumerate(TRAIN_SPACINGS):
-            images, label = fx.make_case(100 + i, TRAIN_SIZE, spacing)
+            images, label = fx.make_case(100 + i, tuple(train_size), spacing)
             sitk.WriteImage(images[0], str(raw / "imagesTr" / f"case_{i:03d}_0000.nii.gz"))
             sitk.WriteImage(label, str(raw / "labelsTr" / f"case_{i:03d}.nii.gz"))
         (raw / "dataset.json").write_text(json.dumps({
@@ -183,7 +189,8 @@ def child_tumorseg(spec: Dict[str, Any]) -> Dict[str, Any]:
     from tumorseg_core.inference.segmenter import Segmenter
 
     t1 = time.perf_counter()
-    segmenter = Segmenter(spec["package"], "cpu", tta=spec["mirror"], backend=spec.get("backend", "auto"))
+    segmenter = Segmenter(spec["package"], spec.get("device", "cpu"), tta=spec["mirror"],
+                          backend=spec.get("backend", "auto"))
     segmenter.load()  # the folds' weights (and any backend export), timed apart from the prediction
     t2 = time.perf_counter()
     segmenter.segment_to_file([spec["image"]], spec["output"])
@@ -199,8 +206,9 @@ def child_nnunet(spec: Dict[str, Any]) -> Dict[str, Any]:
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     t1 = time.perf_counter()
+    device = torch.device(spec.get("device", "cpu"))
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=spec["mirror"],
-                                perform_everything_on_device=False, device=torch.device("cpu"),
+                                perform_everything_on_device=device.type == "cuda", device=device,
                                 verbose=False, verbose_preprocessing=False, allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(spec["model_folder"], use_folds=tuple(spec["folds"]),
                                                    checkpoint_name="checkpoint_final.pth")
@@ -304,6 +312,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                         "openvino / onnxruntime: the windows on that exported backend)")
     parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
                         help="nnU-Net's mirroring (TumorSeg: tta) for both tools")
+    parser.add_argument("--device", default="cpu", help="where both tools predict: cpu or cuda (default cpu)")
+    parser.add_argument("--train-size", type=int, nargs=3, default=list(TRAIN_SIZE), metavar=("X", "Y", "Z"),
+                        help="voxels of the synthetic training cases (they decide nnU-Net's plan; built once per --work)")
     parser.add_argument("--out-json", type=Path)
     parser.add_argument("--estimate-only", action="store_true",
                         help="build/import, then time one window's forward pass and extrapolate")
@@ -320,7 +331,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     folds = sorted(set(args.folds))
-    folder = build_model(work, folds)
+    folder = build_model(work, folds, args.train_size)
     plan = plan_summary(folder)
     print("[plan]", json.dumps(plan), flush=True)
     pkg = import_package(work, folder, folds)
@@ -328,7 +339,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     report: Dict[str, Any] = {
         "size_xyz": args.size, "spacing_xyz": args.spacing, "folds": folds, "mirror": args.mirror,
         "repeats": args.repeats, "plan": plan, "cpu": _cpu_model(), "nproc": os.cpu_count(),
-        "python": platform.python_version(), "versions": _versions(),
+        "python": platform.python_version(), "versions": _versions(), "device": args.device,
+        "gpu": _gpu_name(args.device),
     }
     if not args.skip_estimate or args.estimate_only:
         report["estimate"] = estimate(pkg, image, args.mirror, folds)
@@ -339,13 +351,15 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     env = _nnunet_env(work)
     tag = f"{'x'.join(map(str, args.size))}_f{'-'.join(map(str, folds))}_{'m' if args.mirror else 'nm'}"
+    if args.device != "cpu":
+        tag += f"_{str(args.device).replace(':', '')}"
     runs: List[Dict[str, Any]] = []
     outputs = {}
     for r in range(args.repeats):
         for tool in ("tumorseg", "nnunet"):
             out = str(work / f"out_{tool}_{tag}.nii.gz")
             spec = {"package": str(pkg), "model_folder": str(folder), "image": str(image), "output": out,
-                    "folds": folds, "mirror": args.mirror, "backend": args.backend}
+                    "folds": folds, "mirror": args.mirror, "backend": args.backend, "device": args.device}
             res = run_child(tool, spec, env, work / f"log_{tool}.txt")
             res["repeat"] = r
             runs.append(res)
@@ -379,6 +393,15 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor()
+
+
+def _gpu_name(device: str) -> Optional[str]:
+    """The GPU's name for a CUDA ``device`` (None on the CPU)."""
+    if not str(device).startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device))
 
 
 def _versions() -> Dict[str, str]:

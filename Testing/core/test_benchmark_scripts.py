@@ -334,3 +334,29 @@ def test_compute_bound_counts_a_tumorseg_models_flops_and_windows(tmp_path):
     peak = max(result["gflops_matmul_4096"], result["gflops_best_conv_layer"]) * 1e9
     assert result["max_speedup_vs_baseline"] == pytest.approx(5.0 * peak / (result["windows"] * result["flops_per_window"]),
                                                               rel=0.01)
+
+
+def test_gpu_nnunet_recipe_runs_end_to_end_on_tiny_settings(tmp_path):
+    """benchmarks/gpu_nnunet_cuda.sh on the CPU with a tiny nnU-Net plan: nnunetv2 builds the model, both tools
+    predict, the JSON and summary come back (its one try per lent GPU session must not fail on glue)."""
+    import os
+    import shutil
+    import subprocess
+
+    pytest.importorskip("nnunetv2")
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("needs bash")
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "DEVICE": "cpu", "SIZE": "40 40 30", "REPEATS": "1",
+           "MIRRORS": "no-mirror", "TRAIN_SIZE": "48 48 32", "WORK": str(tmp_path / "work"), "OUT": str(out)}
+    done = subprocess.run([bash, str(REPO / "benchmarks" / "gpu_nnunet_cuda.sh")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads((out / "nnunet_cpu_no-mirror.json").read_text())
+    assert report["device"] == "cpu" and report["gpu"] is None and report["mirror"] is False
+    assert [r["tool"] for r in report["runs"]] == ["tumorseg", "nnunet"]
+    assert report["summary"]["dice"]["voxels_labelled_nnunet"] > 0
+    assert report["summary"]["dice"]["voxels_differing"] <= 5  # the same prediction, up to summation order
+    summary = (out / "summary.txt").read_text()
+    assert "TumorSeg" in summary and summary.rstrip().endswith("done")
