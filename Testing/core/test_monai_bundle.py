@@ -22,6 +22,7 @@ import torch
 
 from tumorseg_core.errors import ModelPackageError
 from tumorseg_core.modelpkg import monai_bundle as mb
+from tumorseg_core.modelpkg.monai_config import BundleConfig
 from tumorseg_core.models import monai_zoo, registry
 
 IMPORTS = {"imports": ["$import glob", "$import numpy", "$import os"], "bundle_root": ".", "image_key": "image"}
@@ -329,7 +330,7 @@ def test_references_macros_overrides_and_yaml(tmp_path, spleen_state):
     from monai.bundle import ConfigParser
 
     for id_, ref in [("a::b::c", "@#x"), ("a::b::c", "@##x"), ("a::b::c", "@###x"), ("a::b", "%#x::y"), ("a", "@x")]:
-        assert mb._Config.absolute(ref, id_) == ConfigParser.resolve_relative_ids(id_, ref)
+        assert BundleConfig.absolute(ref, id_) == ConfigParser.resolve_relative_ids(id_, ref)
     assert mb.read_bundle(root, overrides={"inferer_roi": [32, 32, 32]}).inferer.roi_size == (32, 32, 32)
 
     yroot = write_bundle(tmp_path / "y", SPLEEN, SPLEEN_META, spleen_state, yaml_config=True)

@@ -15,9 +15,10 @@ four sections ``monai.bundle run`` needs for inference are read:
   ``SaveImaged`` (ignored: TumorSeg writes its own output) and the one BraTS ``Lambdad``
   recognised by its exact text (:data:`KNOWN_LAMBDAS`, compared as a string, never run).
 
-Values are resolved the way MONAI's ``ConfigParser`` would, as data: ``@id`` references
-(``#`` or ``::`` separated, relative ``@#id`` too) and ``%file#id`` macros (files inside
-the bundle only) are looked up in the config. Only the values actually read are resolved,
+Values are resolved the way MONAI's ``ConfigParser`` would, as data
+(:mod:`tumorseg_core.modelpkg.monai_config`: ``@id`` references, ``#`` or ``::`` separated,
+relative ``@#id`` too, and ``%file#id`` macros, files inside the bundle only, are looked up
+in the config). Only the values actually read are resolved,
 so the ``$`` expressions every zoo config holds elsewhere (``device``, ``datalist``,
 ``evaluator``, ...) are never touched; a ``$`` expression *in a value that is read* stops
 the import naming it. Any transform, ``_target_`` or argument not supported stops it too,
@@ -36,7 +37,6 @@ order are TumorSeg's ``x, y, z`` on the grid oriented to the same ``axcodes``.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import re
@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from tumorseg_core.errors import ModelPackageError
+from tumorseg_core.modelpkg.monai_config import SEP, BundleConfig, load_config_file, refuse, short
 from tumorseg_core.models import monai_zoo, registry
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -74,10 +75,7 @@ SUPPORTED_INFERERS = ("SlidingWindowInferer", "SimpleInferer")
 INPUT_KEY = "image"  # MONAI's CommonKeys.IMAGE: what SupervisedEvaluator feeds the network
 OUTPUT_KEY = "pred"  # CommonKeys.PRED
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
-MAX_CONFIG_BYTES = 16 * 1024 * 1024
 MAX_TEXT_CHARS = 64 * 1024
-_NON_ARG_KEYS = ("_target_", "_disabled_", "_requires_", "_desc_", "_mode_")
-_SEP = "::"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -379,178 +377,18 @@ class BundleSpec:
         return json.loads(json.dumps(out))
 
 
-# ------------------------------------------------------------------ errors
-
-
-def _refuse(what: str, hint: str = "") -> ModelPackageError:
-    text = f"refusing bundle: {what}" + (f"; {hint}" if hint else "")
-    return ModelPackageError(" ".join(text.split()))
-
-
-def _short(value: Any, limit: int = 90) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _where(id_: str) -> str:
-    return id_.replace(_SEP, "#") if id_ else "the config"
-
-
-# ------------------------------------------------------------------ config as data
-
-
-class _Config:
-    """One parsed config, with MONAI's reference and macro syntax resolved as look-ups."""
-
-    def __init__(self, root: Path, data: Dict[str, Any], file_name: str) -> None:
-        self.root, self.data, self.file_name = root, data, file_name
-
-    @staticmethod
-    def norm(id_: str) -> str:
-        return str(id_).replace("#", _SEP)
-
-    def raw(self, id_: str, data: Any = None, via: str = "") -> Any:
-        node = self.data if data is None else data
-        if id_ == "":
-            return node
-        for part in self.norm(id_).split(_SEP):
-            if isinstance(node, dict) and part in node:
-                node = node[part]
-            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-            else:
-                raise _refuse(f"{via or 'a reference'} names {_where(self.norm(id_))!r}, which "
-                              f"{self.file_name} does not define")
-        return node
-
-    def set(self, id_: str, value: Any) -> None:
-        parts = self.norm(id_).split(_SEP)
-        parent = self.raw(_SEP.join(parts[:-1]), via=f"override {id_!r}") if len(parts) > 1 else self.data
-        if isinstance(parent, dict):
-            parent[parts[-1]] = value
-        elif isinstance(parent, list) and parts[-1].isdigit() and int(parts[-1]) < len(parent):
-            parent[int(parts[-1])] = value
-        else:
-            raise _refuse(f"override {id_!r} names nothing in {self.file_name}")
-
-    @staticmethod
-    def absolute(text: str, id_: str) -> str:
-        """MONAI's relative ids: ``@#A`` is A beside ``id_``, ``@##A`` one level up."""
-        text = _Config.norm(text)
-        sym, rest = text[0], text[1:]
-        if not rest.startswith(_SEP):
-            return text
-        n = 0
-        while rest.startswith(_SEP):
-            rest, n = rest[len(_SEP):], n + 1
-        current = id_.split(_SEP) if id_ else []
-        if n > len(current):
-            raise _refuse(f"the relative reference {text!r} at {_where(id_)} points above the config")
-        base = current[:-n] if n else current
-        return sym + (_SEP.join(base) + _SEP if base else "") + rest
-
-    def macro(self, text: str, id_: str) -> Any:
-        """``%file::id`` or ``%id``: a copy of that raw value (files inside the bundle only)."""
-        body = self.absolute(text, id_)[1:]
-        found = re.match(r"^(.*?\.(?:json|yaml|yml))(?:::(.*))?$", body, re.IGNORECASE)
-        if not found:
-            return copy.deepcopy(self.raw(body, via=f"macro {text!r} at {_where(id_)}"))
-        rel, inner = found.group(1), found.group(2) or ""
-        path = (self.root / rel).resolve()
-        root = self.root.resolve()
-        if Path(rel).is_absolute() or (path != root and root not in path.parents):
-            raise _refuse(f"macro {text!r} at {_where(id_)} reads a file outside the bundle")
-        other = _load_config_file(path)
-        return copy.deepcopy(self.raw(inner, data=other, via=f"macro {text!r} at {_where(id_)}"))
-
-    def follow(self, value: Any, id_: str) -> Tuple[Any, str]:
-        """Follow ``@id`` and ``%macro`` strings until a value that is neither; refuse ``$``."""
-        seen: List[str] = []
-        while isinstance(value, str) and value[:1] in ("@", "%", "$"):
-            if value.startswith("$"):
-                raise _refuse(
-                    f"{_where(id_)} in {self.file_name} is the expression {_short(value)}, which TumorSeg does "
-                    "not evaluate", "replace it with a literal value (or pass it as an override)")
-            if value.startswith("%"):
-                value = self.macro(value, id_)
-                continue
-            target = self.absolute(value, id_)[1:]
-            if target in seen or len(seen) > 64:
-                raise _refuse(f"the reference {value!r} at {_where(id_)} is circular")
-            seen.append(target)
-            value, id_ = self.raw(target, via=f"the reference {value!r} at {_where(id_)}"), target
-        return value, id_
-
-    def resolve(self, value: Any, id_: str, depth: int = 0) -> Any:
-        """The value with every reference and macro inside it resolved; refuses any ``$``."""
-        if depth > 64:
-            raise _refuse(f"{_where(id_)} nests too deeply")
-        value, id_ = self.follow(value, id_)
-        if isinstance(value, dict):
-            return {k: self.resolve(v, f"{id_}{_SEP}{k}" if id_ else str(k), depth + 1) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self.resolve(v, f"{id_}{_SEP}{i}" if id_ else str(i), depth + 1) for i, v in enumerate(value)]
-        return value
-
-    def component(self, value: Any, id_: str, section: str) -> Optional[Tuple[str, Dict[str, Any], str]]:
-        """``(target, raw args, id)`` of a ``_target_`` dict; None when ``_disabled_``."""
-        value, id_ = self.follow(value, id_)
-        if not isinstance(value, dict) or "_target_" not in value:
-            raise _refuse(f"{_where(id_)} in {section} is {_short(value)}, not a component with a _target_")
-        disabled = self.resolve(value.get("_disabled_", False), f"{id_}{_SEP}_disabled_")
-        if isinstance(disabled, str):
-            disabled = disabled.strip().lower() == "true"
-        if disabled:
-            return None
-        target = self.resolve(value["_target_"], f"{id_}{_SEP}_target_")
-        if not isinstance(target, str):
-            raise _refuse(f"{_where(id_)} in {section} has _target_ {_short(target)}, not a name")
-        if value.get("_mode_", "default") != "default":
-            raise _refuse(f"{target} in {section} has _mode_ {_short(value['_mode_'])}; only the default is supported")
-        if "_requires_" in value:
-            raise _refuse(f"{target} in {section} has _requires_, which is not supported")
-        args = {k: v for k, v in value.items() if k not in _NON_ARG_KEYS}
-        return target, args, id_
-
-
-def _load_config_file(path: Path) -> Dict[str, Any]:
-    if not path.is_file():
-        raise _refuse(f"{path.name} does not exist in the bundle")
-    if path.stat().st_size > MAX_CONFIG_BYTES:
-        raise _refuse(f"{path.name} is larger than {MAX_CONFIG_BYTES} bytes")
-    text = path.read_text(encoding="utf-8-sig")
-    if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise _refuse(f"{path.name} is YAML and PyYAML is not installed",
-                          "install it (pip install pyyaml) or use the bundle's JSON config") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise _refuse(f"{path.name} is not valid YAML ({' '.join(str(exc).split())[:150]})") from exc
-    else:
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise _refuse(f"{path.name} is not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise _refuse(f"{path.name} does not hold a JSON object")
-    return data
-
-
 # ------------------------------------------------------------------ argument checkers
 
 
 class _Args:
     """The arguments of one component: supported ones resolved and checked, the rest refused."""
 
-    def __init__(self, cfg: _Config, target: str, args: Dict[str, Any], id_: str, section: str,
+    def __init__(self, cfg: BundleConfig, target: str, args: Dict[str, Any], id_: str, section: str,
                  supported: Sequence[str], ignored: Sequence[str] = ()) -> None:
         self.cfg, self.target, self.args, self.id, self.section = cfg, target, args, id_, section
         for key in args:
             if key not in supported and key not in ignored:
-                raise _refuse(f"{target} in {section} has argument {key!r}, which is not supported",
+                raise refuse(f"{target} in {section} has argument {key!r}, which is not supported",
                               f"supported: {', '.join(supported)}")
 
     def what(self, key: str) -> str:
@@ -559,15 +397,15 @@ class _Args:
     def get(self, key: str, default: Any = None) -> Any:
         if key not in self.args:
             return default
-        return self.cfg.resolve(self.args[key], f"{self.id}{_SEP}{key}")
+        return self.cfg.resolve(self.args[key], f"{self.id}{SEP}{key}")
 
     def require(self, key: str) -> Any:
         if key not in self.args:
-            raise _refuse(f"{self.target} in {self.section} lacks its argument {key!r}")
+            raise refuse(f"{self.target} in {self.section} lacks its argument {key!r}")
         return self.get(key)
 
     def bad(self, key: str, value: Any, want: str) -> ModelPackageError:
-        return _refuse(f"{self.what(key)} is {_short(value)}", f"expected {want}")
+        return refuse(f"{self.what(key)} is {short(value)}", f"expected {want}")
 
     def keys(self, key: str = "keys") -> Tuple[str, ...]:
         value = self.require(key)
@@ -619,38 +457,38 @@ def _short_target(target: str, prefix: str, section: str, supported: Sequence[st
     name = target[len(prefix):] if target.startswith(prefix) else target
     if name not in supported:
         kind = "transform" if "transforms" in prefix else "inferer" if "inferers" in prefix else "_target_"
-        raise _refuse(f"{kind} {target} in {section} is not supported", f"supported: {', '.join(supported)}")
+        raise refuse(f"{kind} {target} in {section} is not supported", f"supported: {', '.join(supported)}")
     return name
 
 
 # ------------------------------------------------------------------ sections
 
 
-def _network(cfg: _Config) -> Tuple[str, str, Dict[str, Any]]:
+def _network(cfg: BundleConfig) -> Tuple[str, str, Dict[str, Any]]:
     if "network_def" not in cfg.data:
-        raise _refuse(f"{cfg.file_name} has no network_def")
+        raise refuse(f"{cfg.file_name} has no network_def")
     comp = cfg.component(cfg.data["network_def"], "network_def", "network_def")
     if comp is None:
-        raise _refuse("network_def is disabled")
+        raise refuse("network_def is disabled")
     target, args, id_ = comp
     name = NETWORK_TARGETS.get(target)
     if name is None:
         known = ", ".join(sorted(k for k in _NETWORK_NAMES if k[0].isupper()))
-        raise _refuse(f"network _target_ {target} is not supported", f"supported: {known}")
-    kwargs = {k: cfg.resolve(v, f"{id_}{_SEP}{k}") for k, v in args.items()}
+        raise refuse(f"network _target_ {target} is not supported", f"supported: {known}")
+    kwargs = {k: cfg.resolve(v, f"{id_}{SEP}{k}") for k, v in args.items()}
     try:
         if name in registry.ARCHITECTURES:
             kwargs = registry.validate_kwargs(name, kwargs)
         else:
             kwargs = monai_zoo.validate_kwargs(name, kwargs)
     except ModelPackageError as exc:
-        raise _refuse(f"network_def {target}: {exc}") from exc
+        raise refuse(f"network_def {target}: {exc}") from exc
     return name, target, json.loads(json.dumps(kwargs))
 
 
-def _compose_items(cfg: _Config, section: str) -> List[Tuple[str, Dict[str, Any], str]]:
+def _compose_items(cfg: BundleConfig, section: str) -> List[Tuple[str, Dict[str, Any], str]]:
     if section not in cfg.data:
-        raise _refuse(f"{cfg.file_name} has no {section}")
+        raise refuse(f"{cfg.file_name} has no {section}")
     comp = cfg.component(cfg.data[section], section, section)
     if comp is None:
         return []
@@ -658,18 +496,18 @@ def _compose_items(cfg: _Config, section: str) -> List[Tuple[str, Dict[str, Any]
     _short_target(target, "monai.transforms.", section, ("Compose",))
     a = _Args(cfg, "Compose", args, id_, section, ("transforms", "lazy"), ("log_stats",))
     a.default_only("lazy", (False, None))
-    items, items_id = cfg.follow(args.get("transforms", []), f"{id_}{_SEP}transforms")
+    items, items_id = cfg.follow(args.get("transforms", []), f"{id_}{SEP}transforms")
     if not isinstance(items, list):
-        raise _refuse(f"{section} transforms are {_short(items)}, not a list")
+        raise refuse(f"{section} transforms are {short(items)}, not a list")
     out = []
     for i, item in enumerate(items):
-        got = cfg.component(item, f"{items_id}{_SEP}{i}", section)
+        got = cfg.component(item, f"{items_id}{SEP}{i}", section)
         if got is not None:
             out.append(got)
     return out
 
 
-def _preprocessing(cfg: _Config) -> Tuple[List[PreStep], List[str]]:
+def _preprocessing(cfg: BundleConfig) -> Tuple[List[PreStep], List[str]]:
     section = "preprocessing"
     steps: List[PreStep] = []
     ignored: List[str] = []
@@ -784,12 +622,12 @@ def _preprocessing(cfg: _Config) -> Tuple[List[PreStep], List[str]]:
     return steps, ignored
 
 
-def _inferer(cfg: _Config) -> InfererSpec:
+def _inferer(cfg: BundleConfig) -> InfererSpec:
     if "inferer" not in cfg.data:
-        raise _refuse(f"{cfg.file_name} has no inferer")
+        raise refuse(f"{cfg.file_name} has no inferer")
     comp = cfg.component(cfg.data["inferer"], "inferer", "inferer")
     if comp is None:
-        raise _refuse("the inferer is disabled")
+        raise refuse("the inferer is disabled")
     target, args, id_ = comp
     name = _short_target(target, "monai.inferers.", "inferer", SUPPORTED_INFERERS)
     if name == "SimpleInferer":
@@ -817,7 +655,7 @@ def _inferer(cfg: _Config) -> InfererSpec:
         float(a.number("cval", 0.0)))
 
 
-def _postprocessing(cfg: _Config, input_keys: Sequence[str]) -> Tuple[List[PostStep], List[str]]:
+def _postprocessing(cfg: BundleConfig, input_keys: Sequence[str]) -> Tuple[List[PostStep], List[str]]:
     section = "postprocessing"
     steps: List[PostStep] = []
     ignored: List[str] = []
@@ -833,13 +671,13 @@ def _postprocessing(cfg: _Config, input_keys: Sequence[str]) -> Tuple[List[PostS
             a.default_only("dim", (0,))
             soft, sig = a.boolean("softmax", False), a.boolean("sigmoid", False)
             if soft and sig:
-                raise _refuse(f"Activationsd in {section} asks for both softmax and sigmoid")
+                raise refuse(f"Activationsd in {section} asks for both softmax and sigmoid")
             step: PostStep = Activations(a.keys(), soft, sig)
         elif name == "Invertd":
             a = _Args(cfg, name, args, id_, section, (*common, "transform", "orig_keys", "nearest_interp", "post_func"),
                       ("meta_keys", "orig_meta_keys", "meta_key_postfix", "to_tensor", "device"))
             raw = args.get("transform")
-            if not isinstance(raw, str) or _Config.absolute(raw, f"{id_}{_SEP}transform") != "@preprocessing":
+            if not isinstance(raw, str) or BundleConfig.absolute(raw, f"{id_}{SEP}transform") != "@preprocessing":
                 raise a.bad("transform", raw, '"@preprocessing" (inverting anything else is not supported)')
             a.default_only("post_func", (None,))
             orig = a.keys("orig_keys")
@@ -855,21 +693,21 @@ def _postprocessing(cfg: _Config, input_keys: Sequence[str]) -> Tuple[List[PostS
             a.default_only("keepdim", (True,))
             argmax, threshold = a.boolean("argmax", False), a.number("threshold", optional=True)
             if argmax == (threshold is not None):
-                raise _refuse(f"AsDiscreted in {section} must set exactly one of argmax and threshold")
+                raise refuse(f"AsDiscreted in {section} must set exactly one of argmax and threshold")
             step = AsDiscrete(a.keys(), argmax, threshold)
         else:  # Lambdad: only functions known by their exact text
             a = _Args(cfg, name, args, id_, section, (*common, "func", "overwrite", "track_meta"), ())
             func = args.get("func")
             rules = KNOWN_LAMBDAS.get(_squash(func)) if isinstance(func, str) else None
             if rules is None:
-                raise _refuse(f"Lambdad in {section} runs the code {_short(func)}, which TumorSeg does not evaluate",
+                raise refuse(f"Lambdad in {section} runs the code {short(func)}, which TumorSeg does not evaluate",
                               "only the BraTS region-to-label function is recognised")
             a.default_only("overwrite", (True,))
             step = RegionsToLabels(a.keys(), rules)
         if "allow_missing_keys" in args:
             a.default_only("allow_missing_keys", (False,))
         if step.keys != (OUTPUT_KEY,):
-            raise _refuse(f"{name} in {section} acts on {list(step.keys)}; only {OUTPUT_KEY!r} (the prediction) "
+            raise refuse(f"{name} in {section} acts on {list(step.keys)}; only {OUTPUT_KEY!r} (the prediction) "
                           "is supported")
         steps.append(step)
     return steps, ignored
@@ -886,7 +724,7 @@ def _channels(steps: Sequence[PreStep], in_channels: int, meta_input: Dict[str, 
         if not isinstance(step, LoadImage):
             missing = [k for k in step.keys if k not in known]
             if missing:
-                raise _refuse(f"{step.transform} in preprocessing acts on {missing}, which no LoadImaged loaded "
+                raise refuse(f"{step.transform} in preprocessing acts on {missing}, which no LoadImaged loaded "
                               "before it")
         if isinstance(step, LoadImage):
             for key in step.keys:
@@ -897,13 +735,13 @@ def _channels(steps: Sequence[PreStep], in_channels: int, meta_input: Dict[str, 
             known.append(step.name)
             sources[step.name] = tuple(s for k in step.keys for s in sources[k])
         elif isinstance(step, CropForeground) and step.source_key not in known:
-            raise _refuse(f"CropForegroundd source_key {step.source_key!r} is not a loaded key")
+            raise refuse(f"CropForegroundd source_key {step.source_key!r} is not a loaded key")
     if INPUT_KEY not in known:
-        raise _refuse(f"preprocessing never makes the key {INPUT_KEY!r} that the network reads")
+        raise refuse(f"preprocessing never makes the key {INPUT_KEY!r} that the network reads")
     keys = sources[INPUT_KEY]
     per_key = 1 if len(keys) == in_channels else in_channels if len(keys) == 1 else 0
     if per_key == 0:
-        raise _refuse(f"the network takes {in_channels} channels but {INPUT_KEY!r} is built from {len(keys)} keys "
+        raise refuse(f"the network takes {in_channels} channels but {INPUT_KEY!r} is built from {len(keys)} keys "
                       f"({', '.join(keys)})")
     names = _channel_def(meta_input, in_channels)
     return tuple(InputChannel(i, names[i] if names else (keys[i] if per_key == 1 else f"channel {i}"),
@@ -953,25 +791,25 @@ def bundle_root(source: PathLike) -> Path:
         raise ModelPackageError(f"{path} does not exist; check the path")
     if path.is_file():
         if path.suffix.lower() != ".zip":
-            raise _refuse(f"{path.name} is neither a bundle folder nor a .zip")
+            raise refuse(f"{path.name} is neither a bundle folder nor a .zip")
         path = extract_zip(path, cache_dir() / "bundles")
     if not (path / "configs").is_dir():
-        raise _refuse(f"{path.name} has no configs/ folder, so it is not a MONAI bundle")
+        raise refuse(f"{path.name} has no configs/ folder, so it is not a MONAI bundle")
     return path
 
 
 def _check_weights_file(root: Path, weights: str) -> str:
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.(pt|pth)$", weights):
-        raise _refuse(f"weights file name {weights!r} is not a plain .pt name inside models/")
+        raise refuse(f"weights file name {weights!r} is not a plain .pt name inside models/")
     pt = root / "models" / weights
     if pt.is_file() and not pt.is_symlink():
         return f"models/{weights}"
     if (root / "models" / "model.ts").is_file():
-        raise _refuse(
+        raise refuse(
             "it holds only models/model.ts (TorchScript), which TumorSeg does not import because loading it runs "
             "its code", f"use the bundle's models/{weights} (the PyTorch state dict, e.g. from the non-TorchScript "
                          "download of the bundle)")
-    raise _refuse(f"it has no models/{weights}", "download the bundle with its weights")
+    raise refuse(f"it has no models/{weights}", "download the bundle with its weights")
 
 
 def read_bundle(source: PathLike, *, overrides: Optional[Mapping[str, Any]] = None,
@@ -987,12 +825,12 @@ def read_bundle(source: PathLike, *, overrides: Optional[Mapping[str, Any]] = No
     weights_file = _check_weights_file(root, weights)
     config_path = next((root / "configs" / n for n in CONFIG_NAMES if (root / "configs" / n).is_file()), None)
     if config_path is None:
-        raise _refuse(f"{root.name} has no configs/inference.json (or .yaml)")
+        raise refuse(f"{root.name} has no configs/inference.json (or .yaml)")
     meta_path = root / "configs" / "metadata.json"
     if not meta_path.is_file():
-        raise _refuse(f"{root.name} has no configs/metadata.json")
-    meta = _load_config_file(meta_path)
-    cfg = _Config(root, _load_config_file(config_path), f"configs/{config_path.name}")
+        raise refuse(f"{root.name} has no configs/metadata.json")
+    meta = load_config_file(meta_path)
+    cfg = BundleConfig(root, load_config_file(config_path), f"configs/{config_path.name}")
     for key, value in (overrides or {}).items():
         cfg.set(str(key), json.loads(json.dumps(value)))
 
@@ -1007,14 +845,14 @@ def read_bundle(source: PathLike, *, overrides: Optional[Mapping[str, Any]] = No
     for what, section, count in (("input", meta_in, in_channels), ("output", meta_out, out_channels)):
         declared = section.get("num_channels")
         if isinstance(declared, int) and declared != count:
-            raise _refuse(f"metadata.json declares {declared} {what} channels but the network has {count}")
+            raise refuse(f"metadata.json declares {declared} {what} channels but the network has {count}")
     inputs = _channels(pre, in_channels, meta_in)
     out_names = _channel_def(meta_out, out_channels) or [f"channel {i}" for i in range(out_channels)]
     if sum(isinstance(s, Activations) for s in post) > 1 or sum(isinstance(s, Invert) for s in post) > 1:
-        raise _refuse("postprocessing applies Activationsd or Invertd twice")
+        raise refuse("postprocessing applies Activationsd or Invertd twice")
     regions = next((s for s in post if isinstance(s, RegionsToLabels)), None)
     if regions is not None and any(c >= out_channels for c, _ in regions.rules):
-        raise _refuse(f"the Lambdad in postprocessing reads channels the network ({out_channels}) does not have")
+        raise refuse(f"the Lambdad in postprocessing reads channels the network ({out_channels}) does not have")
 
     return BundleSpec(
         root=str(root), config_file=f"configs/{config_path.name}",

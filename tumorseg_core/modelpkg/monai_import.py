@@ -19,6 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 from tumorseg_core.errors import ModelPackageError
 from tumorseg_core.imaging.segments import NEOPLASM_TERMINOLOGY, auto_color
 from tumorseg_core.modelpkg import monai_bundle as mb
+from tumorseg_core.modelpkg.monai_config import refuse
 from tumorseg_core.modelpkg.monai_section import check_monai_section, section_json
 from tumorseg_core.models.registry import size_divisor
 
@@ -80,7 +81,7 @@ def _spatial(step: Any, at: Dict[str, Tuple[int, ...]], n_in: int) -> bool:
     if not covered:
         return False
     if len(covered) != n_in:
-        raise mb._refuse(f"{step.transform} in preprocessing acts on only some of the network's input channels "
+        raise refuse(f"{step.transform} in preprocessing acts on only some of the network's input channels "
                          f"({sorted(covered)} of {n_in})")
     return True
 
@@ -104,7 +105,7 @@ def bundle_section(spec: mb.BundleSpec) -> Dict[str, Any]:
             if _spatial(step, at, n_in):
                 source = at.get(step.source_key)
                 if not source:
-                    raise mb._refuse(f"CropForegroundd source_key {step.source_key!r} holds none of the network's "
+                    raise refuse(f"CropForegroundd source_key {step.source_key!r} holds none of the network's "
                                      "input channels")
                 pre.append({"transform": "CropForegroundd", "source_channels": list(source),
                             "margin": list(step.margin), "allow_smaller": step.allow_smaller,
@@ -123,7 +124,7 @@ def bundle_section(spec: mb.BundleSpec) -> Dict[str, Any]:
                             subtrahend=list(step.subtrahend) if isinstance(step.subtrahend, tuple) else step.subtrahend,
                             divisor=list(step.divisor) if isinstance(step.divisor, tuple) else step.divisor)
             else:  # pragma: no cover - read_bundle allows nothing else
-                raise mb._refuse(f"{step.transform} in preprocessing is not supported")
+                raise refuse(f"{step.transform} in preprocessing is not supported")
             pre.append(item)
     post: List[Dict[str, Any]] = []
     for step in spec.postprocessing:
@@ -137,7 +138,7 @@ def bundle_section(spec: mb.BundleSpec) -> Dict[str, Any]:
             post.append({"transform": "Lambdad", "rules": [list(r) for r in step.rules]})
     spatial = any(s["transform"] in ("Orientationd", "Spacingd", "CropForegroundd") for s in pre)
     if spatial and not any(s["transform"] == "Invertd" for s in post):
-        raise mb._refuse("its postprocessing has no Invertd, so MONAI's prediction stays on the resampled grid",
+        raise refuse("its postprocessing has no Invertd, so MONAI's prediction stays on the resampled grid",
                          "TumorSeg returns labels on the input's grid; add an Invertd of @preprocessing")
     inf = spec.inferer
     section = {
@@ -161,7 +162,7 @@ def _output(spec: mb.BundleSpec) -> Dict[str, Any]:
     names = [c.name for c in spec.output_channels]
     if spec.output_type == "labels":
         if len(names) < 2:
-            raise mb._refuse("a softmax/argmax output needs at least 2 channels (background first)")
+            raise refuse("a softmax/argmax output needs at least 2 channels (background first)")
         return {"type": "softmax", "labels": [_segment(i, names[i]) for i in range(1, len(names))]}
     rules = next((s.rules for s in spec.postprocessing if isinstance(s, mb.RegionsToLabels)), None)
     by_channel = dict((c, v) for c, v in reversed(rules)) if rules else {}
