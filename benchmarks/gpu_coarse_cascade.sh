@@ -5,9 +5,9 @@
 # phantoms (report there). Sized for one lent GPU (~8 min on 16 cores + one H100/H200;
 # a session has 15 device minutes in all, so there is no second try).
 #
-#   on the device (SimpleITK + MONAI wheels in .whl/; benchmarks/README.md "In one device call"):
-#     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
-#       && PYTHONPATH=/tmp/site:$PWD bash benchmarks/gpu_coarse_cascade.sh
+#   here: bash benchmarks/device_wheels.sh train (SimpleITK and MONAI; SimpleITK alone is 53 of the
+#   64 MiB a device call carries); on the device its two calls in a row (see that file), the second
+#   ending in `PYTHONPATH=/tmp/site:$PWD bash benchmarks/gpu_coarse_cascade.sh` (no .real_anatomy needed)
 #   here, as the test does (tiny and on the CPU):
 #     MODEL=PKG N=3 TUNE_N=2 EVAL_N=1 MAX_SIZE=24 PHANTOM_ARGS="--size 40 36 24 --spacing 2 2 3" \
 #       DEVICE=cpu JOBS=1 WORKERS=0 EPOCHS=1 ITERS=2 BATCH=2 OUT=/tmp/x WORK=/tmp/x.work \

@@ -5,7 +5,7 @@
 # speed, peak host memory and the label Dice between the two. This is the first run of
 # TumorSeg's nnU-Net GPU path (autocast as nnU-Net; sums on the host), which CI cannot test.
 #
-#   here, once: bash benchmarks/gpu_nnunet_wheels.sh   (nnunetv2 and what the device lacks -> .whl/nnunet-a, -b)
+#   here, once: bash benchmarks/device_wheels.sh nnunet   (SimpleITK -> .whl/simpleitk, nnunetv2 and its needs -> .whl/nnunet)
 #   on the device: two calls in a row, the second running this script (the commands are in that file's header)
 #   knobs (env): DEVICE (cuda), SIZE ("256 256 160", the issue's), REPEATS (3), MIRRORS ("no-mirror mirror"),
 #   TRAIN_SIZE ("224 224 160": nnU-Net's realistic 128^3 plan; small values give a tiny plan), WORK, OUT.

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.real_anatomy.cases import write_set
     from benchmarks.real_anatomy.fetch_sources import FetchError, ensure_sources
+    from benchmarks.real_anatomy.sources import sources_for
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--split", choices=("eval", "train"), required=True)
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.n < 1:
         parser.error("-n must be at least 1")
     try:
-        ensure_sources()
+        ensure_sources(names=[source.name for source in sources_for(args.split)])
     except FetchError as exc:
         print(f"error: {exc}; run it on a Debian machine with apt-get and pip reaching their registries",
               file=sys.stderr)

@@ -6,10 +6,18 @@
 # lesion-free demo seeds. Sized for one H100/H200 with 16 cores, ~8 min; a lent session
 # has 15 device minutes in all, so keep TRAIN_MIN so that everything fits in one call.
 #
-#   on the device (repository root, SimpleITK + MONAI wheels in .whl/):
-#     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
-#       && PYTHONPATH=/tmp/site:$PWD bash configs/gpu_finetune_default.sh
-#   knobs (env): CONFIG, INIT (default), N (480), EPOCHS (24), ITERS (100), BATCH (8),
+#   here: bash benchmarks/device_wheels.sh train (SimpleITK, MONAI and the real training sources);
+#   on the device: its two calls in a row (SimpleITK alone is 53 of the 64 MiB a call carries), the
+#   second ending in `PYTHONPATH=/tmp/site:$PWD [DATA=real REAL_CACHE=$PWD/.real_anatomy] bash configs/gpu_finetune_default.sh`.
+#
+#   DATA=synthetic (default): train on N phantoms (synthetic:N). DATA=real: on N_REAL real-anatomy
+#   training cases (benchmarks/make_real_anatomy_set.py --split train --seed 1: ICBM152 MRI and the
+#   head CT's right half, never the evaluation anatomy; their sources from REAL_CACHE, no network
+#   needed) plus N phantoms (seeds 700000+), one --data folder, CONFIG then defaulting to
+#   configs/default_model_v7_realanatomy.json (issue #20 part 4). Score the result on the
+#   real-anatomy evaluation set here afterwards (its anatomy is not carried).
+#   knobs (env): CONFIG, INIT (default), N (480; with DATA=real 120), N_REAL (120), DATA, REAL_CACHE,
+#   EPOCHS (24), ITERS (100), BATCH (8),
 #   PATCH ("96 96 96" to try more context; empty keeps the config's), TRAIN_MIN (5), SCORE_INIT (0),
 #   WORKERS (14), DEVICE (cuda), TUNE_N (40), EVAL_N (20), DEMO_SEEDS, FREE_SEEDS, WORK, OUT.
 #
@@ -20,10 +28,18 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."  # the repository root (scripts and configs are named from there)
 
 PYTHON=${PYTHON:-python3}
-CONFIG=${CONFIG:-configs/default_model_v5_gpu.json}
+DATA=${DATA:-synthetic}
+if [ "$DATA" = real ]; then
+    CONFIG=${CONFIG:-configs/default_model_v7_realanatomy.json}
+    N=${N:-120}
+else
+    CONFIG=${CONFIG:-configs/default_model_v5_gpu.json}
+    N=${N:-480}
+fi
+N_REAL=${N_REAL:-120}
+REAL_CACHE=${REAL_CACHE:-}
 INIT=${INIT:-default}
 DEVICE=${DEVICE:-cuda}
-N=${N:-480}
 EPOCHS=${EPOCHS:-24}            # sized so the poly schedule ends inside TRAIN_MIN
 ITERS=${ITERS:-100}
 BATCH=${BATCH:-8}
@@ -42,10 +58,25 @@ tumorseg() { "$PYTHON" -m tumorseg_core "$@"; }
 
 make_phantom_sets
 
-stage "fine-tune $INIT with $CONFIG: synthetic:$N, $EPOCHS x $ITERS x batch $BATCH, at most $TRAIN_MIN min"
+train_data="synthetic:$N"
+if [ "$DATA" = real ]; then
+    stage "training data: $N_REAL real-anatomy cases (train split) + $N phantoms"
+    if [ -n "$REAL_CACHE" ]; then export TUMORSEG_REAL_ANATOMY_CACHE=$REAL_CACHE; fi
+    "$PYTHON" benchmarks/make_real_anatomy_set.py --split train -n "$N_REAL" --seed 1 -o "$WORK/real" > "$WORK/real.log"
+    # shellcheck disable=SC2086  # PHANTOM_ARGS is a list of options
+    "$PYTHON" benchmarks/make_eval_phantoms.py "$WORK/phantoms" --first-seed 700000 -n "$N" $PHANTOM_ARGS > "$WORK/phantoms.log"
+    rm -rf "$WORK/data" && mkdir -p "$WORK/data/images" "$WORK/data/labels"
+    for part in real phantoms; do
+        for f in "$WORK/$part"/images/*; do ln -s "$f" "$WORK/data/images/${part}_$(basename "$f")"; done
+        for f in "$WORK/$part"/labels/*; do ln -s "$f" "$WORK/data/labels/${part}_$(basename "$f")"; done
+    done
+    train_data="$WORK/data"
+fi
+
+stage "fine-tune $INIT with $CONFIG: $train_data, $EPOCHS x $ITERS x batch $BATCH, at most $TRAIN_MIN min"
 patch=()
 if [ -n "$PATCH" ]; then patch=(--patch-size $PATCH); fi
-tumorseg train "$CONFIG" -o "$OUT/model" --data "synthetic:$N" --init-weights "$INIT" --device "$DEVICE" \
+tumorseg train "$CONFIG" -o "$OUT/model" --data "$train_data" --init-weights "$INIT" --device "$DEVICE" \
     --num-workers "$WORKERS" --epochs "$EPOCHS" --iterations-per-epoch "$ITERS" --batch-size "$BATCH" "${patch[@]}" \
     --time-limit "$TRAIN_MIN" --workdir "$WORK/train.work" --overwrite 2> "$WORK/train.log"
 cp "$WORK/train.work/log.csv" "$OUT/log.csv"

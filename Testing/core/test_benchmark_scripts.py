@@ -295,6 +295,49 @@ def test_gpu_finetune_recipe_runs_end_to_end_on_tiny_settings(tmp_path):
         assert 0.0 <= float(dice) <= 1.0 and int(fp) >= 0
 
 
+def test_gpu_finetune_recipe_trains_on_real_anatomy_from_the_carried_sources_only(tmp_path, real_anatomy_sources):
+    """DATA=real: the training split built from a cache holding only what ``export_sources("train")`` copies
+    (what a lent GPU gets: no registry there), mixed with phantoms into one --data folder, trained."""
+    import os
+    import shutil
+    import subprocess
+
+    from benchmarks.real_anatomy import fetch_sources
+    from benchmarks.real_anatomy.sources import export_sources
+
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("needs bash")
+    cache = tmp_path / "carried"
+    export_sources("train", cache)
+    assert not (cache / "debian").exists() and fetch_sources.missing_files(cache)  # the eval sources are absent
+    init = make_tiny_package(tmp_path / "init", seed=3)
+    config = {
+        "architecture": "unet3d", "kwargs": {"features": [2, 4], "norm": "none"},
+        "inputs": [{"modality": "CT or MRI", "normalization": {"type": "zscore", "nonzero": False}}],
+        "spacing": [4.0, 4.0, 4.0], "patch_size": [16, 16, 16], "val_fraction": 0.25, "seed": 1,
+    }
+    (tmp_path / "tiny.json").write_text(json.dumps(config))
+    env = {**os.environ, "PYTHON": sys.executable, "CONFIG": str(tmp_path / "tiny.json"), "INIT": str(init),
+           "DATA": "real", "REAL_CACHE": str(cache), "N_REAL": "2", "N": "2", "EPOCHS": "1", "ITERS": "2",
+           "BATCH": "1", "WORKERS": "0", "DEVICE": "cpu", "TUNE_N": "1", "EVAL_N": "1",
+           "PHANTOM_ARGS": "--size 40 36 24 --spacing 2 2 3", "DEMO_SEEDS": "1", "FREE_SEEDS": "2",
+           "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work")}
+    done = subprocess.run([bash, str(REPO / "configs" / "gpu_finetune_default.sh")], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    data = sorted(p.name for p in (tmp_path / "work" / "data" / "images").iterdir())
+    assert data == ["phantoms_case_00.nii.gz", "phantoms_case_01.nii.gz", "real_case_00.nii.gz", "real_case_01.nii.gz"]
+    assert sorted(p.name for p in (tmp_path / "work" / "data" / "labels").iterdir()) == data
+    records = json.loads((tmp_path / "work" / "real" / "cases.json").read_text())["cases"]
+    assert {r["source"] for r in records} <= {"icbm152", "ct_right"}  # the training anatomy only
+    assert not (cache / "debian").exists()  # nothing was fetched
+    from tumorseg_core.modelpkg.package import open_package
+
+    assert open_package(tmp_path / "out" / "model").manifest.spacing_xyz == (4.0, 4.0, 4.0)
+    assert (tmp_path / "out" / "summary.txt").read_text().rstrip().endswith("done")
+
+
 def test_compute_bound_counts_a_tumorseg_models_flops_and_windows(tmp_path):
     """compute_bound.py on TumorSeg's own package: the FLOPs are the convolutions' multiply-adds, the windows
     the sliding-window grid of the model-grid volume, the window run by the exported backend (smoke, no timing)."""

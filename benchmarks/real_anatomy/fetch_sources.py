@@ -29,7 +29,7 @@ import tarfile
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +46,15 @@ COLIN27_BRAIN = Path("debian/usr/share/mricron/templates/ch2bet.nii.gz")
 INVESALIUS_PROJECT = Path("debian/usr/share/doc/invesalius-examples/examples/Cranium.inv3")
 INVESALIUS_DIR = Path("invesalius")
 NILEARN_DIR = Path("nilearn")
-REQUIRED: tuple[Path, ...] = (COLIN27_T1, COLIN27_BRAIN, INVESALIUS_DIR / "main.plist",
-                              *(NILEARN_DIR / name for name in NILEARN_FILES))
+#: The files each source (``sources.SOURCES``) is loaded from: a machine that cannot reach the
+#: registries (a lent GPU) can be given only those of the sources it needs.
+REQUIRED_BY_SOURCE: dict[str, tuple[Path, ...]] = {
+    "colin27": (COLIN27_T1, COLIN27_BRAIN),
+    "icbm152": tuple(NILEARN_DIR / name for name in NILEARN_FILES),
+    "ct_left": (INVESALIUS_DIR / "main.plist", INVESALIUS_DIR / "matrix.dat"),
+    "ct_right": (INVESALIUS_DIR / "main.plist", INVESALIUS_DIR / "matrix.dat"),
+}
+REQUIRED: tuple[Path, ...] = tuple(dict.fromkeys(p for files in REQUIRED_BY_SOURCE.values() for p in files))
 
 
 class FetchError(RuntimeError):
@@ -60,10 +67,12 @@ def cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "tumorseg" / "real_anatomy"
 
 
-def missing_files(cache: Optional[Path] = None) -> list[Path]:
-    """The required files absent from ``cache`` (empty when everything is there)."""
+def missing_files(cache: Optional[Path] = None, names: Optional[Sequence[str]] = None) -> list[Path]:
+    """The required files absent from ``cache`` (empty when everything is there); ``names``: only
+    those of these sources (keys of :data:`REQUIRED_BY_SOURCE`), else of every source."""
     root = cache or cache_dir()
-    return [root / rel for rel in REQUIRED if not (root / rel).is_file()]
+    wanted = REQUIRED if names is None else tuple(dict.fromkeys(p for n in names for p in REQUIRED_BY_SOURCE[n]))
+    return [root / rel for rel in wanted if not (root / rel).is_file()]
 
 
 def _run(args: list[str], cwd: Path) -> None:
@@ -118,14 +127,15 @@ def _fetch_nilearn(root: Path) -> None:
                     shutil.copyfileobj(source, target)
 
 
-def ensure_sources(cache: Optional[Path] = None) -> Path:
-    """Make sure every real source is in ``cache`` (fetching what is missing); returns the cache folder.
+def ensure_sources(cache: Optional[Path] = None, names: Optional[Sequence[str]] = None) -> Path:
+    """Make sure the real sources (``names``, default all) are in ``cache`` (fetching what is missing);
+    returns the cache folder. Nothing is fetched when they are all there.
 
     Raises:
         FetchError: a registry or tool was not reachable; the message says which command failed.
     """
     root = cache or cache_dir()
-    if not missing_files(root):
+    if not missing_files(root, names):
         return root
     root.mkdir(parents=True, exist_ok=True)
     if not (root / COLIN27_T1).is_file() or not (root / INVESALIUS_PROJECT).is_file():
@@ -134,7 +144,7 @@ def ensure_sources(cache: Optional[Path] = None) -> Path:
         _unpack_invesalius(root)
     if any(not (root / NILEARN_DIR / name).is_file() for name in NILEARN_FILES):
         _fetch_nilearn(root)
-    still = missing_files(root)
+    still = missing_files(root, names)
     if still:
         raise FetchError(f"after fetching, {len(still)} file(s) are still missing, e.g. {still[0]}")
     return root

@@ -117,7 +117,7 @@ def _spacing_zyx(image: sitk.Image) -> np.ndarray:
 def load_anatomy(name: str, cache: Optional[Path] = None) -> Anatomy:
     """Load source ``name`` (a key of :data:`SOURCES`), fetching the sources first if needed."""
     info = SOURCES[name]
-    root = fetch_sources.ensure_sources(cache)
+    root = fetch_sources.ensure_sources(cache, [name])
     derived = root / "derived" / f"{name}-v{DERIVED_VERSION}.npz"
     if info.modality == "mri":
         image, brain = _load_colin27(root) if name == "colin27" else _load_icbm152(root)
@@ -143,3 +143,24 @@ def load_anatomy(name: str, cache: Optional[Path] = None) -> Anatomy:
     tissue = TissueMaps(full.body[cut], full.brain[cut], {k: m[cut] for k, m in full.classes.items()},
                         full.csf, full.gray, full.white)
     return Anatomy(info, half, tissue, -1024.0, cut_x, 1 if keep_left else -1)
+
+
+def export_sources(split: str, dest: Path) -> list[Path]:
+    """Copy what ``split``'s sources are loaded from (their files and tissue maps) into the cache folder
+    ``dest``, so that a machine without the registries (a lent GPU) can build that split from it alone
+    (``$TUMORSEG_REAL_ANATOMY_CACHE=dest``). Fetches and derives here first; returns the files written."""
+    import shutil
+
+    names = [s.name for s in sources_for(split)]
+    for name in names:
+        load_anatomy(name)  # fetched and its tissue maps made here
+    root = fetch_sources.cache_dir()
+    files = {rel for name in names for rel in fetch_sources.REQUIRED_BY_SOURCE[name]}
+    files |= {Path("derived") / f"{'ct' if SOURCES[n].modality == 'ct' else n}-v{DERIVED_VERSION}.npz"
+              for n in names}
+    written = []
+    for rel in sorted(files):
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / rel, dest / rel)
+        written.append(dest / rel)
+    return written
