@@ -11,12 +11,13 @@
 #   second ending in `PYTHONPATH=/tmp/site:$PWD [DATA=real REAL_CACHE=$PWD/.real_anatomy] bash configs/gpu_finetune_default.sh`.
 #
 #   DATA=synthetic (default): train on N phantoms (synthetic:N). DATA=real: on N_REAL real-anatomy
-#   training cases (benchmarks/make_real_anatomy_set.py --split train --seed 1: ICBM152 MRI and the
-#   head CT's right half, never the evaluation anatomy; their sources from REAL_CACHE, no network
-#   needed) plus N phantoms (seeds 700000+), one --data folder, CONFIG then defaulting to
+#   training cases (benchmarks/make_real_anatomy_set.py --split train, REAL_JOBS processes with
+#   seeds 1, 2, ...: ICBM152 MRI and the head CT's right half, never the evaluation anatomy; their
+#   sources from REAL_CACHE, no network needed) plus N phantoms (seeds 700000+), one --data folder
+#   (sized so that the whole call stays near 8 min), CONFIG then defaulting to
 #   configs/default_model_v7_realanatomy.json (issue #20 part 4). Score the result on the
 #   real-anatomy evaluation set here afterwards (its anatomy is not carried).
-#   knobs (env): CONFIG, INIT (default), N (480; with DATA=real 120), N_REAL (120), DATA, REAL_CACHE,
+#   knobs (env): CONFIG, INIT (default), N (480; with DATA=real 24), N_REAL (48), REAL_JOBS (8), DATA, REAL_CACHE,
 #   EPOCHS (24), ITERS (100), BATCH (8),
 #   PATCH ("96 96 96" to try more context; empty keeps the config's), TRAIN_MIN (5), SCORE_INIT (0),
 #   WORKERS (14), DEVICE (cuda), TUNE_N (40), EVAL_N (20), DEMO_SEEDS, FREE_SEEDS, WORK, OUT.
@@ -31,12 +32,13 @@ PYTHON=${PYTHON:-python3}
 DATA=${DATA:-synthetic}
 if [ "$DATA" = real ]; then
     CONFIG=${CONFIG:-configs/default_model_v7_realanatomy.json}
-    N=${N:-120}
+    N=${N:-24}
 else
     CONFIG=${CONFIG:-configs/default_model_v5_gpu.json}
     N=${N:-480}
 fi
-N_REAL=${N_REAL:-120}
+N_REAL=${N_REAL:-48}
+REAL_JOBS=${REAL_JOBS:-8}     # processes writing the real cases (seeds 1..REAL_JOBS)
 REAL_CACHE=${REAL_CACHE:-}
 INIT=${INIT:-default}
 DEVICE=${DEVICE:-cuda}
@@ -62,11 +64,19 @@ train_data="synthetic:$N"
 if [ "$DATA" = real ]; then
     stage "training data: $N_REAL real-anatomy cases (train split) + $N phantoms"
     if [ -n "$REAL_CACHE" ]; then export TUMORSEG_REAL_ANATOMY_CACHE=$REAL_CACHE; fi
-    "$PYTHON" benchmarks/make_real_anatomy_set.py --split train -n "$N_REAL" --seed 1 -o "$WORK/real" > "$WORK/real.log"
+    per_job=$(( (N_REAL + REAL_JOBS - 1) / REAL_JOBS ))
+    parts=()
+    for ((j = 0; j < REAL_JOBS && j * per_job < N_REAL; j++)); do  # REAL_JOBS processes, one seed each
+        n=$(( N_REAL - j * per_job < per_job ? N_REAL - j * per_job : per_job ))
+        "$PYTHON" benchmarks/make_real_anatomy_set.py --split train -n "$n" --seed "$((1 + j))" -o "$WORK/real$j" \
+            > "$WORK/real$j.log" &
+        parts+=("real$j")
+    done
+    wait
     # shellcheck disable=SC2086  # PHANTOM_ARGS is a list of options
     "$PYTHON" benchmarks/make_eval_phantoms.py "$WORK/phantoms" --first-seed 700000 -n "$N" $PHANTOM_ARGS > "$WORK/phantoms.log"
     rm -rf "$WORK/data" && mkdir -p "$WORK/data/images" "$WORK/data/labels"
-    for part in real phantoms; do
+    for part in "${parts[@]}" phantoms; do
         for f in "$WORK/$part"/images/*; do ln -s "$f" "$WORK/data/images/${part}_$(basename "$f")"; done
         for f in "$WORK/$part"/labels/*; do ln -s "$f" "$WORK/data/labels/${part}_$(basename "$f")"; done
     done

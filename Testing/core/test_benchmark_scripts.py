@@ -319,7 +319,7 @@ def test_gpu_finetune_recipe_trains_on_real_anatomy_from_the_carried_sources_onl
     }
     (tmp_path / "tiny.json").write_text(json.dumps(config))
     env = {**os.environ, "PYTHON": sys.executable, "CONFIG": str(tmp_path / "tiny.json"), "INIT": str(init),
-           "DATA": "real", "REAL_CACHE": str(cache), "N_REAL": "2", "N": "2", "EPOCHS": "1", "ITERS": "2",
+           "DATA": "real", "REAL_CACHE": str(cache), "N_REAL": "3", "REAL_JOBS": "2", "N": "2", "EPOCHS": "1", "ITERS": "2",
            "BATCH": "1", "WORKERS": "0", "DEVICE": "cpu", "TUNE_N": "1", "EVAL_N": "1",
            "PHANTOM_ARGS": "--size 40 36 24 --spacing 2 2 3", "DEMO_SEEDS": "1", "FREE_SEEDS": "2",
            "OUT": str(tmp_path / "out"), "WORK": str(tmp_path / "work")}
@@ -327,10 +327,12 @@ def test_gpu_finetune_recipe_trains_on_real_anatomy_from_the_carried_sources_onl
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     data = sorted(p.name for p in (tmp_path / "work" / "data" / "images").iterdir())
-    assert data == ["phantoms_case_00.nii.gz", "phantoms_case_01.nii.gz", "real_case_00.nii.gz", "real_case_01.nii.gz"]
+    assert data == ["phantoms_case_00.nii.gz", "phantoms_case_01.nii.gz", "real0_case_00.nii.gz",  # 2 jobs: 2 + 1 cases
+                    "real0_case_01.nii.gz", "real1_case_00.nii.gz"]
     assert sorted(p.name for p in (tmp_path / "work" / "data" / "labels").iterdir()) == data
-    records = json.loads((tmp_path / "work" / "real" / "cases.json").read_text())["cases"]
-    assert {r["source"] for r in records} <= {"icbm152", "ct_right"}  # the training anatomy only
+    records = [r for j in (0, 1) for r in json.loads((tmp_path / "work" / f"real{j}" / "cases.json").read_text())["cases"]]
+    assert len(records) == 3 and {r["source"] for r in records} <= {"icbm152", "ct_right"}  # training anatomy only
+    assert [r["seed"] for r in records] == [1, 1, 2]
     assert not (cache / "debian").exists()  # nothing was fetched
     from tumorseg_core.modelpkg.package import open_package
 
