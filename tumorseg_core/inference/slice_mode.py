@@ -151,6 +151,7 @@ class SliceSegmenter:
         overlap = manifest.inference.get("overlap")
         self.overlap = float(DEFAULT_OVERLAP if overlap is None else overlap)
         self._runners: Optional[Tuple[str, List[Any], str]] = None
+        self._lazy: Any = None  # LazyNetworks of the centre-slice networks (_networks)
         self._cache: Optional[Tuple[tuple, np.ndarray, sitk.Image]] = None
         self._plans: Dict[int, _Plan] = {}
         self.cache_misses = 0  # how often an image was read and normalized (tests, benchmarks)
@@ -232,7 +233,7 @@ class SliceSegmenter:
     def _runners_for_tiles(self) -> Tuple[str, List[Any], str]:
         """``(backend used, one runner per fold, precision used)`` for tiles of :attr:`tile` (exported once)."""
         if self._runners is None:
-            from tumorseg_core.inference.backends import LazyNetworks, prepare_backend
+            from tumorseg_core.inference.backends import prepare_backend
             from tumorseg_core.inference.backends.int8 import int8_runners, int8_wanted
 
             package = self.package
@@ -250,23 +251,38 @@ class SliceSegmenter:
                 self._runners = (used, runners, "int8")
                 return self._runners
 
+            used, runners = prepare_backend(self._networks(), self.backend, device, (1, *self.tile), in_channels,
+                                            self._export_identities())
+            self._runners = (used, runners, "fp32")
+        return self._runners
+
+    def _networks(self) -> Any:
+        """The folds' float32 centre-slice networks, loaded (on :attr:`device`) only when something needs them."""
+        if self._lazy is None:
+            from tumorseg_core.inference.backends import LazyNetworks
+
+            package, device = self.package, "cpu" if str(self.device) == "auto" else self.device
+
             def load() -> list:
                 from tumorseg_core.inference.devices import import_torch
                 from tumorseg_core.models.unet25d import CentreSliceNet
 
-                torch = import_torch()
-                target = "cpu" if str(self.device) == "auto" else self.device
-                return [CentreSliceNet(net).eval() for net in package.load_networks(torch.device(target))]
+                return [CentreSliceNet(net).eval() for net in package.load_networks(import_torch().device(device))]
 
-            networks = LazyNetworks(load, len(package.weight_files))
-            used, runners = prepare_backend(networks, self.backend, device, (1, *self.tile), in_channels,
-                                            self.export_identities())
-            self._runners = (used, runners, "fp32")
-        return self._runners
+            self._lazy = LazyNetworks(load, len(package.weight_files))
+        return self._lazy
 
-    def export_identities(self) -> List[str]:
-        """The export-cache identity of each fold's float32 centre-slice network (one per weight file)."""
+    def _export_identities(self) -> List[str]:
         return [f"{self.package.sha256}:{f.name}:centre-slice" for f in self.package.weight_files]
+
+    def export_specs(self) -> List[Any]:
+        """One :class:`~tumorseg_core.inference.backends.export.ExportSpec` per fold: the float32 centre-slice
+        network on ``(1, C*(2k+1), 1, th, tw)`` tiles, as the exported backends cache it (``tumorseg quantize``)."""
+        from tumorseg_core.inference.backends.export import ExportSpec
+
+        networks, channels = self._networks(), self.channels * (2 * self.context + 1)
+        return [ExportSpec(lambda i=i: networks.modules()[i], identity, (1, *self.tile), channels)
+                for i, identity in enumerate(self._export_identities())]
 
     def _run(self, tiles: np.ndarray) -> np.ndarray:
         """``tiles`` (n, C*(2k+1), th, tw) -> softmax probabilities (n, K, th, tw), mean over folds.

@@ -543,13 +543,15 @@ def write_package(
     reserve_cascade_weights(manifest, cascade_state_dict is not None)
     spec = Manifest(manifest).cascade  # fail on a bad manifest before writing anything
     cleaned = [_clean_state_dict(sd, i) for i, sd in enumerate(state_dicts)]
+    aliases_dropped = False
     for i, state in enumerate(cleaned):
         net = build_network(manifest["architecture"], manifest["kwargs"])
         full = with_aliases(net, state, f"state dict {i}")
         load_state_dict_strict(net, full, f"state dict {i}")
         cleaned[i] = drop_aliases(net, full)
-        if len(cleaned[i]) < len(full):  # a reader that cannot fill the aliases in must refuse the package
-            manifest["format_version"] = max(int(Manifest(manifest).format_version), ALIASES_DROPPED_FORMAT)
+        aliases_dropped = aliases_dropped or len(cleaned[i]) < len(full)
+    if aliases_dropped:  # a reader that cannot fill the aliases in must refuse the package
+        manifest["format_version"] = max(int(Manifest(manifest).format_version), ALIASES_DROPPED_FORMAT)
     if spec is not None:
         coarse = _clean_state_dict(cascade_state_dict, len(cleaned))
         load_state_dict_strict(build_network(spec.architecture, spec.kwargs), coarse, spec.weights)

@@ -54,6 +54,7 @@ from tumorseg_core.inference.backends.quantize_graph import (
 from tumorseg_core.inference.predictor import Predictor
 from tumorseg_core.inference.roi_windows import windows_to_run
 from tumorseg_core.inference.segmenter import Segmenter
+from tumorseg_core.inference.slice_mode import ARCHITECTURE as SLICE_MODE_ARCHITECTURE
 from tumorseg_core.inference.sliding_window import pad_to_window
 from tumorseg_core.modelpkg.derive import check_package_output, write_derived_package
 from tumorseg_core.modelpkg.package import ModelPackage, open_package
@@ -139,7 +140,7 @@ def calibration_images(package: ModelPackage, calibration: str, seed: int = 0) -
     from tumorseg_core.synthetic import make_multimodal_phantom, make_phantom
 
     patch = list(manifest.patch_size_xyz)
-    if manifest.architecture == "unet25d":
+    if manifest.architecture == SLICE_MODE_ARCHITECTURE:
         patch[2] = max(patch[0], patch[1])
     size = [int(math.ceil(1.5 * p)) for p in patch]  # 1.5 windows (tiles) per side
     out = []
@@ -240,7 +241,7 @@ def quantize_package(
 
     say(f"preparing calibration cases ({calibration})")
     cases = calibration_images(package, calibration)
-    if manifest.architecture == "unet25d":
+    if manifest.architecture == SLICE_MODE_ARCHITECTURE:
         from tumorseg_core.training.quantize_slices import SliceCalibration
 
         job: Any = SliceCalibration(package, cases, int(max_windows))

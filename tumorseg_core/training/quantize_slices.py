@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from tumorseg_core.inference.backends.export import ExportSpec, ensure_onnx
+from tumorseg_core.inference.backends.export import ensure_onnx
 from tumorseg_core.inference.slice_mode import SliceSegmenter
 from tumorseg_core.modelpkg.package import ModelPackage
 
@@ -62,21 +62,7 @@ class SliceCalibration:
 
     def _float_graphs(self) -> list[Path]:
         """Each fold's float32 centre-slice ONNX export (slice mode's own cached export)."""
-        from tumorseg_core.inference.devices import import_torch
-        from tumorseg_core.models.unet25d import CentreSliceNet
-
-        package = self.package
-        tile = self._fp32.tile
-        channels = self._fp32.channels * (2 * self._fp32.context + 1)
-        loaded: list = []
-
-        def load(index: int) -> Any:  # only for a fold whose export is not cached; every fold loaded once
-            if not loaded:
-                loaded.extend(package.load_networks(import_torch().device("cpu")))
-            return CentreSliceNet(loaded[index]).eval()
-
-        return [ensure_onnx(ExportSpec(lambda i=i: load(i), identity, (1, *tile), channels)) / "model.onnx"
-                for i, identity in enumerate(self._fp32.export_identities())]
+        return [ensure_onnx(spec) / "model.onnx" for spec in self._fp32.export_specs()]
 
     def labels(self, graphs: Optional[Sequence[bytes]] = None) -> tuple[list[np.ndarray], str]:
         """``(label map (z, y, x) uint8 per case, backend used)``: float32, or the INT8 ``graphs`` (one per fold)."""
