@@ -97,6 +97,21 @@ class TumorSegUser:
         return sitk.GetArrayFromImage(result) > 0
 
 
+class ClickNetUser(TumorSegUser):
+    """TumorSeg's interactive session answered by the click network (:mod:`tumorseg_core.clicknet`)."""
+
+    name = "TumorSegNet"
+    folder: Optional[Path] = None  # None: the shipped click network
+
+    def __init__(self, image: sitk.Image) -> None:
+        from tumorseg_core.clicknet.predict import ClickNet
+        from tumorseg_core.interactive import InteractiveSession
+
+        if not hasattr(ClickNetUser, "_net") or ClickNetUser._net_folder != self.folder:
+            ClickNetUser._net, ClickNetUser._net_folder = ClickNet(self.folder), self.folder
+        self.session = InteractiveSession(image, estimator=ClickNetUser._net)
+
+
 class GrowCutUser:
     """Slicer's Grow from seeds (``vtkImageGrowCutSegment``) with seeds painted as 2 mm spheres."""
 
@@ -173,6 +188,9 @@ def grow_from_seeds(intensity: np.ndarray, seeds: np.ndarray, spacing_zyx: Seque
     return full
 
 
+METHODS = {"TumorSeg": TumorSegUser, "TumorSegNet": ClickNetUser, "GrowFromSeeds": GrowCutUser}
+
+
 def simulate(make_user: Callable[[sitk.Image], object], image: sitk.Image, truth: np.ndarray,
              clicks: int = CLICKS) -> tuple[list[float], list[float]]:
     """Dice and seconds after each of up to ``clicks`` interactions (the last Dice repeats when perfect)."""
@@ -210,6 +228,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--report", type=Path, nargs="+", help="only print the table of these --json files")
     parser.add_argument("--min-ml", type=float, default=0.0,
                         help="leave out truth components smaller than this (mL; fragments of infiltrative lesions)")
+    parser.add_argument("--methods", default="TumorSeg,GrowFromSeeds",
+                        help=f"comma-separated, of {', '.join(METHODS)} (TumorSegNet: the click network)")
+    parser.add_argument("--click-model", type=Path, help="TumorSegNet's click-network folder (default: the shipped one)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("tumorseg_core").setLevel(logging.WARNING)
@@ -221,7 +242,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     k, n = (int(v) for v in args.shard.split("/"))
     images, labels = find_data(args.data)
     cases = sorted(images)[:args.cases or None][k::n]
-    methods = {"TumorSeg": TumorSegUser, "GrowFromSeeds": GrowCutUser}
+    unknown = [m for m in args.methods.split(",") if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
+    methods = {m: METHODS[m] for m in args.methods.split(",")}
+    ClickNetUser.folder = args.click_model
     rows = []
     for case in cases:
         image = sitk.Cast(sitk.ReadImage(str(images[case][0])), sitk.sitkFloat32)
@@ -235,9 +260,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             for name, make in methods.items():
                 d, t = simulate(make, image, truth)
                 row[name] = {"dice": d, "seconds": t}
-            logger.info("%s lesion %d (%.1f mL): TumorSeg %s | Grow from seeds %s", case, k, volume / 1000.0,
-                        " ".join(f"{v:.2f}" for v in row["TumorSeg"]["dice"]),
-                        " ".join(f"{v:.2f}" for v in row["GrowFromSeeds"]["dice"]))
+            logger.info("%s lesion %d (%.1f mL): %s", case, k, volume / 1000.0, " | ".join(
+                f"{name} " + " ".join(f"{v:.2f}" for v in row[name]["dice"]) for name in methods))
             rows.append(row)
             if args.json:  # after every lesion: a long run that stops keeps what it measured
                 args.json.write_text(json.dumps(rows, indent=1))
@@ -255,7 +279,7 @@ def format_table(rows: Sequence[dict]) -> str:
     head = ("| method | " + " | ".join(f"Dice@{k + 1} median / mean" for k in range(CLICKS))
             + " | min@5 | s per interaction (median / max) |")
     lines = [f"{len(rows)} lesions", "", head, "|---" * (CLICKS + 3) + "|"]
-    for name in ("TumorSeg", "GrowFromSeeds"):
+    for name in [m for m in METHODS if rows and m in rows[0]]:
         d = np.array([r[name]["dice"] for r in rows])
         t = np.concatenate([r[name]["seconds"] for r in rows])
         cells = [f"{np.median(d[:, k]):.3f} / {np.mean(d[:, k]):.3f}" for k in range(CLICKS)]
