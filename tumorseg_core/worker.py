@@ -16,6 +16,7 @@ Requests on stdin::
     {"id": 4, "cmd": "import", "source": "/downloads/model.zip", "overwrite": false}
     {"id": 5, "cmd": "slice", "images": ["t1.mha"], "model": "live25d", "device": "cpu",
      "axis": "axial", "index": 12, "options": {"backend": "auto"}}
+    {"id": 6, "cmd": "click", "inputs": "eJzt...", "shape": [5, 40, 40, 40], "network": "/path/to/clicknet"}
     {"cmd": "shutdown"}
 
 ``options`` are :class:`~tumorseg_core.options.SegmentOptions` fields (validated there).
@@ -37,6 +38,8 @@ Events on stdout::
     {"event": "slice", "id": 5, "axis": "axial", "index": 12, "shape": [256, 256], "encoding": "zlib+base64",
      "data": "eJzt...", "seconds": 0.04, "warm": true, "cached": true, "labels": [...]}
     {"event": "slice", "id": 5, "superseded": true}
+    {"event": "click", "id": 6, "shape": [40, 40, 40], "encoding": "zlib+base64", "dtype": "float32",
+     "probability": "eJzt...", "seconds": 0.2, "warm": true}
     {"event": "error", "id": 4, "message": "...", "kind": "ModelAlreadyInstalledError"}
 
 ``slice`` runs a 2.5D model (architecture ``unet25d``) on one slice of the image's own grid
@@ -49,6 +52,15 @@ small JSON line, no temporary file to write, read and clean up per slice; a 512 
 of mostly background is about 1 KB). A ``slice`` request still waiting when a newer
 ``slice`` request has arrived is *superseded*: it is answered with ``"superseded": true``
 and not run, so a client that scrolls faster than the model runs only pays for the latest.
+
+``click`` runs the click network (:class:`~tumorseg_core.clicknet.predict.ClickNet`) on one cube's
+inputs, which the client builds itself (:func:`tumorseg_core.clicknet.cube.cube_inputs`, no torch):
+``inputs`` is the float32 (CHANNELS, SIZE, SIZE, SIZE) array in C order, zlib-compressed, then base64
+(:func:`pack_array`); ``shape`` must be exactly that shape. ``network`` is the click network's folder
+(default: the shipped one, ``tumorseg_core/data/clicknet``); it is verified (sha256 of every file) and
+loaded once, and again only when its files change on disk. The answer's ``probability`` is P(lesion)
+on the cube, float32 (SIZE, SIZE, SIZE), encoded the same way. A wrong shape, undecodable ``inputs``
+or a missing or modified network folder is answered with an ``error`` event.
 
 ``import`` installs a TumorSeg model package (folder or .zip) or imports a foreign model
 (``tumorseg_core.import_model``) into the user model folder. Error events carry ``kind``,
@@ -85,8 +97,33 @@ PROTOCOL_VERSION = 1
 MAX_CACHED_SEGMENTERS = 2
 #: Progress lines are rate-limited so a model with thousands of windows cannot flood the pipe.
 _PROGRESS_INTERVAL_S = 0.1
-#: How a ``slice`` answer encodes its labels (see the module docstring).
+#: How a ``slice`` answer encodes its labels, and ``click`` its arrays (see the module docstring).
 SLICE_ENCODING = "zlib+base64"
+
+
+def pack_array(array: Any) -> str:
+    """A numpy array's bytes in C order, zlib-compressed, then base64 (the protocol's ``zlib+base64``)."""
+    import numpy as np
+
+    return base64.b64encode(zlib.compress(np.ascontiguousarray(array).tobytes(), 1)).decode("ascii")
+
+
+def unpack_array(text: Any, shape: Any, dtype: str) -> Any:
+    """The array :func:`pack_array` wrote, of exactly ``shape`` and ``dtype``; TumorSegError when it is not one."""
+    import numpy as np
+
+    if (not isinstance(shape, (list, tuple)) or not shape
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)):
+        raise TumorSegError(f"array shape must be a list of positive integers, got {shape!r}")
+    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    try:
+        inflate = zlib.decompressobj()
+        raw = inflate.decompress(base64.b64decode(str(text), validate=True), expected + 1)  # never more than needed
+    except (ValueError, zlib.error) as exc:
+        raise TumorSegError(f"array data is not zlib+base64 ({_one_line(exc)})") from exc
+    if len(raw) != expected or not inflate.eof:
+        raise TumorSegError(f"array data does not hold a {dtype} array of shape {list(shape)}")
+    return np.frombuffer(raw, dtype=dtype).reshape(shape).copy()
 
 
 class Protocol:
@@ -157,6 +194,8 @@ class Worker:
         self._segmenters: "OrderedDict[Tuple[Any, ...], Any]" = OrderedDict()
         #: Warm SliceSegmenters (each holds one normalized image), keyed like the segmenters.
         self._slicers: Dict[Tuple[Any, ...], Any] = {}
+        #: The warm click network: (resolved folder, its files' fingerprint), ClickNet.
+        self._clicknet: Optional[Tuple[Tuple[Any, ...], Any]] = None
 
     # ------------------------------------------------------------------ requests
 
@@ -173,9 +212,9 @@ class Worker:
         if cmd == "ping":
             self.protocol.send("pong", id=rid, pid=os.getpid())
             return True
-        if cmd not in ("segment", "devices", "import", "slice"):
+        if cmd not in ("segment", "devices", "import", "slice", "click"):
             self.protocol.send("error", id=rid, message=f"unknown command {cmd!r}; "
-                                                        "use segment, slice, devices, import, ping or shutdown")
+                                                        "use segment, slice, click, devices, import, ping or shutdown")
             return True
         try:
             if cmd == "devices":
@@ -186,6 +225,8 @@ class Worker:
                 self._import(rid, request)
             elif cmd == "slice":
                 self._slice(rid, request)
+            elif cmd == "click":
+                self._click(rid, request)
             else:
                 self._segment(rid, request)
         except TumorSegError as exc:
@@ -270,13 +311,40 @@ class Worker:
             self._slicers.pop(key, None)  # possibly in a bad state: rebuild next time
             raise
         labels = np.ascontiguousarray(labels, dtype=np.uint8)
-        data = base64.b64encode(zlib.compress(labels.tobytes(), 1)).decode("ascii")
+        data = pack_array(labels)
         seconds = time.perf_counter() - started
         logger.debug("slice request %s (%s %s) done in %.3f s", rid, axis_name, index, seconds)
         self.protocol.send("slice", id=rid, axis=axis_name, index=int(index), shape=list(labels.shape),
                            encoding=SLICE_ENCODING, data=data, seconds=round(seconds, 4), warm=warm,
                            cached=slicer.cache_misses == misses,
                            labels=[s.to_dict() for s in segmenter.manifest.segments])
+
+    def _click(self, rid: Any, request: Dict[str, Any]) -> None:
+        """The click network's P(lesion) on one cube from its inputs (module docstring)."""
+        started = time.perf_counter()
+        from tumorseg_core.clicknet.grid import SIZE
+        from tumorseg_core.clicknet.inputs import CHANNELS
+
+        shape = request.get("shape")
+        if shape != [CHANNELS, SIZE, SIZE, SIZE]:
+            raise TumorSegError(f"click request 'shape' must be {[CHANNELS, SIZE, SIZE, SIZE]}, got {shape!r}")
+        inputs = unpack_array(request.get("inputs"), shape, "float32")
+        network = request.get("network")
+        if network is not None and (not isinstance(network, str) or not network):
+            raise TumorSegError("click request 'network' must be the click network's folder")
+        from tumorseg_core.clicknet.predict import ClickNet, shipped_folder
+
+        folder = Path(network).expanduser().resolve() if network else shipped_folder()
+        key = (str(folder), model_fingerprint(str(folder)))
+        warm = self._clicknet is not None and self._clicknet[0] == key
+        if not warm:
+            self._clicknet = None  # a changed or other folder is verified and loaded anew
+            self._clicknet = (key, ClickNet(folder))
+        assert self._clicknet is not None
+        prob = self._clicknet[1].forward(inputs).astype("float32")
+        seconds = time.perf_counter() - started
+        self.protocol.send("click", id=rid, shape=list(prob.shape), encoding=SLICE_ENCODING, dtype="float32",
+                           probability=pack_array(prob), seconds=round(seconds, 4), warm=warm)
 
     def _segment(self, rid: Any, request: Dict[str, Any]) -> None:
         started = time.perf_counter()

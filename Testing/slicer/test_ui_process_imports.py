@@ -3,7 +3,9 @@
 A fresh interpreter with torch and MONAI blocked imports the module's UI-side code (the
 Logic, the panel state, the effect logic, the parameter choices) and does what the panel
 does before a run: list the installed models, read a model's manifest and check inputs,
-build the run options, measure a label map, load the DICOM SEG writer. Only the background worker may import torch.
+build the run options, measure a label map, load the DICOM SEG writer, answer a click without the
+network and build the click network's question (the cube and its inputs; the worker answers it).
+Only the background worker may import torch.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ from tumorseg_core.modelpkg import package
 from tumorseg_core import options
 
 from TumorSegmentationLib import dicom_export, measurements_table, segments_on_volume, uncertainty_volume
-from TumorSegmentationLib import effect_interactive, effect_live
+from TumorSegmentationLib import click_estimator, effect_interactive, effect_live
+from tumorseg_core.clicknet.cube import cube_inputs
 from tumorseg_core.interactive.session import InteractiveSession
 from tumorseg_core.dicom import seg_read, seg_write
 from tumorseg_core.measurement import measure
@@ -56,6 +59,8 @@ state = {
     "devices": panel_state.device_labels(None),
     "lesions": len(measure(sitk.GetImageFromArray(mask)).rows),
     "clicked": int(sitk.GetArrayFromImage(InteractiveSession(sitk.GetImageFromArray(mask.astype(np.float32) * 100)).add_click((4.0, 4.0, 2.0))).sum()),
+    "cube": list(cube_inputs(sitk.GetImageFromArray(mask.astype(np.float32) * 100), [(4.0, 4.0, 2.0)])[1].shape),
+    "clicknet_folder": str(click_estimator.shipped_click_network()),
     "blocked_loaded": sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED),
 }
 print(json.dumps(state))
@@ -71,4 +76,8 @@ def test_ui_side_code_runs_with_torch_and_monai_blocked():
     assert state["lesions"] == 1  # the measurement table is computed in the UI process
     assert state["clicked"] > 0  # the effect's Click mode runs in the UI process
     assert state["segments"] and state["options"] == {"quality": "normal", "backend": "auto", "cascade": None}
+    assert state["cube"] == [5, 40, 40, 40]  # the click network's question is built in the UI process
+    from tumorseg_core.clicknet.predict import shipped_folder
+
+    assert state["clicknet_folder"] == str(shipped_folder())  # found there without importing predict (torch)
     assert state["blocked_loaded"] == []

@@ -21,6 +21,14 @@ earlier interaction left, the session steps back to it. A new source volume, seg
 or segment, an edit by another tool (it becomes the new base) or :meth:`reset` starts a
 new session.
 
+When the click network is there (:attr:`InteractiveEffectLogic.clickNetwork`, by default the
+shipped ``tumorseg_core/data/clicknet``), the session's clicks are answered by it: the question is
+built here and the background worker runs the network (:mod:`click_estimator`; this process never
+imports torch). Otherwise, or once the worker cannot answer (it does not start, fails or is too
+slow), the session is the model-free one: the failed interaction and the ones before it are
+answered again without the network, with a warning in the log and the status line; the segment
+only changes once an answer is complete.
+
 Points are world RAS (what a slice view gives); RAS->LPS and node->image conversions go
 through :mod:`effect_regions` / :mod:`geometry_bridge`. The session's image is the source
 volume in the segmentation's frame (LPS), so its result lies on the source voxels; it is
@@ -33,7 +41,8 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Sequence
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -42,6 +51,7 @@ from tumorseg_core.errors import InputError
 
 from . import effect_regions as regions
 from . import geometry_bridge
+from .click_estimator import ClickNetworkUnavailable, WorkerClickNet, has_click_network, shipped_click_network
 from .effect_logic import ADD, SET, EffectResult
 
 logger = logging.getLogger(__name__)
@@ -67,6 +77,8 @@ class _State:
     base: np.ndarray  #: selected segment before the session, bool (z, y, x) on the reference grid
     session: Any  #: tumorseg_core.interactive.session.InteractiveSession
     kinds: List[str] = field(default_factory=list)  #: "click", "background click", "box", "scribble", ...
+    #: each interaction as ``action(session)``, to answer them again without the click network
+    actions: List[Callable[[Any], Any]] = field(default_factory=list)
     #: the segment at the start and after each interaction (``np.packbits`` of the reference-grid mask)
     written: List[np.ndarray] = field(default_factory=list)
 
@@ -78,11 +90,16 @@ class InteractiveEffectLogic:
         owner: the effect logic whose selection (segmentation, source volume, segment)
             and editor backend are used.
         scribbleRadiusMm: brush radius of strokes in mm.
+
+    Attributes:
+        clickNetwork: the click network's folder used by new sessions (default: the shipped one);
+            None, or a folder without a network: the model-free session.
     """
 
     def __init__(self, owner: Any, scribbleRadiusMm: float = SCRIBBLE_RADIUS_MM) -> None:
         self.owner = owner
         self.scribbleRadiusMm = float(scribbleRadiusMm)
+        self.clickNetwork: Optional[Path] = shipped_click_network()
         self._state: Optional[_State] = None
         self._corner: Optional[tuple] = None  #: first corner (RAS) of a two-click box
         self._stroke: Optional[List[tuple]] = None  #: RAS points of the stroke being painted
@@ -220,6 +237,7 @@ class InteractiveEffectLogic:
         started = time.perf_counter()
         previous = state.session.undo()
         state.kinds.pop()
+        state.actions.pop()
         state.written.pop()
         reference = self.owner.backend.referenceGeometry()
         lesion = self._lesion(previous, reference)
@@ -256,6 +274,7 @@ class InteractiveEffectLogic:
                     for _ in range(steps):
                         state.session.undo()
                         state.kinds.pop()
+                        state.actions.pop()
                         state.written.pop()
                     logger.info("followed the editor's Undo: %d interaction(s) back", steps)
                     return state
@@ -265,10 +284,31 @@ class InteractiveEffectLogic:
 
         image = regions.snap_spacing(geometry_bridge.volume_to_sitk(source, frame_node=seg)[0])
         base = regions.segment_mask(seg, sid, reference)
-        self._state = _State(key, image, base, InteractiveSession(image), written=[np.packbits(base)])
+        estimator = self._estimator()
+        self._state = _State(key, image, base, InteractiveSession(image, estimator=estimator),
+                             written=[np.packbits(base)])
         self._corner = None
-        logger.info("interactive session started on '%s' (segment %s)", source.GetName(), sid)
+        logger.info("interactive session started on '%s' (segment %s)%s", source.GetName(), sid,
+                    " with the click network" if estimator is not None else "")
         return self._state
+
+    def _estimator(self) -> Optional[WorkerClickNet]:
+        """The click network answered by the worker, when :attr:`clickNetwork` holds one; else None."""
+        folder = self.clickNetwork
+        if folder is None or not has_click_network(Path(folder)):
+            return None
+        return WorkerClickNet(self.owner.segmentationLogic.runner, Path(folder))
+
+    @staticmethod
+    def _without_network(state: _State, reason: ClickNetworkUnavailable) -> None:
+        """Go on with the model-free session: the earlier interactions are answered again without the network."""
+        from tumorseg_core.interactive.session import InteractiveSession
+
+        logger.warning("the click network could not answer (%s); this session goes on without it", reason)
+        session = InteractiveSession(state.image)
+        for action in state.actions:
+            action(session)
+        state.session = session
 
     def _inside(self, state: _State, ras_point: Sequence[float], what: str) -> tuple:
         seg = self.owner.editorNode.GetSegmentationNode()
@@ -308,8 +348,15 @@ class InteractiveEffectLogic:
         """Run ``action(session)`` (one interaction) and write its result; on any error nothing changes."""
         started = time.perf_counter()
         reference = self.owner.backend.referenceGeometry()
-        result = action(state.session)
+        note = ""
+        try:
+            result = action(state.session)
+        except ClickNetworkUnavailable as exc:  # nothing was written: answer without the network
+            self._without_network(state, exc)
+            result = action(state.session)
+            note = f" (without the click network: {exc})"
         state.kinds.append(kind)
+        state.actions.append(action)
         try:
             lesion = self._lesion(result, reference)
             first = len(state.kinds) == 1
@@ -317,9 +364,10 @@ class InteractiveEffectLogic:
         except BaseException:
             state.session.undo()  # the session forgets the interaction the segment never got
             state.kinds.pop()
+            state.actions.pop()
             raise
         voxels = int(lesion.sum())
-        return self._done(EffectResult(self._summary(state, voxels, reference), True, voxels, False,
+        return self._done(EffectResult(self._summary(state, voxels, reference) + note, True, voxels, False,
                                        time.perf_counter() - started))
 
     def _lesion(self, result: Optional[sitk.Image], reference: Any) -> np.ndarray:

@@ -32,8 +32,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_IDLE_TIMEOUT_S = 15 * 60
 _STDERR_TAIL_LINES = 40
 #: Events that end a request (``pong`` answers ``ping``, ``devices`` the device report, ``imported`` an import,
-#: ``slice`` a slice request).
-FINAL_EVENTS = ("done", "error", "pong", "devices", "imported", "slice")
+#: ``slice`` a slice request, ``click`` a click-network request).
+FINAL_EVENTS = ("done", "error", "pong", "devices", "imported", "slice", "click")
 _LIVE_RUNNERS: "weakref.WeakSet[WorkerRunner]" = weakref.WeakSet()
 
 
