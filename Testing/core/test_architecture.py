@@ -29,7 +29,7 @@ ALLOWED = {
     "inference": {"errors", "options", "imaging", "models", "modelpkg", "interactive"},
     "clicknet": {"errors", "models", "modelpkg", "interactive"},
     "evaluation": {"errors", "options", "imaging", "inference", "modelpkg", "dicom", "measurement"},
-    "training": {"errors", "options", "imaging", "models", "modelpkg", "inference", "synthetic", "evaluation",
+    "training": {"errors", "options", "imaging", "models", "modelpkg", "inference", "synthetic", "evaluation", "interactive",
                  "clicknet"},
     "worker": {"errors", "options", "imaging", "inference", "modelpkg", "dicom", "measurement", "clicknet"},
     "commands": {"errors", "options", "imaging", "models", "modelpkg", "inference", "interactive", "synthetic", "clicknet",

@@ -75,11 +75,13 @@ def test_simulated_corrections_point_at_the_largest_errors():
     assert len(bg) == 1 and not fg and leak[bg[0]] and not target[bg[0]]
     rng = np.random.default_rng(1)
     raw = np.random.default_rng(2).normal(0, 1, target.shape).astype(np.float32)
-    x, y = simulate.sample(raw, target, VOXEL_MM, rng, correcting=False)
+    guess = np.zeros_like(target)
+    guess[15:25, 15:25, 15:25] = True
+    x, y = simulate.sample(raw, target, guess, VOXEL_MM, rng, correcting=False)
     assert x.shape == (CHANNELS,) + target.shape and y.shape == (1,) + target.shape
-    assert not x[3].any() and not x[4].any()
-    x, y = simulate.sample(raw, target, VOXEL_MM, rng, correcting=True)
-    assert x[4].any()
+    assert not x[3].any() and np.array_equal(x[4] > 0, guess)  # the first click refines the model-free guess
+    x, y = simulate.sample(raw, target, guess, VOXEL_MM, rng, correcting=True)
+    assert x[4].any() and (x[2] > 0.99).sum() + (x[3] > 0.99).sum() >= 2  # the first click and a correction
     x[4] = y[0]  # the augmentation moves inputs and target together
     for seed in range(4):
         xa, ya = simulate.augment(x.copy(), y.copy(), np.random.default_rng(seed))
@@ -100,10 +102,12 @@ def _folder(tmp_path: Path) -> Path:
 def test_training_cubes_are_centred_in_their_lesion(tmp_path):
     n = samples.build([_folder(tmp_path)], tmp_path / "cubes")
     assert n == 1 + samples.EXTRA_CLICKS
-    raw, target, voxel = samples.load(tmp_path / "cubes")
+    raw, target, guess, voxel = samples.load(tmp_path / "cubes")
     assert raw.shape == (n,) + (SIZE,) * 3 and np.all(voxel == VOXEL_MM)
     c = SIZE // 2
     assert all(t[c - 1:c + 1, c - 1:c + 1, c - 1:c + 1].any() for t in target)
+    dice = [2.0 * (g & t).sum() / (g.sum() + t.sum()) for g, t in zip(guess, target)]
+    assert min(dice) > 0.6, dice  # the model-free answer to each click, on the cube
     assert samples.build([tmp_path / "data"], tmp_path / "cubes") == n  # done cases are kept
 
 
@@ -161,11 +165,11 @@ def test_session_with_an_estimator_answers_by_parts_on_the_exact_grid():
     session = InteractiveSession(img, estimator=est)
     first = session.add_click(tuple(c))
     _same_grid(first, img)
-    assert _dice(first, truth) > 0.8 and est.calls[-1] == ((tuple(c),), (), False)
+    assert _dice(first, truth) > 0.8 and est.calls[-1] == ((tuple(c),), (), True)  # with the model-free guess
     far = tuple(np.asarray(c) + np.asarray(img.GetDirection()).reshape(3, 3) @ np.array([50.0, 0.0, 0.0]))
     second = session.add_click(far)  # outside the first cube: a second part, the first answered again
     assert sitk.GetArrayFromImage(second).sum() > sitk.GetArrayFromImage(first).sum() * 1.5
-    assert est.calls[-2][2] and not est.calls[-1][2]  # the first part sees its previous answer
+    assert est.calls[-2][:2] == ((tuple(c),), ()) and est.calls[-1][0] == (far,)  # both parts answered
     bg = tuple(np.asarray(c) + np.asarray(img.GetDirection()).reshape(3, 3) @ np.array([5.0, 0.0, 0.0]))
     third = session.add_click(bg, foreground=False)
     assert sitk.GetArrayFromImage(third)[img.TransformPhysicalPointToIndex(bg)[::-1]] == 0

@@ -1,8 +1,9 @@
 """Clicks answered by a learned estimator (the click network), part by part.
 
 An estimator (:class:`Estimator`, e.g. :class:`tumorseg_core.clicknet.predict.ClickNet`) sees a
-fixed cube around a foreground click with the clicks inside it and its own previous answer, and
-returns P(lesion) on that cube. A session's foreground points fall into *parts*: a point inside an
+fixed cube around a foreground click with the clicks inside it and a previous answer (its own, or
+for a part's first click the model-free session's answer to that click, the first guess it was
+trained to refine), and returns P(lesion) on that cube. A session's foreground points fall into *parts*: a point inside an
 earlier part's cube (at least :data:`INSIDE_MM` from its faces) corrects that part, any other starts
 a new one centred on it (a second lesion, or a far end of a large one). Every part is answered again
 after each interaction, then: the components of P > 0.5 that hold the part's foreground clicks,
@@ -14,7 +15,7 @@ brings its own framework.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Protocol, Sequence
+from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -61,10 +62,12 @@ def _assign(image: sitk.Image, half_mm: float, centres: Sequence[Point], fg: Seq
 
 
 def solve(estimator: Estimator, image: sitk.Image, fg: Sequence[Point], bg: Sequence[Point],
-          parts: Sequence[Part], box_mask: Optional[np.ndarray] = None) -> tuple[sitk.Image, tuple[Part, ...]]:
+          parts: Sequence[Part], first_guess: Callable[[Point], sitk.Image],
+          box_mask: Optional[np.ndarray] = None) -> tuple[sitk.Image, tuple[Part, ...]]:
     """The union of every part's answer (uint8 0/1 on ``image``'s grid) and the new parts.
 
     ``parts``: the previous interaction's parts (their masks are the estimator's previous answer);
+    ``first_guess(point)``: a new part's previous answer (the model-free answer to its first click);
     ``box_mask``: (z, y, x) bool on the image's grid, the inside of a box (None: no box)."""
     groups = _assign(image, estimator.half_mm, [p.fg[0] for p in parts], fg)
     out = np.zeros(image.GetSize()[::-1], dtype=bool)
@@ -74,7 +77,8 @@ def solve(estimator: Estimator, image: sitk.Image, fg: Sequence[Point], bg: Sequ
             continue
         old = parts[i] if i < len(parts) else None
         points = ([old.fg[0]] if old is not None else []) + [q for q in group if old is None or q != old.fg[0]]
-        crop, prob = estimator.probability(image, points, bg, old.mask if old is not None else None)
+        previous = old.mask if old is not None else first_guess(points[0])
+        crop, prob = estimator.probability(image, points, bg, previous)
         seg = prob > 0.5
         hard = crop.ball(points, 0.0)
         lab, n = ndimage.label(seg)

@@ -241,7 +241,8 @@ class InteractiveSession:
             zz, yy, xx = np.ogrid[:self.image.GetSize()[2], :self.image.GetSize()[1], :self.image.GetSize()[0]]
             inside = ((xx >= lo[0]) & (xx <= hi[0]) & (yy >= lo[1]) & (yy <= hi[1]) & (zz >= lo[2]) & (zz <= hi[2]))
         prior = self._states[-1].parts if self._states else ()
-        return solve_learned(self.estimator, self.image, fg, bg, prior, inside)
+        return solve_learned(self.estimator, self.image, fg, bg, prior,
+                             lambda p: InteractiveSession(self.image).add_click(p), inside)
 
     def _needed_points(self, state: _State) -> tuple[list[Point], float]:
         """Points the working grid must cover and its margin (mm)."""

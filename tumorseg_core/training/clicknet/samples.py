@@ -4,7 +4,9 @@ Every lesion (connected component of the label, at least :data:`MIN_ML`) gives c
 (:mod:`.grid`) centred on clicks a user would make: its deepest point (the farthest from its
 outside, in mm) and a few points drawn where it is at least half that deep. The target is
 that lesion alone (other lesions in the cube are background: the user pointed at this one),
-nearest-neighbour on the cube. numpy, scipy and SimpleITK.
+nearest-neighbour on the cube. With each cube goes the model-free session's answer to that click
+(:class:`tumorseg_core.interactive.InteractiveSession`, one click), the first guess the network
+refines. numpy, scipy and SimpleITK.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from tumorseg_core.clicknet.grid import click_grid
+from tumorseg_core.interactive import InteractiveSession
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +37,9 @@ def _pairs(folder: Path) -> Iterator[tuple[Path, Path]]:
 
 
 def lesion_cubes(image: sitk.Image, label: sitk.Image, rng: np.random.Generator,
-                 extra: int = EXTRA_CLICKS) -> Iterator[tuple[np.ndarray, np.ndarray, float]]:
-    """(raw cube, target cube bool, voxel mm) for clicks in every lesion of ``label`` (on ``image``'s grid)."""
+                 extra: int = EXTRA_CLICKS) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, float]]:
+    """(raw cube, target cube bool, first-guess cube bool, voxel mm) for clicks in every lesion of ``label``
+    (on ``image``'s grid)."""
     arr = sitk.GetArrayViewFromImage(label) > 0
     spacing = np.asarray(image.GetSpacing())[::-1]
     lab, n = ndimage.label(arr)
@@ -56,7 +60,8 @@ def lesion_cubes(image: sitk.Image, label: sitk.Image, rng: np.random.Generator,
             centre = image.TransformIndexToPhysicalPoint(tuple(int(v) for v in zyx[::-1]))
             crop = click_grid(image, centre)
             target = sitk.Resample(one, crop.grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-            yield crop.array, sitk.GetArrayFromImage(target) > 0, crop.voxel_mm
+            guess = crop.from_image(InteractiveSession(image).add_click(centre))
+            yield crop.array, sitk.GetArrayFromImage(target) > 0, guess, crop.voxel_mm
 
 
 def build(folders: list[Path], out: Path, seed: int = 0) -> int:
@@ -79,16 +84,16 @@ def build(folders: list[Path], out: Path, seed: int = 0) -> int:
                 continue
             tmp = dest.with_suffix(".tmp.npz")
             np.savez_compressed(tmp, raw=np.stack([c[0] for c in cubes]).astype(np.float32),
-                                target=np.stack([c[1] for c in cubes]), voxel=np.array([c[2] for c in cubes]))
+                                target=np.stack([c[1] for c in cubes]), guess=np.stack([c[2] for c in cubes]),
+                                voxel=np.array([c[3] for c in cubes]))
             tmp.replace(dest)
             count += len(cubes)
             logger.info("%s: %d cubes", dest.name, len(cubes))
     return count
 
 
-def load(out: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All cubes of ``out``: raw (N, z, y, x) float32, target (N, z, y, x) bool, voxel (N,)."""
+def load(out: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """All cubes of ``out``: raw (N, z, y, x) float32, target and first guess (N, z, y, x) bool, voxel (N,)."""
     files = sorted(out.glob("*.npz"))
     parts = [np.load(f) for f in files if not f.name.endswith(".tmp.npz")]
-    return (np.concatenate([p["raw"] for p in parts]), np.concatenate([p["target"] for p in parts]),
-            np.concatenate([p["voxel"] for p in parts]))
+    return tuple(np.concatenate([p[k] for p in parts]) for k in ("raw", "target", "guess", "voxel"))  # type: ignore

@@ -1,10 +1,11 @@
 """Simulated users for training the click network: where a user clicks, and what they correct.
 
 A training sample is a cube centred on a first click inside one lesion (:mod:`.samples`). Half
-the time that is all the user did; the other half the user is correcting a previous result: the
-lesion grown, shrunk, shifted or cut short by a random amount, then one to four clicks at the
-deepest points of its largest errors (a foreground click in a missed part, a background click in a
-leak), as the benchmark's user does. Arrays are (z, y, x) on the cube. numpy and scipy.
+the time that is all the user did, and the previous result is the model-free session's answer to
+that click (the first guess the network refines). The other half the user is correcting a previous
+result (that first guess, or the lesion grown, shrunk, shifted or cut short by a random amount)
+with one to four clicks at the deepest points of its largest errors (a foreground click in a missed
+part, a background click in a leak), as the benchmark's user does. Arrays are (z, y, x) on the cube. numpy and scipy.
 """
 
 from __future__ import annotations
@@ -67,20 +68,21 @@ def corrections(previous: np.ndarray, target: np.ndarray, n: int) -> tuple[list,
     return fg, bg
 
 
-def sample(raw: np.ndarray, target: np.ndarray, voxel_mm: float, rng: np.random.Generator,
+def sample(raw: np.ndarray, target: np.ndarray, guess: np.ndarray, voxel_mm: float, rng: np.random.Generator,
            correcting: Optional[bool] = None) -> tuple[np.ndarray, np.ndarray]:
-    """(inputs (C, z, y, x), target (1, z, y, x)) float32 for a cube whose centre is the first click."""
+    """(inputs (C, z, y, x), target (1, z, y, x)) float32 for a cube whose centre is the first click;
+    ``guess``: the model-free answer to that click on the cube."""
     centre = tuple(s // 2 for s in raw.shape)
     fg: list = [centre]
     bg: list = []
-    previous = None
+    previous = guess
     if correcting if correcting is not None else rng.random() < CORRECTING:
-        prev = perturbed(target, centre, rng)
-        more_fg, more_bg = corrections(prev, target, int(rng.integers(1, MAX_CORRECTIONS + 1)))
+        if rng.random() < 0.5:
+            previous = perturbed(target, centre, rng)
+        more_fg, more_bg = corrections(previous, target, int(rng.integers(1, MAX_CORRECTIONS + 1)))
         fg += more_fg
         bg += more_bg
-        previous = prev.astype(np.float32)
-    return encode(raw, voxel_mm, fg, bg, previous), target[None].astype(np.float32)
+    return encode(raw, voxel_mm, fg, bg, previous.astype(np.float32)), target[None].astype(np.float32)
 
 
 def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

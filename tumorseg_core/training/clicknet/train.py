@@ -39,13 +39,13 @@ def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def validate(net: torch.nn.Module, raw: np.ndarray, target: np.ndarray, voxel: np.ndarray) -> float:
+def validate(net: torch.nn.Module, raw: np.ndarray, target: np.ndarray, guess: np.ndarray, voxel: np.ndarray) -> float:
     """Mean Dice of the first click (no correction) over the validation cubes."""
     net.eval()
     rng = np.random.default_rng(0)
     scores = []
     for i in range(len(raw)):
-        x, y = sample(raw[i], target[i], float(voxel[i]), rng, correcting=False)
+        x, y = sample(raw[i], target[i], guess[i], float(voxel[i]), rng, correcting=False)
         pred = net(torch.from_numpy(x[None]))[0, 0].numpy() > 0
         t = y[0] > 0.5
         scores.append(2.0 * float((pred & t).sum()) / max(float(pred.sum() + t.sum()), 1.0))
@@ -55,8 +55,8 @@ def validate(net: torch.nn.Module, raw: np.ndarray, target: np.ndarray, voxel: n
 
 def train(cubes: Path, val: Path, workdir: Path, steps: int, batch: int = 4, lr: float = 2e-3,
           every: int = 100, seed: int = 0) -> dict:
-    raw, target, voxel = samples.load(cubes)
-    vraw, vtarget, vvoxel = samples.load(val)
+    raw, target, guess, voxel = samples.load(cubes)
+    vraw, vtarget, vguess, vvoxel = samples.load(val)
     logger.info("%d training cubes, %d validation cubes", len(raw), len(vraw))
     torch.manual_seed(seed)
     net = build_network()
@@ -76,7 +76,7 @@ def train(cubes: Path, val: Path, workdir: Path, steps: int, batch: int = 4, lr:
     t0, losses = time.perf_counter(), []
     while state["step"] < steps:
         idx = rng.integers(len(raw), size=batch)
-        pairs = [augment(*sample(raw[i], target[i], float(voxel[i]), rng), rng) for i in idx]
+        pairs = [augment(*sample(raw[i], target[i], guess[i], float(voxel[i]), rng), rng) for i in idx]
         x = torch.from_numpy(np.stack([p[0] for p in pairs]))
         y = torch.from_numpy(np.stack([p[1] for p in pairs]))
         loss = _loss(net(x), y)
@@ -87,7 +87,7 @@ def train(cubes: Path, val: Path, workdir: Path, steps: int, batch: int = 4, lr:
         losses.append(float(loss.detach()))
         state["step"] += 1
         if state["step"] % every == 0 or state["step"] == steps:
-            d = validate(net, vraw, vtarget, vvoxel)
+            d = validate(net, vraw, vtarget, vguess, vvoxel)
             best = d > state["best_dice"]
             if best:
                 state["best_dice"], state["best_step"] = d, state["step"]
