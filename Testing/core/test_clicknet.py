@@ -144,47 +144,49 @@ def test_a_folder_for_another_input_layout_is_refused(tmp_path):
 
 
 class _Ball:
-    """A stand-in estimator for the session's bookkeeping: P = 1 within 9 mm of the first click, minus 4 mm
-    around background clicks."""
-
-    half_mm = 0.5 * SIZE * VOXEL_MM
+    """A stand-in estimator for the session's bookkeeping: P = 1 within 9 mm of the click, minus 4 mm
+    around background clicks; records what it was asked."""
 
     def __init__(self):
         self.calls = []
 
     def probability(self, image, fg_lps, bg_lps=(), previous=None):
-        self.calls.append((tuple(fg_lps), tuple(bg_lps), previous is not None))
+        self.calls.append((tuple(fg_lps), tuple(bg_lps), previous))
         crop = click_grid(image, fg_lps[0])
         prob = crop.ball([fg_lps[0]], 9.0) & ~crop.ball(list(bg_lps), 4.0)
         return crop, prob.astype(np.float32)
 
 
-def test_session_with_an_estimator_answers_by_parts_on_the_exact_grid():
+def test_the_estimator_refines_the_model_free_guess_of_every_grown_lesion():
     img, truth, c = _scene(_grid(size=(120, 60, 24)))
     est = _Ball()
     session = InteractiveSession(img, estimator=est)
     first = session.add_click(tuple(c))
     _same_grid(first, img)
-    assert _dice(first, truth) > 0.8 and est.calls[-1] == ((tuple(c),), (), True)  # with the model-free guess
+    assert _dice(first, truth) > 0.8
+    (fg, bg, previous), = est.calls
+    assert fg == (tuple(c),) and bg == ()
+    free = InteractiveSession(img).add_click(tuple(c))  # the guess it refines: the model-free answer
+    assert np.array_equal(sitk.GetArrayFromImage(previous), sitk.GetArrayFromImage(free))
+    near = tuple(np.asarray(c) + np.asarray(img.GetDirection()).reshape(3, 3) @ np.array([2.0, 0.0, 0.0]))
+    session.add_click(near)  # next to the result: moves the boundary, asks nothing
+    assert len(est.calls) == 1
     far = tuple(np.asarray(c) + np.asarray(img.GetDirection()).reshape(3, 3) @ np.array([50.0, 0.0, 0.0]))
-    second = session.add_click(far)  # outside the first cube: a second part, the first answered again
-    assert sitk.GetArrayFromImage(second).sum() > sitk.GetArrayFromImage(first).sum() * 1.5
-    assert est.calls[-2][:2] == ((tuple(c),), ()) and est.calls[-1][0] == (far,)  # both parts answered
-    bg = tuple(np.asarray(c) + np.asarray(img.GetDirection()).reshape(3, 3) @ np.array([5.0, 0.0, 0.0]))
-    third = session.add_click(bg, foreground=False)
-    assert sitk.GetArrayFromImage(third)[img.TransformPhysicalPointToIndex(bg)[::-1]] == 0
-    assert session.undo() is second and session.undo() is first
+    second = session.add_click(far)  # a second lesion: the estimator is asked again
+    assert len(est.calls) == 2 and est.calls[-1][0] == (far,)
+    assert sitk.GetArrayFromImage(second)[img.TransformPhysicalPointToIndex(far)[::-1]] == 1
+    assert session.undo() is not second
 
 
-def test_box_bounds_the_estimators_answer():
+def test_box_and_scribble_with_an_estimator():
     img, truth, c = _scene(_grid())
-    session = InteractiveSession(img, estimator=_Ball())
     d = np.asarray(img.GetDirection()).reshape(3, 3)
-    a, b = tuple(c - d @ np.array([4.0, 12.0, 12.0])), tuple(c + d @ np.array([4.0, 12.0, 12.0]))
-    result = sitk.GetArrayFromImage(session.set_box(a, b)) > 0
-    ia, ib = np.array(img.TransformPhysicalPointToContinuousIndex(a)), np.array(img.TransformPhysicalPointToContinuousIndex(b))
-    idx = np.argwhere(result)[:, ::-1]
-    assert result.any() and np.all(idx >= np.floor(np.minimum(ia, ib))) and np.all(idx <= np.ceil(np.maximum(ia, ib)))
+    session = InteractiveSession(img, estimator=_Ball())
+    a, b = tuple(c - d @ np.array([12.0, 12.0, 12.0])), tuple(c + d @ np.array([12.0, 12.0, 12.0]))
+    assert _dice(session.set_box(a, b), truth) > 0.8
+    session = InteractiveSession(img, estimator=_Ball())
+    stroke = [tuple(c + d @ np.array([v, 0.0, 0.0])) for v in (-3.0, 0.0, 3.0)]
+    assert _dice(session.add_scribble(stroke), truth) > 0.8
 
 
 def test_interactive_session_falls_back_without_the_network(tmp_path):

@@ -20,7 +20,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from tumorseg_core.clicknet.cube import cube_inputs
-from tumorseg_core.clicknet.grid import SIZE, VOXEL_MM
+from tumorseg_core.clicknet.grid import SIZE
 from tumorseg_core.errors import InputError, TumorSegError
 from tumorseg_core.interactive.crop import Crop
 from tumorseg_core.worker import SLICE_ENCODING, pack_array, unpack_array
@@ -55,7 +55,6 @@ class WorkerClickNet:
         timeout: seconds to wait for each answer.
     """
 
-    half_mm = 0.5 * SIZE * VOXEL_MM
 
     def __init__(self, runner: Any, folder: Path, timeout: float = CLICK_TIMEOUT_S) -> None:
         self.runner = runner

@@ -34,7 +34,6 @@ def shipped_folder() -> Path:
 class ClickNet:
     """``probability(image, fg, bg, previous)``: P(lesion) on the cube around the first foreground click."""
 
-    half_mm = 0.5 * SIZE * VOXEL_MM
 
     def __init__(self, folder: Optional[Path] = None) -> None:
         self.folder = Path(folder) if folder is not None else shipped_folder()

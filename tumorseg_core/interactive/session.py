@@ -4,7 +4,8 @@ The session keeps every interaction and re-solves after each one on a near-isotr
 working grid around them (:mod:`.crop`, at most 56^3 voxels), so nothing restarts:
 
 1. a foreground click (or a scribble's middle, or a box's centre) away from the current
-   result grows a lesion estimate with the radial-profile grower (:mod:`.seeds`); the
+   result grows a lesion estimate with the radial-profile grower (:mod:`.seeds`), or, with an
+   estimator, the click network's refinement of the model-free answer to that click (:mod:`.learned`); the
    estimates size the working grid and are the weak labels; a box marks its outside as
    background; a background click inside an estimate cuts it to the click's distance from its
    seed, on every side (an estimate grown without a lesion edge, a guess, to 0.8 of it);
@@ -37,8 +38,7 @@ from tumorseg_core.errors import InputError
 from tumorseg_core.interactive.classifier import foreground_probability
 from tumorseg_core.interactive.crop import Crop, make_crop
 from tumorseg_core.interactive.features import compute_features, normalise
-from tumorseg_core.interactive.learned import Estimator, Part
-from tumorseg_core.interactive.learned import solve as solve_learned
+from tumorseg_core.interactive.learned import Estimator, answer
 from tumorseg_core.interactive.morphology import bbox
 from tumorseg_core.interactive.points import point_index
 from tumorseg_core.interactive.seeds import segment_from_seeds
@@ -62,7 +62,6 @@ WEAK_WEIGHT = 1.0  # total weight of the weak labels against the hard ones (per 
 GROWN_WEIGHT = 0.8  # weight of the grown lesion in the prior, against the classifier
 SHRINK = 0.8  # a background click inside an estimate grown without a lesion edge keeps it within this
 #               fraction of the click's distance from the estimate's seed ...
-STROKE_STEP_MM = 3.0  # with an estimator, a scribble is a click every this many mm
 SHRINK_EDGE = 1.0  # ... and inside one grown to a lesion edge, within the click's distance
 
 
@@ -85,7 +84,6 @@ class _State:
     bg_strokes: tuple[tuple[tuple[Point, ...], float], ...] = ()
     box: Optional[tuple[Point, Point]] = None
     grown: tuple[_Grown, ...] = ()  # lesions grown from foreground clicks that fell outside the result
-    parts: tuple[Part, ...] = ()  # with an estimator: its answer per cube (:mod:`.learned`)
 
 
 @dataclass
@@ -113,8 +111,8 @@ def _check_image(image: sitk.Image) -> sitk.Image:
 class InteractiveSession:
     """Clicks, a box and scribbles on one image; ``result`` is uint8 0/1 on exactly its grid.
 
-    With an ``estimator`` (the click network, :mod:`.learned`) it answers every interaction; without
-    one, the model-free grower, classifier and random walker above do.
+    With an ``estimator`` (the click network, :mod:`.learned`), a click that grows a lesion estimate
+    (step 1) gets the estimator's refinement of the model-free grower's answer instead.
     """
 
     def __init__(self, image: sitk.Image, estimator: Optional[Estimator] = None) -> None:
@@ -189,11 +187,15 @@ class InteractiveSession:
         Next to the result a click only moves the boundary (the classifier and the walker do
         that); a later click's grown region is kept only when the grower found a lesion edge.
         """
-        if self.estimator is not None:
-            return st.grown
         first = force or self.result is None or not sitk.GetArrayViewFromImage(self.result).any()
         if not first and _distance_mm(self.result, point) <= NEW_PART_MM:
             return st.grown
+        if self.estimator is not None:
+            labels = answer(self.estimator, self.image, [point], st.bg_clicks,
+                            InteractiveSession(self.image).add_click(point))
+            if not sitk.GetArrayViewFromImage(labels).any():
+                return st.grown
+            return st.grown + (_Grown(labels, point, False),)
         grown = segment_from_seeds(self.image, [point], st.bg_clicks, max_radius_mm=GROW_RADIUS_MM,
                                    extend_fallback=EXTEND_FALLBACK and first)
         if not sitk.GetArrayViewFromImage(grown.labels).any() or (grown.bounded and not first and not KEEP_BOUNDED):
@@ -212,37 +214,11 @@ class InteractiveSession:
         return self._states[-1] if self._states else _State()
 
     def _push(self, state: _State) -> sitk.Image:
-        if self.estimator is not None:
-            result, parts = self._solve_learned(state)
-            state = replace(state, parts=parts)
-        else:
-            result = self._solve(state)
+        result = self._solve(state)
         self._states.append(state)
         self._results.append(result)
         self.result = result
         return result
-
-    def _solve_learned(self, state: _State) -> tuple[sitk.Image, tuple[Part, ...]]:
-        """The estimator's answer: clicks and scribbles' points (every :data:`STROKE_STEP_MM`), a box's
-        centre when nothing else points at the lesion, and the box's outside as background."""
-        fg: list[Point] = list(state.fg_clicks)
-        bg: list[Point] = list(state.bg_clicks)
-        for stroke, _ in state.fg_strokes:
-            fg.extend(_densify(stroke, STROKE_STEP_MM))
-        for stroke, _ in state.bg_strokes:
-            bg.extend(_densify(stroke, STROKE_STEP_MM))
-        inside = None
-        if state.box is not None:
-            ia, ib = point_index(self.image, state.box[0]), point_index(self.image, state.box[1])
-            lo, hi = np.minimum(ia, ib), np.maximum(ia, ib)
-            if not fg:
-                fg = [tuple(float(v) for v in self.image.TransformContinuousIndexToPhysicalPoint(
-                    tuple(0.5 * (lo + hi))))]
-            zz, yy, xx = np.ogrid[:self.image.GetSize()[2], :self.image.GetSize()[1], :self.image.GetSize()[0]]
-            inside = ((xx >= lo[0]) & (xx <= hi[0]) & (yy >= lo[1]) & (yy <= hi[1]) & (zz >= lo[2]) & (zz <= hi[2]))
-        prior = self._states[-1].parts if self._states else ()
-        return solve_learned(self.estimator, self.image, fg, bg, prior,
-                             lambda p: InteractiveSession(self.image).add_click(p), inside)
 
     def _needed_points(self, state: _State) -> tuple[list[Point], float]:
         """Points the working grid must cover and its margin (mm)."""

@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from tumorseg_core.clicknet.inputs import encode
 
-CORRECTING = 0.5  # share of samples that correct a previous result
+CORRECTING = 0.1  # share of samples that correct a previous result (the session asks the network for first guesses)
 MAX_CORRECTIONS = 4
 
 
