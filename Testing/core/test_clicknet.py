@@ -201,3 +201,20 @@ def test_shipped_click_network_segments_a_rim_lesion_from_one_click():
     session = interactive_session(img)
     assert session.estimator is not None
     assert _dice(session.add_click(tuple(c)), truth) >= 0.75
+
+
+def test_a_small_lesion_with_an_edge_keeps_the_model_free_estimate():
+    """The network's 2 mm grid is coarser than a small lesion: one whose edge the grower found stays model-free."""
+    img = _grid(size=(60, 60, 30), spacing=(0.8, 0.8, 1.0))
+    c = _centre(img)
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in img.GetSize()[::-1]], indexing="ij")[::-1], -1)
+    pts = np.asarray(img.GetOrigin()) + (idx * np.asarray(img.GetSpacing())) @ np.asarray(img.GetDirection()).reshape(3, 3).T
+    truth = np.linalg.norm(pts - c, axis=-1) <= 5.0  # 0.5 mL
+    arr = np.where(truth, 180.0, 100.0) + np.random.default_rng(3).normal(0.0, 5.0, truth.shape)
+    image = sitk.GetImageFromArray(arr.astype(np.float32))
+    image.CopyInformation(img)
+    est = _Ball()
+    with_net = InteractiveSession(image, estimator=est).add_click(tuple(c))
+    free = InteractiveSession(image).add_click(tuple(c))
+    assert not est.calls and np.array_equal(sitk.GetArrayFromImage(with_net), sitk.GetArrayFromImage(free))
+    assert _dice(free, truth) > 0.7

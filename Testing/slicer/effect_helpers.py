@@ -82,9 +82,13 @@ def phantom_with_lesions(seed: int, n_lesions: int = 1, **options):
     raise AssertionError(f"no phantom with {n_lesions} lesion(s) near seed {seed}")
 
 
-def setup_effect(scene, source, name: str = "Tumor"):
+def setup_effect(scene, source, name: str = "Tumor", click_network: bool = False):
+    """The effect on a new segmentation; its interactive modes model-free unless ``click_network``
+    (the shipped click network through a worker: Testing/slicer/test_effect_clicknet.py)."""
     seg = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Segmentation")
     effect = TumorEffectLogic(scene)
+    if not click_network:
+        effect.interactive.clickNetwork = None
     sid = effect.setup(seg, source)
     return effect, seg, sid
 

@@ -5,7 +5,8 @@ working grid around them (:mod:`.crop`, at most 56^3 voxels), so nothing restart
 
 1. a foreground click (or a scribble's middle, or a box's centre) away from the current
    result grows a lesion estimate with the radial-profile grower (:mod:`.seeds`), or, with an
-   estimator, the click network's refinement of the model-free answer to that click (:mod:`.learned`); the
+   estimator, the click network's refinement of the model-free answer to that click (:mod:`.learned`;
+   not for a small lesion whose edge the grower found: the network's 2 mm grid is coarser); the
    estimates size the working grid and are the weak labels; a box marks its outside as
    background; a background click inside an estimate cuts it to the click's distance from its
    seed, on every side (an estimate grown without a lesion edge, a guess, to 0.8 of it);
@@ -63,6 +64,8 @@ GROWN_WEIGHT = 0.8  # weight of the grown lesion in the prior, against the class
 SHRINK = 0.8  # a background click inside an estimate grown without a lesion edge keeps it within this
 #               fraction of the click's distance from the estimate's seed ...
 SHRINK_EDGE = 1.0  # ... and inside one grown to a lesion edge, within the click's distance
+SMALL_EDGED_ML = 2.0  # with an estimator: a lesion the grower found the edge of and that is smaller than this
+#                       (16 mm across: 8 of the click network's 2 mm voxels) keeps the grower's estimate
 
 
 @dataclass(frozen=True)
@@ -191,11 +194,14 @@ class InteractiveSession:
         if not first and _distance_mm(self.result, point) <= NEW_PART_MM:
             return st.grown
         if self.estimator is not None:
-            labels = answer(self.estimator, self.image, [point], st.bg_clicks,
-                            InteractiveSession(self.image).add_click(point))
-            if not sitk.GetArrayViewFromImage(labels).any():
-                return st.grown
-            return st.grown + (_Grown(labels, point, False),)
+            free = InteractiveSession(self.image)
+            guess = free.add_click(point)
+            edge = any(not g.bounded for g in free._state().grown)
+            if not (edge and _volume_ml(guess) < SMALL_EDGED_ML):
+                labels = answer(self.estimator, self.image, [point], st.bg_clicks, guess)
+                if not sitk.GetArrayViewFromImage(labels).any():
+                    return st.grown
+                return st.grown + (_Grown(labels, point, False),)
         grown = segment_from_seeds(self.image, [point], st.bg_clicks, max_radius_mm=GROW_RADIUS_MM,
                                    extend_fallback=EXTEND_FALLBACK and first)
         if not sitk.GetArrayViewFromImage(grown.labels).any() or (grown.bounded and not first and not KEEP_BOUNDED):
@@ -377,6 +383,10 @@ def _bbox(arr: np.ndarray) -> Optional[tuple[np.ndarray, np.ndarray]]:
         return None
     box = bbox(arr, 0)
     return np.array([b.start for b in box]), np.array([b.stop - 1 for b in box])
+
+
+def _volume_ml(mask: sitk.Image) -> float:
+    return float(np.count_nonzero(sitk.GetArrayViewFromImage(mask))) * float(np.prod(mask.GetSpacing())) / 1000.0
 
 
 def _distance_mm(mask: sitk.Image, point: Point) -> float:
