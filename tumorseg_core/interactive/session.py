@@ -5,8 +5,9 @@ working grid around them (:mod:`.crop`, at most 56^3 voxels), so nothing restart
 
 1. a foreground click (or a scribble's middle, or a box's centre) away from the current
    result grows a lesion estimate with the radial-profile grower (:mod:`.seeds`), or, with an
-   estimator, the click network's refinement of the model-free answer to that click (:mod:`.learned`;
-   not for a small lesion whose edge the grower found: the network's 2 mm grid is coarser); the
+   estimator and for the session's first lesion estimate, the click network's refinement of the
+   model-free answer to that click (:mod:`.learned`; not for a small lesion whose edge the grower
+   found: the network's 2 mm grid is coarser); the
    estimates size the working grid and are the weak labels; a box marks its outside as
    background; a background click inside an estimate cuts it to the click's distance from its
    seed, on every side (an estimate grown without a lesion edge, a guess, to 0.8 of it);
@@ -193,7 +194,7 @@ class InteractiveSession:
         first = force or self.result is None or not sitk.GetArrayViewFromImage(self.result).any()
         if not first and _distance_mm(self.result, point) <= NEW_PART_MM:
             return st.grown
-        if self.estimator is not None:
+        if self.estimator is not None and first:  # trained on first clicks at a lesion's deep points
             free = InteractiveSession(self.image)
             guess = free.add_click(point)
             edge = any(not g.bounded for g in free._state().grown)
