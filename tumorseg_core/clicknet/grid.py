@@ -13,8 +13,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from tumorseg_core.errors import InputError
-from tumorseg_core.interactive.crop import Crop
+from tumorseg_core.interactive.crop import Crop, resample_isotropic
 
 SIZE = 40  # voxels per side (a multiple of 8: the network pools three times)
 VOXEL_MM = 2.0  # 80 mm field of view: a 50 mm lesion clicked off-centre still fits
@@ -27,19 +26,11 @@ def click_grid(image: sitk.Image, centre_lps: Sequence[float], size: int = SIZE,
     direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
     half = 0.5 * (size - 1) * voxel_mm
     origin = np.asarray(centre_lps, dtype=np.float64) - direction @ np.full(3, half)
-    grid = sitk.Image([size] * 3, sitk.sitkFloat32)
-    grid.SetSpacing((voxel_mm,) * 3)
-    grid.SetDirection(image.GetDirection())
-    grid.SetOrigin(tuple(float(v) for v in origin))
-    resampled = sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32,
-                              useNearestNeighborExtrapolator=True)
-    array = sitk.GetArrayFromImage(resampled)
-    if not np.all(np.isfinite(array)):
-        raise InputError("the image has NaN or infinite values near the click; fix or resample the image")
+    grid, array = resample_isotropic(image, origin, (size,) * 3, voxel_mm)
     corners = [grid.TransformContinuousIndexToPhysicalPoint([a - 0.5, b - 0.5, c - 0.5])
                for a in (0, size) for b in (0, size) for c in (0, size)]
     idx = np.array([image.TransformPhysicalPointToContinuousIndex(p) for p in corners])
     dims = np.asarray(image.GetSize())
     lo = np.clip(np.floor(idx.min(axis=0)), 0, dims - 1).astype(int)
     hi = np.clip(np.ceil(idx.max(axis=0)) + 1, lo + 1, dims).astype(int)
-    return Crop(resampled, array, lo, hi)
+    return Crop(grid, array, lo, hi)

@@ -103,13 +103,21 @@ def make_crop(image: sitk.Image, points_lps: Sequence[Sequence[float]], margin_m
     direction = np.asarray(image.GetDirection()).reshape(3, 3)
     corner = np.asarray(image.TransformContinuousIndexToPhysicalPoint(tuple(float(v) - 0.5 for v in lo)))
     origin = corner + direction @ (np.full(3, 0.5 * voxel))
-    grid = sitk.Image([int(v) for v in n], sitk.sitkFloat32)
-    grid.SetSpacing((voxel,) * 3)
+    resampled, array = resample_isotropic(image, origin, n, voxel)
+    return Crop(resampled, array, lo, hi)
+
+
+def resample_isotropic(image: sitk.Image, origin_lps: Sequence[float], size_xyz: Sequence[int],
+                       voxel_mm: float) -> tuple[sitk.Image, np.ndarray]:
+    """``image`` resampled (linear; beyond it, its nearest voxel) on the grid of ``size_xyz`` voxels of
+    ``voxel_mm`` from ``origin_lps`` in the image's direction: (that image, its (z, y, x) float32 array)."""
+    grid = sitk.Image([int(v) for v in size_xyz], sitk.sitkFloat32)
+    grid.SetSpacing((float(voxel_mm),) * 3)
     grid.SetDirection(image.GetDirection())
-    grid.SetOrigin(tuple(float(v) for v in origin))
+    grid.SetOrigin(tuple(float(v) for v in origin_lps))
     resampled = sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32,
                               useNearestNeighborExtrapolator=True)
     array = sitk.GetArrayFromImage(resampled)
     if not np.all(np.isfinite(array)):
         raise InputError("the image has NaN or infinite values near the clicks; fix or resample the image")
-    return Crop(resampled, array, lo, hi)
+    return resampled, array
