@@ -104,12 +104,11 @@ class ClickNetUser(TumorSegUser):
     folder: Optional[Path] = None  # None: the shipped click network
 
     def __init__(self, image: sitk.Image) -> None:
-        from tumorseg_core.clicknet.predict import ClickNet
-        from tumorseg_core.interactive import InteractiveSession
+        from tumorseg_core.clicknet.session import click_network, interactive_session
 
-        if not hasattr(ClickNetUser, "_net") or ClickNetUser._net_folder != self.folder:
-            ClickNetUser._net, ClickNetUser._net_folder = ClickNet(self.folder), self.folder
-        self.session = InteractiveSession(image, estimator=ClickNetUser._net)
+        if click_network(self.folder) is None:
+            raise SystemExit(f"no click network in {self.folder or 'the shipped folder'}; give --click-model DIR")
+        self.session = interactive_session(image, folder=self.folder)
 
 
 class GrowCutUser:

@@ -197,12 +197,14 @@ class InteractiveSession:
         if self.estimator is not None and first:  # trained on first clicks at a lesion's deep points
             free = InteractiveSession(self.image)
             guess = free.add_click(point)
-            edge = any(not g.bounded for g in free._state().grown)
-            if not (edge and _volume_ml(guess) < SMALL_EDGED_ML):
+            grown_free = free._state().grown
+            if not (any(not g.bounded for g in grown_free) and _volume_ml(guess) < SMALL_EDGED_ML):
                 labels = answer(self.estimator, self.image, [point], st.bg_clicks, guess)
                 if not sitk.GetArrayViewFromImage(labels).any():
                     return st.grown
                 return st.grown + (_Grown(labels, point, False),)
+            if not st.bg_clicks:  # the guess grew exactly what the grower below would: keep it
+                return st.grown + grown_free
         grown = segment_from_seeds(self.image, [point], st.bg_clicks, max_radius_mm=GROW_RADIUS_MM,
                                    extend_fallback=EXTEND_FALLBACK and first)
         if not sitk.GetArrayViewFromImage(grown.labels).any() or (grown.bounded and not first and not KEEP_BOUNDED):
